@@ -1,0 +1,35 @@
+# Two commands for a new user: `make run` (the whole chain on the embedded data, on CPU)
+# and `make test` (the test suite). Both create .venv and install what they need.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export DATA_OPTIMIZER_CACHE_FOLDER := $(CURDIR)/.cache/litdata
+export MPLBACKEND := Agg
+
+.PHONY: run test install ui bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned to the builds this machine's pip serves from disk (see README).
+	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m pipelines.main run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+ui: $(STAMP)
+	$(BIN)/python -m pipelines.main ui
+
+bench: $(STAMP)
+	$(BIN)/python bench/data_loading.py
+
+clean:
+	rm -rf $(VENV) .cache .dagster_home mlflow.db runs prepared

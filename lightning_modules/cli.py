@@ -1,0 +1,173 @@
+"""The `visionflow` command line: work outside Dagster, calling the same functions the assets call.
+
+Heavy libraries (torch, Lightning, DVC) are imported inside each command, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from lightning_modules.errors import VisionflowError
+
+
+def _synth(a: argparse.Namespace) -> None:
+    from lightning_modules.data.synth import synthesize
+
+    summary = synthesize(
+        Path(a.out), classes=a.classes, per_class=a.per_class, val_per_class=a.val_per_class,
+        transfer_classes=a.transfer_classes, transfer_per_class=a.transfer_per_class,
+        transfer_val_per_class=a.transfer_val_per_class, det_train=a.det_train, det_val=a.det_val,
+        seed=a.seed, workers=a.workers,
+    )
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _data_version_of(src: Path) -> str | None:
+    from lightning_modules.data.versioning import read_data_version
+    from lightning_modules.paths import data_dir, project_root
+
+    # Only data inside the DVC-tracked folder has a DVC version.
+    if src.resolve().is_relative_to(data_dir().resolve()):
+        return read_data_version(project_root() / "data.dvc")
+    return None
+
+
+def _prep_imagenet(a: argparse.Namespace) -> None:
+    from lightning_modules.data.imagenet_prep import prep_classification
+
+    m = prep_classification(
+        Path(a.src), Path(a.out), image_size=a.size, val_fraction=a.val_fraction,
+        max_rejected_fraction=a.max_rejected, workers=a.workers, seed=a.seed,
+        source_data_version=_data_version_of(Path(a.src)),
+    )
+    print(json.dumps({"out": a.out, "totals": m["totals"], "classes": len(m["classes"]),
+                      "rejected": m["rejected"][:20], "mean": m["mean"], "std": m["std"]}, indent=2))
+
+
+def _prep_detection(a: argparse.Namespace) -> None:
+    from lightning_modules.data.detection_prep import prep_detection
+
+    m = prep_detection(
+        Path(a.src), Path(a.out), fmt=a.format, val_fraction=a.val_fraction,
+        max_rejected_fraction=a.max_rejected, anchor_image_size=a.anchor_size, seed=a.seed,
+        source_data_version=_data_version_of(Path(a.src)),
+    )
+    print(json.dumps({k: m[k] for k in ("classes", "counts", "anchors", "anchor_stats")}, indent=2)
+          + f"\nrejected labels: {len(m['rejected'])}")
+
+
+def _version(a: argparse.Namespace) -> None:
+    from lightning_modules.data import versioning as v
+    from lightning_modules.paths import project_root
+
+    root = project_root()
+    if a.action == "show":
+        print(v.read_data_version(root / "data.dvc") or "untracked (no data.dvc)")
+    elif a.action == "init":
+        v.init(root, a.remote or v.DEFAULT_REMOTE_URL)
+    elif a.action == "add":
+        print(v.add(root))
+    elif a.action == "push":
+        print(f"pushed {v.push(root)} file(s)")
+    elif a.action == "pull":
+        v.pull(root)
+    elif a.action == "status":
+        print(json.dumps(v.status(root), indent=2, default=str))
+
+
+def _model_summary(a: argparse.Namespace) -> None:
+    from lightning_modules.models.summary import format_summary, summarize
+
+    d = summarize(a.name, num_classes=a.num_classes, size=a.size, width=a.width, activation=a.activation)
+    print(json.dumps(d, indent=2) if a.json else format_summary(d))
+
+
+def _train(a: argparse.Namespace, rest: list[str]) -> int:
+    from lightning_modules.train import main as train_main
+
+    return train_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="visionflow", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="group", required=True)
+
+    data = sub.add_parser("data", help="make, prepare and version datasets").add_subparsers(dest="cmd", required=True)
+    s = data.add_parser("synth", help="generate the embedded ImageNet-style, transfer and detection sets")
+    s.add_argument("--out", default="data")
+    s.add_argument("--classes", type=int, default=10)
+    s.add_argument("--per-class", type=int, default=60)
+    s.add_argument("--val-per-class", type=int, default=12)
+    s.add_argument("--transfer-classes", type=int, default=5)
+    s.add_argument("--transfer-per-class", type=int, default=12)
+    s.add_argument("--transfer-val-per-class", type=int, default=6)
+    s.add_argument("--det-train", type=int, default=64)
+    s.add_argument("--det-val", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(fn=_synth)
+
+    s = data.add_parser("prep-imagenet", help="validate, resize and write an ImageNet-layout or ImageFolder set")
+    s.add_argument("src")
+    s.add_argument("out")
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--val-fraction", type=float, default=0.15)
+    s.add_argument("--max-rejected", type=float, default=0.05)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_prep_imagenet)
+
+    s = data.add_parser("prep-detection", help="read YOLO/COCO/VOC labels, check boxes, compute anchors")
+    s.add_argument("src")
+    s.add_argument("out")
+    s.add_argument("--format", choices=["yolo", "coco", "voc"], default="yolo")
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--max-rejected", type=float, default=0.1)
+    s.add_argument("--anchor-size", type=int, default=416)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_prep_detection)
+
+    s = data.add_parser("version", help="DVC: show the data version, init, add, push, pull, status")
+    s.add_argument("action", choices=["show", "init", "add", "push", "pull", "status"])
+    s.add_argument("--remote", help="remote URL for init (default: a dvc-remote/ folder at the root)")
+    s.set_defaults(fn=_version)
+
+    model = sub.add_parser("model", help="inspect backbones").add_subparsers(dest="cmd", required=True)
+    s = model.add_parser("summary", help="layers, parameter count and FLOPs of a registry backbone")
+    s.add_argument("name")
+    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument("--size", type=int, default=224)
+    s.add_argument("--width", type=float, default=1.0)
+    s.add_argument("--activation", default="relu")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_model_summary)
+
+    s = sub.add_parser("train", help="run a training job (same as python -m lightning_modules.train)", add_help=False)
+    s.set_defaults(fn=_train, passthrough=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = build_parser()
+    if argv[:1] == ["train"]:
+        args, rest = parser.parse_args(argv[:1]), argv[1:]
+    else:
+        args, rest = parser.parse_args(argv), []
+    try:
+        if getattr(args, "passthrough", False):
+            return int(args.fn(args, rest) or 0)
+        args.fn(args)
+        return 0
+    except VisionflowError as exc:
+        print(f"visionflow: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

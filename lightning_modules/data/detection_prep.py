@@ -1,0 +1,180 @@
+"""Prepare a detection dataset (YOLO, COCO or VOC) into the one prepared form the trainers read.
+
+OUT/{split}.json, OUT/images/<split>/*.png (RGB), OUT/manifest.json (classes, counts, rejected boxes,
+YOLOv2/v3 anchors), OUT/preview.png. Built in a staging folder and swapped in on success.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from lightning_modules.data.anchors import ANCHOR_COUNTS, compute_anchors, letterbox_wh
+from lightning_modules.data.detection_readers import DetectionSource, DetImage, Rejection, read_detection
+from lightning_modules.data.staging import staged_output
+from lightning_modules.errors import ConfigError, DataError
+from lightning_modules.progress import track
+
+log = logging.getLogger("visionflow")
+PREVIEW_IMAGES = 8
+
+
+def prep_detection(
+    src: Path,
+    out: Path,
+    *,
+    fmt: str = "yolo",
+    val_fraction: float = 0.2,
+    max_rejected_fraction: float = 0.1,
+    anchor_image_size: int = 416,
+    seed: int = 0,
+    source_data_version: str | None = None,
+) -> dict:
+    """Read SRC in `fmt`, check every box, copy images as RGB PNG, compute anchors; returns the manifest."""
+    src, out = Path(src), Path(out)
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not src.exists():
+        raise DataError(src, "detection source not found")
+    data = read_detection(src, fmt, val_fraction=val_fraction, seed=seed)
+    if not data.images:
+        raise DataError(src, f"no usable images found as a {fmt} dataset")
+    _check_rejected(data, max_rejected_fraction, src)  # fail before copying anything
+    with staged_output(out) as stage:
+        records = _write_images(data, stage)
+        _check_rejected(data, max_rejected_fraction, src)
+        anchors, stats = _anchors(data.images, anchor_image_size, seed, src)
+        background = Counter(im.split for im in data.images if im.background)
+        manifest = {
+            "kind": "detection",
+            "format": fmt,
+            "classes": data.classes,
+            "counts": {
+                split: {
+                    "images": len(rows),
+                    "boxes": sum(len(r["boxes"]) for r in rows),
+                    "background": background[split],
+                }
+                for split, rows in records.items()
+            },
+            "rejected": [r.as_dict() for r in data.rejected],
+            "anchors": anchors,
+            "anchor_image_size": anchor_image_size,
+            "anchor_stats": stats,
+            "source": str(src),
+            "source_data_version": source_data_version,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        for split, rows in records.items():
+            (stage / f"{split}.json").write_text(json.dumps(rows))
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        _preview(stage, records.get("train") or next(iter(records.values())), data.classes)
+    log.info("prepared %s: %s, %d rejected", out, manifest["counts"], len(data.rejected))
+    return manifest
+
+
+def _write_images(data: DetectionSource, stage: Path) -> dict[str, list[dict]]:
+    """Copy each image as RGB PNG into stage/images/<split>/; an undecodable image becomes a rejection."""
+    from PIL import Image
+
+    records: dict[str, list[dict]] = {}
+    used: set[str] = set()
+    kept: list[DetImage] = []
+    for im in track(data.images, "copying detection images"):
+        name = _unique_name(im, used)
+        dest = stage / "images" / im.split / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with Image.open(im.path) as pil:
+                _to_rgb(pil).save(dest, format="PNG")
+        except (OSError, ValueError) as e:  # truncated or corrupt data past the header
+            data.rejected.append(Rejection(str(im.path), None, f"unreadable image: {e}"))
+            continue
+        kept.append(im)
+        records.setdefault(im.split, []).append({
+            "image": f"images/{im.split}/{name}",
+            "width": im.width,
+            "height": im.height,
+            "boxes": [[round(v, 3) for v in b] for b in im.boxes],
+            "labels": list(im.labels),
+            "difficult": list(im.difficult) or [False] * len(im.boxes),
+        })
+    data.images = kept
+    return records
+
+
+def _unique_name(im: DetImage, used: set[str]) -> str:
+    """`<stem>.png`, with a counter when two source images of a split share a stem."""
+    stem, n = im.path.stem, 1
+    name = f"{stem}.png"
+    while f"{im.split}/{name}" in used:
+        n += 1
+        name = f"{stem}_{n}.png"
+    used.add(f"{im.split}/{name}")
+    return name
+
+
+def _to_rgb(pil):
+    """RGB from any PIL mode; 16-bit and float greyscale are rescaled rather than clipped."""
+    if pil.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        from PIL import Image
+
+        a = np.asarray(pil, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.astype(np.uint8)).convert("RGB")
+    if pil.mode in ("RGBA", "LA", "PA") or (pil.mode == "P" and "transparency" in pil.info):
+        # transparent pixels become black, as most loaders see them
+        return pil.convert("RGBA").convert("RGB")
+    return pil.convert("RGB")
+
+
+def _check_rejected(data: DetectionSource, max_fraction: float, src: Path) -> None:
+    """Fail when more than `max_fraction` of the boxes, or of the images, were rejected."""
+    box_rej = [r for r in data.rejected if r.line is not None]
+    img_rej = [r for r in data.rejected if r.line is None]
+    for what, rej, seen in (("boxes", box_rej, data.boxes_seen), ("images", img_rej, data.images_seen)):
+        if seen and len(rej) / seen > max_fraction:
+            worst = Counter(r.path for r in rej).most_common(10)
+            files = ", ".join(f"{p} ({n})" for p, n in worst)
+            raise DataError(src, f"{len(rej)} of {seen} {what} rejected ({len(rej) / seen:.0%} > "
+                                 f"{max_fraction:.0%}); worst files: {files}; first: {rej[0].reason}")
+
+
+def _anchors(images: list[DetImage], size: int, seed: int, src: Path) -> tuple[dict, dict]:
+    """YOLOv2 (5) and YOLOv3 (9) anchors from the train boxes, letterboxed to `size`."""
+    train = [im for im in images if im.split == "train"] or images
+    wh = [[b[2] - b[0], b[3] - b[1]] for im in train for b in im.boxes]
+    image_wh = [[im.width, im.height] for im in train for _ in im.boxes]
+    scaled = letterbox_wh(np.array(wh).reshape(-1, 2), np.array(image_wh).reshape(-1, 2), size)
+    anchors, stats = {}, {}
+    for name, k in ANCHOR_COUNTS.items():
+        res = compute_anchors(scaled, k, seed=seed, source=str(src))
+        anchors[name] = res.anchors
+        stats[name] = {"avg_iou": round(res.avg_iou, 4), "bpr": round(res.bpr, 4)}
+    return anchors, stats
+
+
+def _preview(stage: Path, rows: list[dict], classes: list[str]) -> None:
+    """Draw boxes and class names on the first few images and save a grid as preview.png."""
+    import torch
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
+
+    from lightning_modules.data.previews import save_grid
+
+    images, captions = [], []
+    for row in rows[:PREVIEW_IMAGES]:
+        with Image.open(stage / row["image"]) as pil:
+            t = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1).contiguous()
+        if row["boxes"]:
+            t = draw_bounding_boxes(t, torch.tensor(row["boxes"], dtype=torch.float32),
+                                    labels=[classes[i] for i in row["labels"]], colors="red", width=2)
+        images.append(t)
+        captions.append(f"{Path(row['image']).name}: {len(row['boxes'])} boxes")
+    save_grid(images, captions, stage / "preview.png")

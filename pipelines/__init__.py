@@ -1,0 +1,1 @@
+"""visionflow orchestration: Dagster assets, resources, checks, jobs. Compute lives in `lightning_modules`."""

@@ -1,0 +1,122 @@
+"""The data stage: the DVC-tracked raw data, and the prepared sets every training stage reads.
+
+Thin assets: each calls the same library function as the `visionflow data ...` command and
+turns its manifest into metadata and check results.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from lightning_modules.data.detection_prep import prep_detection
+from lightning_modules.data.imagenet_prep import prep_classification
+from pipelines import checks, metadata
+from pipelines.resources import DvcResource, ProjectResource
+
+GROUP = "data"
+
+
+@dg.observable_source_asset(group_name=GROUP, description="Raw datasets under data/, versioned by DVC (data.dvc).")
+def raw_data(dvc: DvcResource) -> dg.DataVersion:
+    # The md5 DVC wrote into data.dvc: a new version makes everything downstream stale.
+    return dg.DataVersion(dvc.data_version() or "untracked")
+
+
+class ClassificationPrepConfig(dg.Config):
+    image_size: int = Field(64, description="side of the stored square images (px)")
+    val_fraction: float = Field(0.15, description="stratified val split when the source has no val/")
+    max_rejected_fraction: float = Field(0.05, description="fail when more files than this are unusable")
+    workers: int = Field(2, description="decode/validate processes")
+    seed: int = 0
+
+
+def _classification_metadata(m: dict, out, version) -> dict:
+    names = [c["name"] or c["wnid"] for c in m["classes"]]
+    return {
+        "path": dg.MetadataValue.path(str(out)),
+        "data_version": version or "untracked",
+        "classes": len(m["classes"]),
+        "train_images": m["totals"]["train"],
+        "val_images": m["totals"]["val"],
+        "rejected": len(m["rejected"]),
+        "rejected_files": metadata.table(m["rejected"], ["path", "reason"]),
+        "image_size": m["image_size"],
+        "mean": str([round(v, 4) for v in m["mean"]]),
+        "std": str([round(v, 4) for v in m["std"]]),
+        "class_histogram": metadata.bar_chart(names, [c["train"] for c in m["classes"]], "train images per class"),
+        "samples": metadata.image(out / "preview.png", "samples"),
+    }
+
+
+def _classification_asset(name: str, source: str, description: str):
+    @dg.asset(
+        name=name, group_name=GROUP, deps=[raw_data], description=description,
+        check_specs=checks.specs(name, checks.CLASSIFICATION_CHECKS),
+    )
+    def _asset(context: dg.AssetExecutionContext, config: ClassificationPrepConfig,
+               project: ProjectResource, dvc: DvcResource) -> dg.MaterializeResult:
+        version = dvc.data_version()
+        out = project.prepared(source)
+        context.log.info(f"preparing {project.raw(source)} -> {out} (data version {version})")
+        m = prep_classification(
+            project.raw(source), out, image_size=config.image_size, val_fraction=config.val_fraction,
+            max_rejected_fraction=config.max_rejected_fraction, workers=config.workers, seed=config.seed,
+            source_data_version=version,
+        )
+        return dg.MaterializeResult(
+            metadata=_classification_metadata(m, out, version),
+            check_results=checks.classification_results(m, config.max_rejected_fraction),
+            data_version=dg.DataVersion(f"{version}:{config.image_size}"),
+        )
+
+    return _asset
+
+
+prepared_imagenet = _classification_asset(
+    "prepared_imagenet", "imagenet", "ImageNet-style pretraining set: checked, RGB, resized, litdata chunks.")
+prepared_transfer = _classification_asset(
+    "prepared_transfer", "transfer", "Few-shot transfer target set, prepared like the pretraining set.")
+
+
+class DetectionPrepConfig(dg.Config):
+    format: str = Field("yolo", description="label format of the source: yolo | coco | voc")
+    val_fraction: float = 0.2
+    max_rejected_fraction: float = Field(0.1, description="fail when more boxes than this are bad")
+    anchor_image_size: int = Field(416, description="anchors are in pixels at this letterboxed size")
+    bpr_floor: float = Field(0.95, description="anchors_bpr check: minimum best-possible recall")
+    seed: int = 0
+
+
+@dg.asset(group_name=GROUP, deps=[raw_data],
+          description="Detection set: boxes checked, one internal form, k-means anchors for YOLOv2/v3.",
+          check_specs=checks.specs("prepared_detection", checks.DETECTION_CHECKS))
+def prepared_detection(context: dg.AssetExecutionContext, config: DetectionPrepConfig,
+                       project: ProjectResource, dvc: DvcResource) -> dg.MaterializeResult:
+    version = dvc.data_version()
+    out = project.prepared("detection")
+    m = prep_detection(
+        project.raw("detection"), out, fmt=config.format, val_fraction=config.val_fraction,
+        max_rejected_fraction=config.max_rejected_fraction, anchor_image_size=config.anchor_image_size,
+        seed=config.seed, source_data_version=version,
+    )
+    counts = m["counts"]
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(out)),
+            "data_version": version or "untracked",
+            "classes": dg.MetadataValue.json(m["classes"]),
+            "images": sum(c["images"] for c in counts.values()),
+            "boxes": sum(c["boxes"] for c in counts.values()),
+            "background_images": sum(c["background"] for c in counts.values()),
+            "rejected_labels": metadata.table(m["rejected"], ["path", "line", "reason"]),
+            "anchors": dg.MetadataValue.json(m["anchors"]),
+            "anchor_stats": dg.MetadataValue.json(m["anchor_stats"]),
+            "samples_with_boxes": metadata.image(out / "preview.png", "samples with boxes"),
+        },
+        check_results=checks.detection_results(m, config.max_rejected_fraction, config.bpr_floor),
+        data_version=dg.DataVersion(f"{version}:{config.format}"),
+    )
+
+
+DATA_ASSETS = [raw_data, prepared_imagenet, prepared_transfer, prepared_detection]

@@ -1,0 +1,76 @@
+"""`python -m pipelines.main run|ui`: what `make run` and `make ui` call.
+
+`run` makes sure the raw data is there and versioned (DVC), observes its version, then runs
+the `main` job in this process against the project's Dagster instance (`.dagster_home/`), so
+the runs show up in the UI afterwards. `ui` starts `dagster dev` (webserver + daemon).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lightning_modules.paths import project_root
+
+DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+
+
+def dagster_home(root: Path) -> Path:
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(root / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    return home
+
+
+def run(root: Path) -> int:
+    import dagster as dg
+
+    from lightning_modules.data.bootstrap import ensure_default_data
+    from pipelines.definitions import defs
+
+    dagster_home(root)
+    version = ensure_default_data(root)
+    print(f"data version: {version}")
+    with dg.DagsterInstance.get() as instance:
+        defs.resolve_job_def("observe_raw_data").execute_in_process(instance=instance)
+        result = defs.resolve_job_def("main").execute_in_process(instance=instance, raise_on_error=False)
+        _print_summary(result)
+    print(f"\nOpen the Dagster UI with `make ui` (runs are stored in {os.environ['DAGSTER_HOME']}).")
+    return 0 if result.success else 1
+
+
+def _print_summary(result) -> None:
+    for event in result.get_asset_materialization_events():
+        mat = event.asset_materialization
+        numbers = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 60}
+        print(f"materialized {mat.asset_key.to_user_string()}: {numbers}")
+    for event in result.get_asset_check_evaluations():
+        print(f"  check {event.asset_key.to_user_string()}.{event.check_name}: {'passed' if event.passed else 'FAILED'}")
+    print("main job:", "succeeded" if result.success else "FAILED")
+
+
+def ui(root: Path, port: int) -> int:
+    dagster_home(root)
+    cmd = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(root / "workspace.yaml"),
+           "-h", "127.0.0.1", "-p", str(port)]
+    print("starting:", " ".join(cmd))
+    os.execv(cmd[0], cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser(prog="python -m pipelines.main")
+    p.add_argument("command", choices=["run", "ui"])
+    p.add_argument("--port", type=int, default=3000)
+    a = p.parse_args(argv)
+    root = project_root()
+    os.chdir(root)
+    return run(root) if a.command == "run" else ui(root, a.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
