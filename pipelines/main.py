@@ -45,9 +45,9 @@ def run(root: Path) -> int:
 
 def _print_summary(result) -> None:
     for event in result.get_asset_materialization_events():
-        mat = event.asset_materialization
-        numbers = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 60}
-        print(f"materialized {mat.asset_key.to_user_string()}: {numbers}")
+        meta = event.materialization.metadata
+        numbers = {k: v.value for k, v in meta.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 60}
+        print(f"materialized {event.asset_key.to_user_string()}: {numbers}")
     for event in result.get_asset_check_evaluations():
         print(f"  check {event.asset_key.to_user_string()}.{event.check_name}: {'passed' if event.passed else 'FAILED'}")
     print("main job:", "succeeded" if result.success else "FAILED")

@@ -39,6 +39,8 @@ def prep_detection(
     src, out = Path(src), Path(out)
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if anchor_image_size <= 0:
+        raise ConfigError(f"anchor_image_size must be positive, got {anchor_image_size}")
     if not src.exists():
         raise DataError(src, "detection source not found")
     data = read_detection(src, fmt, val_fraction=val_fraction, seed=seed)
@@ -73,7 +75,7 @@ def prep_detection(
         for split, rows in records.items():
             (stage / f"{split}.json").write_text(json.dumps(rows))
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        _preview(stage, records.get("train") or next(iter(records.values())), data.classes)
+        _preview(stage, records["train"] or records["val"], data.classes)
     log.info("prepared %s: %s, %d rejected", out, manifest["counts"], len(data.rejected))
     return manifest
 
@@ -82,7 +84,7 @@ def _write_images(data: DetectionSource, stage: Path) -> dict[str, list[dict]]:
     """Copy each image as RGB PNG into stage/images/<split>/; an undecodable image becomes a rejection."""
     from PIL import Image
 
-    records: dict[str, list[dict]] = {}
+    records: dict[str, list[dict]] = {"train": [], "val": []}  # both files always exist, maybe empty
     used: set[str] = set()
     kept: list[DetImage] = []
     for im in track(data.images, "copying detection images"):
@@ -169,12 +171,13 @@ def _preview(stage: Path, rows: list[dict], classes: list[str]) -> None:
     from lightning_modules.data.previews import save_grid
 
     images, captions = [], []
-    for row in rows[:PREVIEW_IMAGES]:
+    for row in sorted(rows, key=lambda r: not r["boxes"])[:PREVIEW_IMAGES]:  # images with boxes first
         with Image.open(stage / row["image"]) as pil:
             t = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1).contiguous()
         if row["boxes"]:
             t = draw_bounding_boxes(t, torch.tensor(row["boxes"], dtype=torch.float32),
-                                    labels=[classes[i] for i in row["labels"]], colors="red", width=2)
+                                    labels=[classes[i] for i in row["labels"]], colors="red",
+                                    width=max(2, max(t.shape[1:]) // 64))  # stays visible in a 128 px tile
         images.append(t)
         captions.append(f"{Path(row['image']).name}: {len(row['boxes'])} boxes")
     save_grid(images, captions, stage / "preview.png")

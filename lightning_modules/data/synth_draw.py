@@ -155,7 +155,8 @@ def photo_size(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
 
 def background(w: int, h: int, rng: np.random.Generator, avoid: tuple[str, ...] = ()) -> Image.Image:
     """Cluttered background: a muted two-colour gradient with distractor lines and blobs."""
-    c1, c2 = rng.uniform(50, 210, 3), rng.uniform(50, 210, 3)
+    # Muted (greyish, tinted) so objects stand out at least a little, as photographed objects do.
+    c1, c2 = rng.uniform(60, 200) + rng.uniform(-45, 45, 3), rng.uniform(60, 200) + rng.uniform(-45, 45, 3)
     a = rng.uniform(0, 2 * math.pi)
     ys, xs = np.ogrid[0:h, 0:w]
     t = (xs * math.cos(a) + ys * math.sin(a)) / max(w, h)
@@ -170,11 +171,18 @@ def background(w: int, h: int, rng: np.random.Generator, avoid: tuple[str, ...] 
         draw.line((x0, y0, x1, y1), fill=col, width=int(rng.integers(1, max(2, side // 40) + 1)))
     for _ in range(int(rng.integers(1, 6))):
         col = tuple(int(c) for c in jitter_colour(palette[int(rng.integers(len(palette)))], rng))
-        r = rng.uniform(0.03, 0.12) * side
-        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        rx, ry = r * rng.uniform(0.5, 1.5), r * rng.uniform(0.5, 1.5)
-        draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=col)
+        draw.polygon(_blob(rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.03, 0.12) * side, rng), fill=col)
     return img
+
+
+def _blob(cx: float, cy: float, r: float, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """An irregular, wobbly blob: a circle whose radius varies with low harmonics (never a clean disk)."""
+    t = np.linspace(0, 2 * np.pi, 28, endpoint=False)
+    k = np.arange(2, 5)[:, None]
+    wobble = (rng.uniform(0.12, 0.3, (3, 1)) * np.sin(k * t + rng.uniform(0, 2 * np.pi, (3, 1)))).sum(axis=0)
+    rr = r * (1 + wobble)
+    sx, sy = rng.uniform(0.6, 1.4, 2)
+    return list(zip((cx + sx * rr * np.cos(t)).tolist(), (cy + sy * rr * np.sin(t)).tolist(), strict=True))
 
 
 def add_noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -183,10 +191,6 @@ def add_noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     sigma = rng.uniform(3, 14)
     arr = arr + rng.standard_normal(arr.shape, dtype=np.float32) * sigma
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def paste(img: Image.Image, tex: Image.Image, mask: Image.Image, at: tuple[int, int]) -> None:
-    img.paste(tex, at, mask)
 
 
 def classification_image(spec: ClassSpec, rng: np.random.Generator, lo: int = 64, hi: int = 400) -> tuple[Image.Image, Box]:
@@ -199,7 +203,7 @@ def classification_image(spec: ClassSpec, rng: np.random.Generator, lo: int = 64
     tex, mask, (bx0, by0, bx1, by1) = render_object(spec.shape, spec.texture, pri, sec, size, rng)
     x = int(rng.integers(-bx0, max(-bx0, w - bx1) + 1))
     y = int(rng.integers(-by0, max(-by0, h - by1) + 1))
-    paste(img, tex, mask, (x, y))
+    img.paste(tex, (x, y), mask)
     box = (max(0, x + bx0), max(0, y + by0), min(w, x + bx1), min(h, y + by1))
     return add_noise(img, rng), box
 
@@ -251,7 +255,7 @@ def detection_image(
             box = (x + bx0, y + by0, x + bx1, y + by1)
             inside = box[0] >= 0 and box[1] >= 0 and box[2] <= w and box[3] <= h
             if inside and _overlap_ok(box, [b for _, b in labels]):
-                paste(img, tex, mask, (x, y))
+                img.paste(tex, (x, y), mask)
                 labels.append((cls, box))
                 break
     return add_noise(img, rng), labels

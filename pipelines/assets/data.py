@@ -4,8 +4,6 @@ Thin assets: each calls the same library function as the `visionflow data ...` c
 turns its manifest into metadata and check results.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 from pydantic import Field
 
@@ -16,12 +14,10 @@ from pipelines.resources import DvcResource, ProjectResource
 
 GROUP = "data"
 
-
 @dg.observable_source_asset(group_name=GROUP, description="Raw datasets under data/, versioned by DVC (data.dvc).")
 def raw_data(dvc: DvcResource) -> dg.DataVersion:
     # The md5 DVC wrote into data.dvc: a new version makes everything downstream stale.
     return dg.DataVersion(dvc.data_version() or "untracked")
-
 
 class ClassificationPrepConfig(dg.Config):
     image_size: int = Field(64, description="side of the stored square images (px)")
@@ -29,7 +25,6 @@ class ClassificationPrepConfig(dg.Config):
     max_rejected_fraction: float = Field(0.05, description="fail when more files than this are unusable")
     workers: int = Field(2, description="decode/validate processes")
     seed: int = 0
-
 
 def _classification_metadata(m: dict, out, version) -> dict:
     names = [c["name"] or c["wnid"] for c in m["classes"]]
@@ -47,7 +42,6 @@ def _classification_metadata(m: dict, out, version) -> dict:
         "class_histogram": metadata.bar_chart(names, [c["train"] for c in m["classes"]], "train images per class"),
         "samples": metadata.image(out / "preview.png", "samples"),
     }
-
 
 def _classification_asset(name: str, source: str, description: str):
     @dg.asset(
@@ -72,12 +66,10 @@ def _classification_asset(name: str, source: str, description: str):
 
     return _asset
 
-
 prepared_imagenet = _classification_asset(
     "prepared_imagenet", "imagenet", "ImageNet-style pretraining set: checked, RGB, resized, litdata chunks.")
 prepared_transfer = _classification_asset(
     "prepared_transfer", "transfer", "Few-shot transfer target set, prepared like the pretraining set.")
-
 
 class DetectionPrepConfig(dg.Config):
     format: str = Field("yolo", description="label format of the source: yolo | coco | voc")
@@ -86,7 +78,6 @@ class DetectionPrepConfig(dg.Config):
     anchor_image_size: int = Field(416, description="anchors are in pixels at this letterboxed size")
     bpr_floor: float = Field(0.95, description="anchors_bpr check: minimum best-possible recall")
     seed: int = 0
-
 
 @dg.asset(group_name=GROUP, deps=[raw_data],
           description="Detection set: boxes checked, one internal form, k-means anchors for YOLOv2/v3.",
@@ -117,6 +108,5 @@ def prepared_detection(context: dg.AssetExecutionContext, config: DetectionPrepC
         check_results=checks.detection_results(m, config.max_rejected_fraction, config.bpr_floor),
         data_version=dg.DataVersion(f"{version}:{config.format}"),
     )
-
 
 DATA_ASSETS = [raw_data, prepared_imagenet, prepared_transfer, prepared_detection]

@@ -1,0 +1,283 @@
+"""Deterministic generator of the embedded data: an ImageNet-layout classification set, a few-shot
+transfer set with other categories, and a detection set in YOLO and COCO form.
+
+Each image comes from its own random generator seeded by (seed, set, index), so the output is
+byte-identical for a seed whatever the number of worker processes. Drawing is in `synth_draw`,
+the class catalogues in `synth_classes`.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from lightning_modules.data import synth_draw
+from lightning_modules.data.staging import staged_output
+from lightning_modules.data.synth_classes import (
+    DETECTION_SHAPES,
+    IMAGENET_SHAPES,
+    TRANSFER_SHAPES,
+    ClassSpec,
+    make_classes,
+    make_wnids,
+)
+from lightning_modules.errors import ConfigError, DataError
+from lightning_modules.progress import track
+
+SUMMARY_FILE = "synth.json"  # marks `out` as generated, so a rerun may replace it
+SETS = ("imagenet", "transfer", "detection")
+# Stream ids for the per-image generators; never renumber (it would change every image).
+_SET_ID = {"imagenet/train": 1, "imagenet/val": 2, "transfer/train": 3, "transfer/val": 4,
+           "detection/train": 5, "detection/val": 6}
+_CATALOGUE_ID = {"imagenet": 100, "wnids": 101, "transfer": 102, "val_order": 103, "dirt": 104, "background": 105}
+DIRT_KINDS = ("grayscale", "cmyk", "png")
+JPEG_QUALITY = 90
+
+
+def synthesize(
+    out: Path,
+    *,
+    classes: int = 10,
+    per_class: int = 60,
+    val_per_class: int = 12,
+    transfer_classes: int = 5,
+    transfer_per_class: int = 12,
+    transfer_val_per_class: int = 6,
+    det_train: int = 64,
+    det_val: int = 16,
+    seed: int = 0,
+    workers: int = 1,
+) -> dict:
+    """Write `out/imagenet`, `out/transfer`, `out/detection` and `out/synth.json`; return the summary."""
+    out = Path(out)
+    _check_args(classes=classes, per_class=per_class, transfer_classes=transfer_classes,
+                transfer_per_class=transfer_per_class, det_train=det_train, workers=workers)
+    _check_args(minimum=0, val_per_class=val_per_class, transfer_val_per_class=transfer_val_per_class,
+                det_val=det_val, seed=seed)
+    _refuse_foreign(out)
+    specs = make_classes(classes, IMAGENET_SHAPES, _rng(seed, "imagenet"))
+    wnids = make_wnids(classes, _rng(seed, "wnids"))
+    t_specs = make_classes(transfer_classes, TRANSFER_SHAPES, _rng(seed, "transfer"))
+
+    out.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        dirs = {name: stack.enter_context(staged_output(out / name)) for name in SETS}
+        pool = stack.enter_context(_pool(workers)) if workers > 1 else None
+        run = partial(_run, pool=pool, seed=seed, workers=workers)
+        summary = {
+            "seed": seed,
+            "imagenet": _write_imagenet(dirs["imagenet"], specs, wnids, per_class, val_per_class, seed, run),
+            "transfer": _write_transfer(dirs["transfer"], t_specs, transfer_per_class, transfer_val_per_class, run),
+            "detection": _write_detection(dirs["detection"], {"train": det_train, "val": det_val}, seed, run),
+            "classes": [{"wnid": w, "name": s.name} for w, s in zip(wnids, specs, strict=True)],
+            "transfer_classes": [s.folder for s in t_specs],
+        }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+# --- orchestration ----------------------------------------------------------------------------
+
+
+def _check_args(minimum: int = 1, **values: int) -> None:
+    for name, v in values.items():
+        if not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"synthesize: {name} must be an integer >= {minimum}, got {v!r}")
+
+
+def _refuse_foreign(out: Path) -> None:
+    """Only replace folders this generator made: never delete someone's real dataset."""
+    if (out / SUMMARY_FILE).exists():
+        return
+    for name in SETS:
+        if (out / name).exists():
+            raise DataError(out / name, f"exists but {out / SUMMARY_FILE} does not; not generated data, not replacing it")
+
+
+def _rng(seed: int, what: str, *more: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _CATALOGUE_ID[what], *more])
+
+
+def _pool(workers: int):
+    # "spawn": safe even when the caller (Dagster, a web server) has threads running.
+    return multiprocessing.get_context("spawn").Pool(workers)
+
+
+def _run(tasks: Iterable[tuple], desc: str, fn: Callable, *, total: int, pool: Any, seed: int, workers: int,
+         keep: bool = True) -> list:
+    """Apply `fn(task, seed=...)` to every task, in order, in the pool when there is one.
+
+    `tasks` may be a generator (1,000 classes x 1,300 images never sit in memory as one list);
+    with `keep=False` the results are dropped as they come.
+    """
+    f = partial(fn, seed=seed)
+    if pool is None or total < 2:
+        results = map(f, tasks)
+    else:
+        results = pool.imap(f, tasks, chunksize=max(1, min(32, total // (4 * workers))))
+    kept = []
+    for r in track(results, desc, total=total):
+        if keep:
+            kept.append(r)
+    return kept
+
+
+# --- classification sets ----------------------------------------------------------------------
+
+
+def _pick_dirt(n: int, rng: np.random.Generator, *, guarantee: bool) -> list[str | None]:
+    """Which of n images are saved as grayscale JPEG, CMYK JPEG or PNG-named-.JPEG (~1% each)."""
+    k = round(0.01 * n)
+    if guarantee and n >= 30:
+        k = max(k, 1)
+    k = min(k, n // 3)
+    dirt: list[str | None] = [None] * n
+    chosen = rng.choice(n, size=3 * k, replace=False) if k else []
+    for j, i in enumerate(chosen):
+        dirt[int(i)] = DIRT_KINDS[j // k]
+    return dirt
+
+
+def _save(img, path: Path, dirt: str | None = None) -> None:
+    if dirt == "grayscale":
+        img.convert("L").save(path, "JPEG", quality=JPEG_QUALITY)
+    elif dirt == "cmyk":
+        img.convert("CMYK").save(path, "JPEG", quality=JPEG_QUALITY)
+    elif dirt == "png":
+        img.save(path, "PNG")
+    else:
+        img.save(path, "JPEG", quality=JPEG_QUALITY)
+
+
+def _render_classification(task: tuple, *, seed: int) -> tuple[int, int, int, int]:
+    """Worker: draw one image of `spec`, save it; return its object box (x1, y1, x2, y2)."""
+    set_id, index, path, spec, dirt = task
+    img, box = synth_draw.classification_image(spec, np.random.default_rng([seed, set_id, index]))
+    _save(img, Path(path), dirt)
+    return box
+
+
+def _write_imagenet(root: Path, specs: list[ClassSpec], wnids: list[str], per_class: int, val_per_class: int,
+                    seed: int, run: Callable) -> dict:
+    n_train = len(specs) * per_class
+    dirt_rng = _rng(seed, "dirt")
+    train_dirt = _pick_dirt(n_train, dirt_rng, guarantee=True)
+    for wnid in wnids:
+        (root / "train" / wnid).mkdir(parents=True)
+
+    def train_path(i: int) -> str:
+        wnid = wnids[i // per_class]
+        return f"train/{wnid}/{wnid}_{i % per_class + 1}.JPEG"
+
+    tasks = ((_SET_ID["imagenet/train"], i, str(root / train_path(i)), specs[i // per_class], train_dirt[i])
+             for i in range(n_train))
+    run(tasks, "synth imagenet/train", _render_classification, total=n_train, keep=False)
+
+    # Validation: one flat folder, classes interleaved, boxes in the Kaggle LOC csv.
+    (root / "val").mkdir()
+    labels = _rng(seed, "val_order").permutation(np.repeat(np.arange(len(specs)), val_per_class))
+    val_dirt = _pick_dirt(len(labels), dirt_rng, guarantee=False)
+    ids = [f"ILSVRC2012_val_{i + 1:08d}" for i in range(len(labels))]
+    val_tasks = [(_SET_ID["imagenet/val"], i, str(root / "val" / f"{ids[i]}.JPEG"), specs[int(c)], val_dirt[i])
+                 for i, c in enumerate(labels)]
+    boxes = run(val_tasks, "synth imagenet/val", _render_classification, total=len(val_tasks))
+    rows = [f"{ids[i]},{wnids[int(c)]} {' '.join(str(v) for v in boxes[i])}" for i, c in enumerate(labels)]
+    (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(r + "\n" for r in rows))
+    (root / "LOC_synset_mapping.txt").write_text(
+        "".join(f"{w} {s.name}, {s.other_name}\n" for w, s in zip(wnids, specs, strict=True))
+    )
+    dirt = {kind: [train_path(i) for i, d in enumerate(train_dirt) if d == kind] for kind in DIRT_KINDS}
+    return {"classes": len(specs), "train": n_train, "val": len(labels),
+            "dirt": {kind: len(paths) for kind, paths in dirt.items()},
+            "dirt_examples": {kind: paths[:3] for kind, paths in dirt.items()}}
+
+
+def _write_transfer(root: Path, specs: list[ClassSpec], per_class: int, val_per_class: int, run: Callable) -> dict:
+    counts = {}
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        tasks = []
+        for c, spec in enumerate(specs):
+            folder = root / split / spec.folder
+            folder.mkdir(parents=True)
+            for k in range(n):
+                tasks.append((_SET_ID[f"transfer/{split}"], c * n + k, str(folder / f"{k + 1:04d}.jpg"), spec, None))
+        run(tasks, f"synth transfer/{split}", _render_classification, total=len(tasks))
+        counts[split] = len(tasks)
+    return {"classes": len(specs), **counts}
+
+
+# --- detection set ----------------------------------------------------------------------------
+
+
+def _render_detection(task: tuple, *, seed: int) -> tuple[int, int, list]:
+    """Worker: draw one scene, save image and YOLO label file; return (width, height, [(cls, box)])."""
+    set_id, index, img_path, label_path, label_mode = task
+    rng = np.random.default_rng([seed, set_id, index])
+    n = 0 if label_mode != "objects" else int(rng.integers(1, 7))
+    img, labels = synth_draw.detection_image(n, DETECTION_SHAPES, rng)
+    _save(img, Path(img_path))
+    w, h = img.size
+    if label_mode != "missing":
+        lines = [f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} "
+                 f"{(b[3] - b[1]) / h:.6f}\n" for c, b in labels]
+        Path(label_path).write_text("".join(lines))
+    return w, h, labels
+
+
+def _background_modes(n: int, rng: np.random.Generator) -> list[str]:
+    """~10% background images (>= 2 when n >= 4): one or two without a label file, the rest empty."""
+    modes = ["objects"] * n
+    if n < 4:
+        return modes
+    n_bg = max(2, round(0.1 * n))
+    for j, i in enumerate(rng.choice(n, size=n_bg, replace=False)):
+        modes[int(i)] = "missing" if j < (1 if n_bg == 2 else 2) else "empty"
+    return modes
+
+
+def _write_detection(root: Path, sizes: dict[str, int], seed: int, run: Callable) -> dict:
+    names = list(DETECTION_SHAPES)
+    summary: dict[str, Any] = {"nc": len(names), "names": names}
+    for split, n in sizes.items():
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        modes = _background_modes(n, _rng(seed, "background", _SET_ID[f"detection/{split}"]))
+        stems = [f"{split}_{i + 1:05d}" for i in range(n)]
+        tasks = [(_SET_ID[f"detection/{split}"], i, str(root / "images" / split / f"{stems[i]}.jpg"),
+                  str(root / "labels" / split / f"{stems[i]}.txt"), modes[i]) for i in range(n)]
+        results = run(tasks, f"synth detection/{split}", _render_detection, total=len(tasks))
+        _write_coco(root / "annotations" / f"instances_{split}.json", stems, results, names)
+        summary[split] = {
+            "images": n,
+            "boxes": sum(len(r[2]) for r in results),
+            "background": sum(m != "objects" for m in modes),
+            "missing_label_files": sum(m == "missing" for m in modes),
+        }
+    (root / "data.yaml").write_text(yaml.safe_dump(
+        {"path": ".", "train": "images/train", "val": "images/val", "nc": len(names), "names": names},
+        sort_keys=False, default_flow_style=None))
+    return summary
+
+
+def _write_coco(path: Path, stems: list[str], results: list, names: list[str]) -> None:
+    """COCO instances json; category id = YOLO class + 1, bbox = [x, y, w, h] in pixels."""
+    images, annotations = [], []
+    for image_id, (stem, (w, h, labels)) in enumerate(zip(stems, results, strict=True), start=1):
+        images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": w, "height": h})
+        for cls, (x1, y1, x2, y2) in labels:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
+                                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                                "area": float((x2 - x1) * (y2 - y1)), "iscrowd": 0})
+    coco = {"info": {"description": "visionflow synthetic detection set", "version": "1"}, "licenses": [],
+            "images": images, "annotations": annotations,
+            "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(names)]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(coco))

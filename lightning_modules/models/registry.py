@@ -1,0 +1,55 @@
+"""Model registry: backbone name -> builder, and `build_model`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from lightning_modules.errors import ConfigError
+from lightning_modules.models.activations import swap_activations
+from lightning_modules.models.backbone import Backbone, DropoutConfig
+from lightning_modules.models.darknet import darknet19, darknet53, yolov1
+from lightning_modules.models.resnet import plain18, plain34, resnet18, resnet34
+from lightning_modules.models.vgg import vgg16, vgg16_bn
+
+# Each builder: (num_classes, width, dropout, small_input) -> Backbone with its own activation.
+MODEL_REGISTRY: dict[str, Callable[..., Backbone]] = {
+    "vgg16": vgg16,
+    "vgg16_bn": vgg16_bn,
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "plain18": plain18,
+    "plain34": plain34,
+    "darknet19": darknet19,
+    "darknet53": darknet53,
+    "yolov1": yolov1,
+}
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    width: float = 1.0,
+    activation: str | None = None,
+    dropout: DropoutConfig | Mapping | float | None = None,
+    small_input: bool = False,
+) -> Backbone:
+    """Build a registered backbone.
+
+    activation: None (or "default") keeps the architecture's own (ReLU for VGG/ResNets, leaky
+    ReLU 0.1 for the Darknets); a name from ACTIVATIONS replaces every hidden activation.
+    dropout: see DropoutConfig; None keeps the architecture's defaults.
+    """
+    try:
+        builder = MODEL_REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"model {name!r} is unknown; choose one of: {', '.join(MODEL_REGISTRY)}") from None
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes: {num_classes!r} must be a positive integer")
+    model = builder(num_classes=num_classes, width=width, dropout=dropout, small_input=bool(small_input))
+    if activation not in (None, "default"):
+        swap_activations(model, activation)
+        model.activation = activation
+    else:
+        model.activation = "default"
+    return model
