@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_model_summary)
 
+    from lightning_modules.darknet.cli import add_darknet_commands
+
+    add_darknet_commands(sub)
+
     s = sub.add_parser("train", help="run a training job (same as python -m lightning_modules.train)", add_help=False)
     s.set_defaults(fn=_train, passthrough=True)
     return p
