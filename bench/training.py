@@ -1,0 +1,269 @@
+"""Training throughput on this CPU: the Lightning job vs a plain PyTorch loop, and DDP scaling.
+
+    python bench/training.py [--steps 20] [--warmup 5] [--cycles 2] [--skip-ddp]
+
+1. Same model (ResNet-18), data (prepared litdata, 64 px), batch (64) and optimizer: the job's
+   ClassificationModule + Trainer + callbacks vs a hand-written loop, alternated A B B A and
+   repeated; images/s is the median of the rounds (bar: Lightning within 3% of the plain loop).
+2. DDP scaling under torchrun: 2 ranks x 1 thread vs 1 rank x 1 thread (same per-rank batch);
+   efficiency = throughput(2) / (2 x throughput(1)) (bar: >= 90%). One process using both cores
+   is not the baseline: it would measure thread scaling, not DDP.
+3. FLOPs per image (torch.utils.flop_counter, forward and forward+backward) and achieved GFLOP/s.
+Results go to bench/out/training.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("DATA_OPTIMIZER_CACHE_FOLDER", str(REPO / ".cache" / "litdata"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+OUT = REPO / "bench" / "out"
+
+
+def ensure_data(size: int) -> Path:
+    """A prepared set big enough for ~25 steps of 64 without repeating (synthesized once, then reused)."""
+    from lightning_modules.data.imagenet_prep import prep_classification
+    from lightning_modules.data.synth import synthesize
+
+    raw, prepared = OUT / "train-bench-raw", OUT / f"train-bench-prepared-{size}"
+    if not (prepared / "manifest.json").is_file():
+        if not (raw / "synth.json").is_file():
+            synthesize(raw, classes=10, per_class=170, val_per_class=4, transfer_classes=2, transfer_per_class=2,
+                       transfer_val_per_class=1, det_train=1, det_val=1, workers=2)
+        prep_classification(raw / "imagenet", prepared, image_size=size, workers=2)
+    return prepared
+
+
+def job_config(args):
+    from lightning_modules.config import load_config
+
+    return load_config(REPO / "configs" / "smoke-classify.yaml", [
+        "model.name=resnet18", "model.width=1.0", "model.small_input=false", f"data.batch_size={args.batch}",
+        "data.num_workers=0", "data.augment=false", f"data.image_size={args.size}", "optim.name=sgd",
+        "optim.lr=0.01", "optim.weight_decay=1e-4", "optim.schedule=constant", "optim.warmup_epochs=0",
+        "loss.name=cross_entropy", "loss.label_smoothing=0.0",
+    ])
+
+
+def _module_and_data(cfg, data: Path):
+    from lightning_modules.classification import ClassificationModule
+    from lightning_modules.datamodule import ClassificationDataModule
+
+    dm = ClassificationDataModule(data, cfg.data, seed=0)
+    module = ClassificationModule(model=asdict(cfg.model), optim=asdict(cfg.optim), loss=asdict(cfg.loss),
+                                  num_classes=dm.num_classes, mean=dm.info.mean, std=dm.info.std)
+    return module, dm
+
+
+def run_lightning(cfg, data: Path, warmup: int, steps: int, devices: int = 1) -> float:
+    """Images/s of the job's module + Trainer + standard callbacks over `steps` steps after `warmup` (all ranks)."""
+    import pytorch_lightning as L
+
+    from lightning_modules.callbacks import standard_callbacks
+    from lightning_modules.train import SilentLogger
+
+    module, dm = _module_and_data(cfg, data)
+    timer = _StepTimer(warmup, warmup + steps)
+    run_dir = OUT / "train-bench-run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The job's per-step callbacks (NaN guard, LR monitor, gradient flow every 50 steps); checkpoint
+    # writes are left out: in a job they happen every N steps, not in a 20-step window.
+    callbacks = [c for c in standard_callbacks(run_dir, checkpoint_every_n_steps=10_000, early_stopping_patience=None,
+                                               grad_monitor_every_n_steps=50, nan_guard=True, check_grads=True)
+                 if type(c).__name__ != "ModelCheckpoint"]
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", precision="32",
+        max_steps=warmup + steps, limit_val_batches=0, num_sanity_val_steps=0, logger=SilentLogger(),
+        callbacks=[*callbacks, timer], enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, use_distributed_sampler=False, default_root_dir=str(run_dir),
+    )
+    trainer.fit(module, datamodule=dm)
+    world = devices
+    return steps * cfg.data.batch_size * world / (timer.t1 - timer.t0)
+
+
+def _step_timer_cls():
+    import pytorch_lightning as L
+
+    class StepTimer(L.Callback):
+        def __init__(self, start: int, stop: int):
+            self.start, self.stop, self.t0, self.t1 = start, stop, None, None
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == self.start:
+                self.t0 = time.perf_counter()
+            elif trainer.global_step == self.stop:
+                self.t1 = time.perf_counter()
+
+    return StepTimer
+
+
+def _StepTimer(start: int, stop: int):  # noqa: N802
+    return _step_timer_cls()(start, stop)
+
+
+def run_plain(cfg, data: Path, warmup: int, steps: int) -> float:
+    """Images/s of a hand-written loop: same backbone, loader, normalisation, SGD and loss."""
+    import torch
+
+    from lightning_modules.classification import param_groups
+    from lightning_modules.models import build_model
+
+    _, dm = _module_and_data(cfg, data)
+    dm.setup("fit")
+    model = build_model(cfg.model.name, num_classes=dm.num_classes, width=cfg.model.width)
+    model.train()
+    opt = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    mean = torch.tensor(dm.info.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(dm.info.std).view(1, 3, 1, 1) * 255
+    loss_fn = torch.nn.CrossEntropyLoss()
+    done, t0 = 0, None
+    while True:
+        for images, labels in dm.train_dataloader():
+            x = (images.float() - mean) / std
+            loss = loss_fn(model(x), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == warmup:
+                t0 = time.perf_counter()
+            elif done == warmup + steps:
+                return steps * cfg.data.batch_size / (time.perf_counter() - t0)
+
+
+def flops_per_image(cfg, size: int) -> tuple[float, float]:
+    """(forward, forward+backward) FLOPs per image."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lightning_modules.models import build_model
+
+    model = build_model(cfg.model.name, num_classes=10, width=cfg.model.width)
+    x = torch.randn(2, 3, size, size)
+    with FlopCounterMode(display=False) as fwd:
+        out = model(x)
+    with FlopCounterMode(display=False) as both:
+        model(x).sum().backward()
+    del out
+    return fwd.get_total_flops() / 2, both.get_total_flops() / 2
+
+
+def ddp_worker(args) -> None:
+    """One torchrun rank: the job's module under DDP; rank 0 writes images/s (all ranks) to --result."""
+    from lightning_modules import distributed as dist
+
+    dist.set_threads()
+    ips = run_lightning(job_config(args), Path(args.data), args.warmup, args.steps,
+                        devices=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if dist.is_global_zero():
+        Path(args.result).write_text(json.dumps({"images_per_s": ips}))
+
+
+def ddp_round(args, data: Path, ranks: int) -> float:
+    result = OUT / f"train-bench-ddp-{ranks}.json"
+    result.unlink(missing_ok=True)
+    env = {**os.environ, "VISIONFLOW_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+           str(Path(__file__).resolve()), "--ddp-worker", "--data", str(data), "--result", str(result),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
+           "--size", str(args.size)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun with {ranks} ranks failed:\n{done.stderr[-3000:]}")
+    return json.loads(result.read_text())["images_per_s"]
+
+
+def abba(a, b, cycles: int) -> tuple[list[float], list[float]]:
+    ra, rb = [], []
+    for _ in range(cycles):
+        ra.append(a())
+        rb.append(b())
+        rb.append(b())
+        ra.append(a())
+    return ra, rb
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--cycles", type=int, default=2, help="ABBA cycles (each runs both sides twice)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="threads for part 1 (default: all cores)")
+    p.add_argument("--skip-ddp", action="store_true")
+    p.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    if args.ddp_worker:
+        ddp_worker(args)
+        return 0
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    import torch
+
+    from lightning_modules.distributed import cpu_count
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = ensure_data(args.size)
+    cfg = job_config(args)
+    threads = args.threads or cpu_count()
+    torch.set_num_threads(threads)
+    os.environ["VISIONFLOW_THREADS"] = str(threads)
+    fwd, train_flops = flops_per_image(cfg, args.size)
+
+    t0 = time.time()
+    light, plain = abba(lambda: run_lightning(cfg, data, args.warmup, args.steps),
+                        lambda: run_plain(cfg, data, args.warmup, args.steps), args.cycles)
+    rows = {"lightning": statistics.median(light), "plain": statistics.median(plain)}
+    results = {"model": "resnet18", "image_size": args.size, "batch": args.batch, "steps": args.steps,
+               "threads": threads, "torch": torch.__version__, "rounds": {"lightning": light, "plain": plain},
+               "flops_forward_per_image": fwd, "flops_train_per_image": train_flops}
+    ddp = None
+    if not args.skip_ddp:
+        one, two = abba(lambda: ddp_round(args, data, 1), lambda: ddp_round(args, data, 2), max(1, args.cycles // 2))
+        ddp = {"1x1": statistics.median(one), "2x1": statistics.median(two)}
+        results["rounds"].update({"ddp_1rank_1thread": one, "ddp_2ranks_1thread": two})
+    results["seconds"] = round(time.time() - t0, 1)
+
+    gf = train_flops / 1e9
+    print(f"\nResNet-18 at {args.size} px, batch {args.batch}, {args.steps} steps after {args.warmup} warmup, "
+          f"median of {2 * args.cycles} rounds (ABBA); {fwd / 1e9:.3f} GFLOP/img forward, {gf:.3f} fwd+bwd")
+    print(f"{'setup':34s} {'img/s':>8s} {'GFLOP/s':>8s}  ratio")
+    print(f"{'plain PyTorch loop (' + str(threads) + ' threads)':34s} {rows['plain']:8.1f} {rows['plain'] * gf:8.1f}  1.000")
+    ratio = rows["lightning"] / rows["plain"]
+    print(f"{'Lightning job (' + str(threads) + ' threads)':34s} {rows['lightning']:8.1f} {rows['lightning'] * gf:8.1f}  "
+          f"{ratio:.3f}  (bar >= 0.97: {'PASS' if ratio >= 0.97 else 'FAIL'})")
+    results.update({"lightning_images_per_s": rows["lightning"], "plain_images_per_s": rows["plain"],
+                    "lightning_over_plain": ratio})
+    if ddp:
+        eff = ddp["2x1"] / (2 * ddp["1x1"])
+        print(f"{'DDP 1 rank x 1 thread (torchrun)':34s} {ddp['1x1']:8.1f} {ddp['1x1'] * gf:8.1f}  1.000")
+        print(f"{'DDP 2 ranks x 1 thread (torchrun)':34s} {ddp['2x1']:8.1f} {ddp['2x1'] * gf:8.1f}  "
+              f"{ddp['2x1'] / ddp['1x1']:.3f}  efficiency {eff:.3f} (bar >= 0.90: {'PASS' if eff >= 0.9 else 'FAIL'})")
+        results.update({"ddp_1x1_images_per_s": ddp["1x1"], "ddp_2x1_images_per_s": ddp["2x1"], "ddp_efficiency": eff})
+    (OUT / "training.json").write_text(json.dumps(results, indent=2))
+    print(f"rounds: {json.dumps(results['rounds'])}\nwritten: {OUT / 'training.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

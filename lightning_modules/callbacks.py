@@ -1,0 +1,217 @@
+"""Training callbacks: gradient flow per layer, a NaN/inf guard, checkpoints, early stopping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from torch import nn
+
+from lightning_modules.errors import VisionflowError
+
+log = logging.getLogger("visionflow")
+
+
+class TrainingDiverged(VisionflowError, RuntimeError):
+    """Loss or gradients became NaN/inf; the message names the step and the metric."""
+
+
+def layer_order(model: nn.Module, weight_layers_only: bool = True) -> list[tuple[str, nn.Module]]:
+    """Modules that own parameters directly, in registration (= depth) order.
+
+    weight_layers_only keeps layers with a matrix/kernel (conv, linear): norm layers in between
+    have much smaller gradients and would turn the depth profile into a zig-zag.
+    """
+    out = []
+    for name, m in model.named_modules():
+        params = list(m.parameters(recurse=False))
+        if params and (not weight_layers_only or any(p.ndim >= 2 for p in params)):
+            out.append((name, m))
+    return out
+
+
+class GradientFlowMonitor(L.Callback):
+    """Logs the gradient norm of every parameterised layer every N steps; plots them at the end.
+
+    Norms falling by orders of magnitude from the last layers to the first is the vanishing
+    gradient signal (e.g. deep plain nets with sigmoid/tanh). History goes to
+    RUN_DIR/gradient_flow.jsonl (appended, so it survives a resume) and the plot to
+    RUN_DIR/figures/gradient_flow.png.
+    """
+
+    def __init__(self, run_dir: str | Path, every_n_steps: int = 50, log_metrics: bool = True):
+        self.run_dir = Path(run_dir)
+        self.every = max(1, every_n_steps)
+        self.log_metrics = log_metrics
+        self.history_path = self.run_dir / "gradient_flow.jsonl"
+        self.plot_path = self.run_dir / "figures" / "gradient_flow.png"
+        self._layers: list[tuple[str, nn.Module]] | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        step = trainer.global_step
+        # Grads are already all-reduced here, so rank 0 sees what every rank sees.
+        if step % self.every != 0 or not trainer.is_global_zero:
+            return
+        if self._layers is None:
+            self._layers = layer_order(pl_module.model if hasattr(pl_module, "model") else pl_module)
+        names, norms = [], []
+        for name, module in self._layers:
+            grads = [p.grad.detach().float().norm() for p in module.parameters(recurse=False) if p.grad is not None]
+            if grads:
+                names.append(name)
+                norms.append(torch.stack(grads).norm())
+        if not norms:
+            return
+        values = torch.stack(norms).cpu().tolist()  # one device sync for all layers
+        record = {"step": step, "layers": names, "norms": values}
+        with self.history_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.log_metrics and trainer.logger is not None:
+            metrics = {f"grad_norm/{i:03d}_{n}": v for i, (n, v) in enumerate(zip(names, values))}
+            first, last = values[0], values[-1]
+            metrics["grad_norm/first_over_last"] = first / last if last > 0 else float("nan")
+            trainer.logger.log_metrics(metrics, step=step)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.plot()
+
+    def plot(self) -> Path | None:
+        if not self.history_path.is_file():
+            return None
+        records = [json.loads(line) for line in self.history_path.read_text().splitlines() if line.strip()]
+        if not records:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        cmap = plt.get_cmap("viridis")
+        for i, r in enumerate(records):
+            ax.plot(range(len(r["norms"])), r["norms"], color=cmap(i / max(1, len(records) - 1)), alpha=0.8,
+                    label=f"step {r['step']}" if i in (0, len(records) - 1) else None)
+        names = records[-1]["layers"]
+        ax.set_yscale("log")
+        ax.set_xlabel("layer (input -> output)")
+        ax.set_ylabel("gradient L2 norm")
+        ax.set_title("Gradient flow per layer (vanishing: norms fall towards the input)")
+        ticks = range(0, len(names), max(1, len(names) // 20))
+        ax.set_xticks(list(ticks), [names[t] for t in ticks], rotation=75, fontsize=6)
+        ax.legend()
+        fig.tight_layout()
+        self.plot_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.plot_path, dpi=110)
+        plt.close(fig)
+        return self.plot_path
+
+
+class NanGuard(L.Callback):
+    """Stops training with a clear message when the loss or the gradients are NaN/inf.
+
+    The check runs after the gradient all-reduce, so every DDP rank sees the same verdict and
+    they all stop together (a NaN loss on one rank makes every rank's gradients NaN). Under
+    16-mixed the GradScaler skips inf steps by design, so only the loss is checked there.
+    """
+
+    def __init__(self, check_grads: bool = True):
+        self.check_grads = check_grads
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        step = trainer.global_step
+        loss = getattr(pl_module, "last_loss", None)
+        if self.check_grads:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                # One fused kernel for all norms and one device sync per step.
+                total = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+                if not torch.isfinite(total):
+                    self._fail(trainer, pl_module, loss, step, total)
+        if loss is not None and not torch.isfinite(loss):
+            self._fail(trainer, pl_module, loss, step, None)
+
+    def _fail(self, trainer, pl_module, loss, step: int, grad_norm) -> None:
+        loss_v = float(loss) if loss is not None else math.nan
+        if grad_norm is not None and math.isfinite(loss_v):
+            culprit = _first_bad_param(pl_module)
+            what = f"gradient norm is {float(grad_norm)} (first non-finite gradient: {culprit}; loss {loss_v})"
+        else:
+            what = f"train/loss is {loss_v}"
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        raise TrainingDiverged(
+            f"training diverged at global step {step} (epoch {trainer.current_epoch}): {what}; "
+            f"lr was {lr}. Lower optim.lr, add warmup (optim.warmup_epochs) or gradient clipping "
+            f"(trainer.gradient_clip_val)."
+        )
+
+
+def _first_bad_param(module: nn.Module) -> str:
+    for name, p in module.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return "?"
+
+
+class ReporterCallback(L.Callback):
+    """Passes each finished epoch's metrics to the job's reporter (rank 0 only)."""
+
+    def __init__(self, reporter: Any):
+        self.reporter = reporter
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        self.reporter.epoch(trainer.current_epoch, metrics)
+
+
+def checkpoint_callbacks(run_dir: str | Path, every_n_steps: int) -> list[L.Callback]:
+    """Best-by-val-loss and last.ckpt, both in the fixed folder RUN_DIR/checkpoints.
+
+    A fixed folder matters: resuming looks for last.ckpt there, whatever the MLflow run id.
+    last.ckpt is rewritten every N steps (a kill mid-epoch loses at most N steps) and after
+    each validation (by the best-checkpoint callback).
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    folder = Path(run_dir) / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=folder, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    periodic = ModelCheckpoint(
+        dirpath=folder, filename="periodic", save_top_k=0, save_last=True, every_n_train_steps=every_n_steps,
+        enable_version_counter=False,
+    )
+    return [best, periodic]
+
+
+def standard_callbacks(
+    run_dir: str | Path,
+    *,
+    checkpoint_every_n_steps: int,
+    early_stopping_patience: int | None,
+    grad_monitor_every_n_steps: int,
+    nan_guard: bool,
+    check_grads: bool,
+    reporter: Any | None = None,
+) -> list[L.Callback]:
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+
+    cbs: list[L.Callback] = checkpoint_callbacks(run_dir, checkpoint_every_n_steps)
+    cbs.append(LearningRateMonitor(logging_interval="step"))
+    if early_stopping_patience:
+        cbs.append(EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience))
+    if grad_monitor_every_n_steps:
+        cbs.append(GradientFlowMonitor(run_dir, grad_monitor_every_n_steps))
+    if nan_guard:
+        cbs.append(NanGuard(check_grads=check_grads))
+    if reporter is not None:
+        cbs.append(ReporterCallback(reporter))
+    return cbs

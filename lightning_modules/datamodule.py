@@ -1,0 +1,124 @@
+"""ClassificationDataModule: the prepared litdata splits, augmented on uint8 tensors.
+
+Images stay uint8 until they reach the device (4x less to copy); the module converts to
+float and normalises with the manifest's mean/std there. Augmentation (random resized crop +
+horizontal flip, torchvision.transforms.v2) runs per sample in the loader workers, seeded by
+Lightning's `seed_everything(workers=True)`. Under DDP each rank streams its own shard
+(litdata shards by rank and worker by itself).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+
+from lightning_modules.config import DataConfig
+from lightning_modules.data.streaming import PreparedClassification, open_split, read_prepared
+
+
+class TrainTransform:
+    """Per-sample augmentation on a uint8 [3,H,W] tensor (picklable for loader workers)."""
+
+    def __init__(self, size: int, augment: bool, scale_min: float = 0.35):
+        from torchvision.transforms import v2
+
+        self.size = size
+        self.augment = augment
+        self.crop = v2.Compose(
+            [v2.RandomResizedCrop(size, scale=(scale_min, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        )
+        self.resize = v2.Resize((size, size), antialias=True)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        image = sample["image"]
+        if self.augment:
+            image = self.crop(image)
+        elif _wrong_size(image, self.size):
+            image = self.resize(image)
+        return {"image": image, "label": sample["label"]}
+
+
+class EvalTransform:
+    """Resize only when the prepared size differs from the requested one."""
+
+    def __init__(self, size: int):
+        from torchvision.transforms import v2
+
+        self.size = size
+        self.t = v2.Resize((size, size), antialias=True)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        image = sample["image"]
+        if _wrong_size(image, self.size):
+            image = self.t(image)
+        return {"image": image, "label": sample["label"]}
+
+
+def _wrong_size(image: torch.Tensor, size: int) -> bool:
+    return image.shape[-1] != size or image.shape[-2] != size
+
+
+def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images [N,3,S,S], int64 labels [N])."""
+    images = torch.stack([s["image"] for s in samples])
+    labels = torch.as_tensor([int(s["label"]) for s in samples], dtype=torch.long)
+    return images, labels
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Train/val loaders over `prepared_dir/{train,val}` (see data/streaming.py for the format)."""
+
+    def __init__(self, prepared_dir: str | Path, data: DataConfig, seed: int = 0):
+        super().__init__()
+        self.prepared_dir = Path(prepared_dir)
+        self.cfg = data
+        self.seed = seed
+        # Reads and checks the manifest now, so a bad --data fails before any rank starts work.
+        self.info: PreparedClassification = read_prepared(self.prepared_dir)
+        self.image_size = data.image_size or self.info.image_size
+        self.batch_size = data.batch_size  # an attribute, so Lightning's Tuner can scale it
+        self.train_ds = None
+        self.val_ds = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_ds is None and stage in (None, "fit"):
+            self.train_ds = open_split(
+                self.prepared_dir,
+                "train",
+                shuffle=self.cfg.shuffle,
+                seed=self.seed,
+                drop_last=True,
+                transform=TrainTransform(self.image_size, self.cfg.augment, self.cfg.crop_scale_min),
+            )
+        if self.val_ds is None and stage in (None, "fit", "validate"):
+            self.val_ds = open_split(self.prepared_dir, "val", shuffle=False, transform=EvalTransform(self.image_size))
+
+    def _loader(self, ds, drop_last: bool):
+        from litdata import StreamingDataLoader
+
+        return StreamingDataLoader(
+            ds,
+            batch_size=self.batch_size,
+            num_workers=self.cfg.num_workers,
+            collate_fn=collate,
+            drop_last=drop_last,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_ds, drop_last=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_ds, drop_last=False)

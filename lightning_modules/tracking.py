@@ -1,0 +1,233 @@
+"""MLflow tracking for training jobs: the store, the run (resumable), and what every run records.
+
+Only global rank 0 talks to MLflow. The run id is kept in RUN_DIR/mlflow_run_id, so rerunning
+an interrupted job logs into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from lightning_modules.paths import project_root
+
+log = logging.getLogger("visionflow")
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db (MLflow 3 refuses the file store)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or default_tracking_uri()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def ensure_store(uri: str) -> None:
+    """Create the tracking store's schema once, under a file lock.
+
+    Several processes opening a fresh SQLite store race on the schema migration and fail;
+    call this before ranks start (and it is safe to call from every rank: the lock serialises).
+    """
+    path = _sqlite_path(uri)
+    if path is None:
+        return
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=300):
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).search_experiments(max_results=1)
+
+
+def git_sha(root: Path | None = None) -> str:
+    root = root or project_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_version(source_data_version: str | None, root: Path | None = None) -> str:
+    """The prepared data's source version, else the md5 in the repo's data.dvc, else "unknown"."""
+    root = root or project_root()
+    if source_data_version:
+        return str(source_data_version)
+    dvc_file = root / "data.dvc"
+    if dvc_file.is_file():
+        import yaml
+
+        try:
+            outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+            if outs and outs[0].get("md5"):
+                return str(outs[0]["md5"])
+        except yaml.YAMLError:
+            pass
+    return "unknown"
+
+
+def open_run(uri: str, experiment: str, run_dir: Path, run_name: str | None, tags: dict[str, str]) -> tuple[str, bool]:
+    """The MLflow run of RUN_DIR: (run_id, created). Reuses RUN_DIR/mlflow_run_id when it exists in this store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    id_file = run_dir / RUN_ID_FILE
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+        try:
+            client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+            return run_id, False
+        except MlflowException:
+            log.warning("MLflow run %s (from %s) is not in %s: starting a new run", run_id, id_file, uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None and exp.lifecycle_stage != "deleted":
+        exp_id = exp.experiment_id
+    else:
+        exp_id = client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    all_tags = {**tags, **({MLFLOW_RUN_NAME: run_name} if run_name else {})}
+    run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
+    tmp = id_file.with_suffix(".tmp")
+    tmp.write_text(run.info.run_id)
+    tmp.replace(id_file)
+    return run.info.run_id, True
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts beside a SQLite store (MLflow's default is ./mlartifacts under the current directory)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    return (db.resolve().parent / "mlartifacts" / slug).as_uri()
+
+
+def make_logger(uri: str, experiment: str, run_id: str):
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    # tracking_uri explicitly: MLFlowLogger's own default is the refused file store.
+    return MLFlowLogger(experiment_name=experiment, tracking_uri=uri, run_id=run_id)
+
+
+def log_run_info(uri: str, run_id: str, *, params: dict[str, Any], tags: dict[str, str], config_yaml: str | None) -> None:
+    """Params (MLflow keeps them immutable: call once per run), tags and the config file."""
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    if config_yaml is not None:
+        client.log_text(run_id, config_yaml, "config/job.yaml")
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, float(v), step=step)
+
+
+def log_artifact(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def learning_curves(uri: str, run_id: str, out: Path) -> Path | None:
+    """Plot train/val loss and accuracy per epoch from the run's metric history (all attempts of the run)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    epoch_at = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
+    panels = [("loss", ["train/loss", "val/loss"]), ("top-1 / top-5 accuracy", ["train/acc1", "val/acc1", "val/acc5"])]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for _, keys in panels:
+        for key in keys:
+            hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+            series[key] = [(epoch_at.get(m.step, m.step) + 1, m.value) for m in hist]
+    if not any(series.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            if series[key]:
+                xs, ys = zip(*series[key])
+                ax.plot(xs, ys, marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def confusion_figure(matrix, class_names: list[str], out: Path) -> Path:
+    """Row-normalised confusion matrix (rows: true class) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    k = len(m)
+    size = min(20, max(4, k * 0.4))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 40:
+        names = [n[:18] for n in class_names] if len(class_names) == k else [str(i) for i in range(k)]
+        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
+        if k <= 15:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix (val, accuracy {np.trace(m) / max(m.sum(), 1):.3f})")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).set_tag(run_id, key, value[:5000])
