@@ -152,12 +152,13 @@ def test_bad_files_are_rejected_and_the_run_goes_on(tmp_path):
     assert m["totals"] == {"train": 24, "val": 6, "rejected": 3}
 
 
-def test_too_many_rejected_raises_naming_files_and_fraction(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_too_many_rejected_raises_naming_files_and_fraction(tmp_path, workers):
     src = imagefolder(tmp_path / "src", per_class=6)
     for i in range(3):
         (src / "cat" / f"broken_{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(DataError) as e:
-        prep(src, tmp_path / "out", max_rejected_fraction=0.05)
+        prep(src, tmp_path / "out", max_rejected_fraction=0.05, workers=workers)
     assert "broken_0.jpg" in str(e.value) and "max_rejected_fraction" in str(e.value) and "%" in str(e.value)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
@@ -305,3 +306,29 @@ def test_save_grid_accepts_arrays_and_pil(tmp_path):
     path = save_grid(images, ["chw", "a very long caption that must be shortened", "pil"], tmp_path / "g.png")
     with Image.open(path) as g:
         assert g.mode == "RGB" and g.width > 0
+
+
+def test_pool_workers_use_default_signal_handlers():
+    import signal
+
+    from lightning_modules.data.imagenet_prep import _pool
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # like Dagster's handler in the parent
+    try:
+        with _pool(2) as pool:
+            assert pool.submit(signal.getsignal, signal.SIGTERM).result() == signal.SIG_DFL
+            assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_stale_swap_of_a_dead_run_is_restored(tmp_path):
+    out = tmp_path / "o"
+    old = tmp_path / ".o.old-999999999"  # a run killed between its two renames (no such pid)
+    old.mkdir()
+    (old / "x").write_text("good")
+    (tmp_path / ".o.staging-999999999").mkdir()
+    with pytest.raises(RuntimeError):
+        with staged_output(out):
+            raise RuntimeError("boom")
+    assert (out / "x").read_text() == "good" and sorted(p.name for p in tmp_path.iterdir()) == ["o"]

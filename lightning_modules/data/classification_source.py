@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning_modules.data.images import is_candidate
+from lightning_modules.data.images import is_candidate, is_class_folder
 from lightning_modules.errors import DataError
 
 log = logging.getLogger("visionflow")
@@ -34,7 +34,7 @@ class ClassificationSource:
     """What `discover` found: classes in index order and the labelled files of each split."""
 
     root: Path
-    layout: str  # "imagenet", "imagenet-kaggle" or "imagefolder"
+    layout: str  # "kaggle" (ILSVRC/Data/CLS-LOC), "splits" (train/ [+ val/]) or "imagefolder" (class folders)
     wnids: list[str]
     names: list[str]
     train: Labelled
@@ -47,7 +47,7 @@ def discover(src: Path) -> ClassificationSource:
     if not src.is_dir():
         raise DataError(src, "source folder does not exist" if not src.exists() else "source is not a folder")
     data_root = src / KAGGLE_DATA_DIR if (src / KAGGLE_DATA_DIR).is_dir() else src
-    layout = "imagenet-kaggle" if data_root != src else "imagenet"
+    layout = "kaggle" if data_root != src else "splits"
     if (data_root / "train").is_dir():
         train_root, val_root = data_root / "train", data_root / "val"
     else:
@@ -58,8 +58,6 @@ def discover(src: Path) -> ClassificationSource:
     names = _class_names(wnids, [src, data_root])
     train = [(path, label) for label, folder in enumerate(folders) for path in _class_files(folder)]
     val = _val_files(val_root, wnids, [src, data_root]) if val_root is not None and val_root.is_dir() else None
-    if layout == "imagenet" and val is not None and not _has_csv([src, data_root]):
-        layout = "imagefolder"  # train/ + val/<class>/: a split ImageFolder (e.g. the transfer set)
     log.info("%s: %s layout, %d classes, %d train files, %s val files", src, layout, len(wnids), len(train),
              "no" if val is None else len(val))
     return ClassificationSource(src, layout, wnids, names, train, val)
@@ -82,7 +80,7 @@ def stratified_split(samples: Labelled, val_fraction: float, seed: int) -> tuple
 
 
 def _class_folders(root: Path) -> list[Path]:
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    folders = sorted((p for p in root.iterdir() if is_class_folder(p)), key=lambda p: p.name)
     if not folders:
         raise DataError(root, "no class folders found: expected one sub-folder of images per class")
     loose = [p for p in root.iterdir() if p.is_file() and is_candidate(p)]
@@ -116,7 +114,7 @@ def _class_names(wnids: list[str], search: list[Path]) -> list[str]:
 
 def _val_files(val_root: Path, wnids: list[str], search: list[Path]) -> Labelled | None:
     index = {w: i for i, w in enumerate(wnids)}
-    folders = sorted(p for p in val_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in val_root.iterdir() if is_class_folder(p))
     csv_path = _find(VAL_CSV, search + [val_root])
     loose = sorted(p for p in val_root.iterdir() if p.is_file() and is_candidate(p) and p != csv_path)
     if folders and loose:
@@ -169,6 +167,3 @@ def _read_val_csv(csv_path: Path, index: dict[str, int]) -> dict[str, int]:
 def _find(name: str, search: list[Path]) -> Path | None:
     return next((d / name for d in search if (d / name).is_file()), None)
 
-
-def _has_csv(search: list[Path]) -> bool:
-    return _find(VAL_CSV, search) is not None

@@ -11,12 +11,12 @@ import json
 import logging
 import math
 import multiprocessing
-import multiprocessing.pool
 import os
 import random
 import shutil
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -163,29 +163,31 @@ def _keep_for_preview(preview: list, spares: list, chw: np.ndarray, label: int) 
 
 def _worker_init() -> None:
     # Forked workers inherit the parent's handlers (Dagster's SIGTERM handler hung steps before): use defaults,
-    # so terminate() or Ctrl-C ends them at once.
+    # so a SIGTERM or Ctrl-C ends them at once.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @contextmanager
-def _pool(workers: int) -> Iterator[multiprocessing.pool.Pool | None]:
-    """A process pool for workers > 1 (None: work in this process); always closed and joined."""
+def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes for workers > 1 (None: work in this process); always shut down and joined.
+
+    ProcessPoolExecutor rather than multiprocessing.Pool: if a worker dies (OOM killer) it raises
+    BrokenProcessPool instead of waiting forever for the lost task.
+    """
     if workers <= 1:
         yield None
         return
     import litdata.streaming.writer  # noqa: F401 - imported once here, so forked workers need not import torch
     import torch  # noqa: F401
 
-    pool = multiprocessing.get_context().Pool(workers, initializer=_worker_init)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=_worker_init)
     try:
         yield pool
     except BaseException:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.close()
-    pool.join()
+    pool.shutdown(wait=True)
 
 
 @dataclass
@@ -247,7 +249,7 @@ def _write_split(
     split: str,
     items: Labelled,
     image_size: int,
-    pool: multiprocessing.pool.Pool | None,
+    pool: ProcessPoolExecutor | None,
     budget: _RejectBudget,
     source: ClassificationSource,
 ) -> _SplitResult:
@@ -260,7 +262,8 @@ def _write_split(
     tasks = [_ChunkTask(k, items[i : i + size], image_size, size, folder, parts, split == "train" and k < 4)
              for k, i in enumerate(range(0, len(items), size))]
     work = partial(_write_chunk, num_classes=len(source.wnids))
-    results = pool.imap(work, tasks) if pool is not None else map(work, tasks)
+    # Results in task order, so the manifest and preview do not depend on `workers`.
+    results = pool.map(work, tasks) if pool is not None else map(work, tasks)
     result, written = _SplitResult(counts=np.zeros(len(source.wnids), np.int64)), 0
     for chunk in track(results, f"prep {split}: {len(items)} images in {len(tasks)} chunks", total=len(tasks)):
         for path, reason in chunk.rejected:

@@ -21,6 +21,11 @@ def is_candidate(path: Path) -> bool:
     return not path.name.startswith(".") and path.name.lower() not in IGNORED_NAMES
 
 
+def is_class_folder(path: Path) -> bool:
+    """True for folders that can be a class: not hidden, not tool clutter like __MACOSX or __pycache__."""
+    return path.is_dir() and not path.name.startswith((".", "__"))
+
+
 def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
     """Fully decode `path` into an RGB image, or raise BadImage with the reason.
 
@@ -37,8 +42,7 @@ def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
                 if draft_size is not None and img.format == "JPEG":
                     img.draft("RGB", (draft_size, draft_size))
                 img.load()  # forces a full decode: truncated files raise here
-                img = ImageOps.exif_transpose(img)  # phone photos: respect the orientation tag
-                return to_rgb(img)
+                return to_rgb(_upright(img))
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -50,11 +54,19 @@ def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
         raise BadImage(f"corrupt or truncated: {e}") from None
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phone photos); a broken EXIF block is no reason to reject the pixels."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001
+        return img
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, F, ...) to RGB; transparency goes onto white."""
     if img.mode == "RGB":
         return img
-    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if (img.mode == "P" and "transparency" in img.info) or img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -55,7 +55,7 @@ def save_grid(
         grid.paste(pil, (x + (tile - pil.width) // 2, y + (tile - pil.height) // 2))
         draw.text((x, y + tile + 1), _fit(draw, caption, font, tile), fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    grid.save(path, compress_level=1)  # fast; a preview need not be small
     return path
 
 
