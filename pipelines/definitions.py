@@ -1,10 +1,11 @@
 """The Dagster code location: `dagster dev` loads it through workspace.yaml."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from pipelines.assets.data import DATA_ASSETS, raw_data
+from pipelines.assets.evaluation import EVALUATION_ASSETS
+from pipelines.assets.training import TRAINING_ASSETS
+from pipelines.automation import new_data_version, weekly_retraining
 from pipelines.resources import default_resources
 
 # An observable source is observed by a job of its own (asset jobs only materialize).
@@ -13,7 +14,16 @@ data_job = dg.define_asset_job(
     "data", selection=dg.AssetSelection.groups("data"),
     description="Observe the raw data version and prepare every dataset.",
 )
-# The whole chain; later stages (pretraining, transfer, YOLO, evaluation) join it as they land.
-main_job = dg.define_asset_job("main", selection=dg.AssetSelection.all(), description="The whole visionflow chain.")
+# The whole chain. Launch it with a partition (the architecture to pretrain; `make run` uses resnet18).
+main_job = dg.define_asset_job(
+    "main", selection=dg.AssetSelection.all(),
+    description="Data -> pretraining -> transfer + scratch -> report -> evaluation.",
+)
 
-defs = dg.Definitions(assets=DATA_ASSETS, jobs=[observe_job, data_job, main_job], resources=default_resources())
+defs = dg.Definitions(
+    assets=[*DATA_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS],
+    jobs=[observe_job, data_job, main_job],
+    schedules=[weekly_retraining(main_job)],
+    sensors=[new_data_version(main_job)],
+    resources=default_resources(),
+)

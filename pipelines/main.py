@@ -15,7 +15,8 @@ from pathlib import Path
 
 from lightning_modules.paths import project_root
 
-DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+# Pools of size 1: two training steps never share the machine's cores or GPU (pool "train").
+DAGSTER_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
 
 
 def dagster_home(root: Path) -> Path:
@@ -26,7 +27,7 @@ def dagster_home(root: Path) -> Path:
     return home
 
 
-def run(root: Path) -> int:
+def run(root: Path, arch: str) -> int:
     import dagster as dg
 
     from lightning_modules.data.bootstrap import ensure_default_data
@@ -37,7 +38,8 @@ def run(root: Path) -> int:
     print(f"data version: {version}")
     with dg.DagsterInstance.get() as instance:
         defs.resolve_job_def("observe_raw_data").execute_in_process(instance=instance)
-        result = defs.resolve_job_def("main").execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def("main").execute_in_process(
+            instance=instance, partition_key=arch, raise_on_error=False)
         _print_summary(result)
     print(f"\nOpen the Dagster UI with `make ui` (runs are stored in {os.environ['DAGSTER_HOME']}).")
     return 0 if result.success else 1
@@ -66,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.main")
     p.add_argument("command", choices=["run", "ui"])
     p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--arch", default="resnet18", help="backbone to pretrain (a pretrained_backbone partition)")
     a = p.parse_args(argv)
     root = project_root()
     os.chdir(root)
-    return run(root) if a.command == "run" else ui(root, a.port)
+    return run(root, a.arch) if a.command == "run" else ui(root, a.port)
 
 
 if __name__ == "__main__":
