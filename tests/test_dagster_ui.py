@@ -1,4 +1,5 @@
-"""The real Dagster UI: `dagster dev` starts the webserver and the daemon, and serves our assets."""
+"""The real Dagster UI: `dagster dev` starts the webserver and the daemon, serves our assets, and a
+run launched through its GraphQL API (the path a click in the UI takes) runs to success."""
 
 from __future__ import annotations
 
@@ -13,10 +14,19 @@ import urllib.request
 from pathlib import Path
 
 import dagster as dg
+import pytest
+
+from lightning_modules.data import versioning
+from lightning_modules.data.synth import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
-QUERY = """{ assetNodes { assetKey { path } }
+STATUS = """{ assetNodes { assetKey { path } }
   instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"""
+LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+  ... on RunConfigValidationInvalid { errors { message } } } }"""
+RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
+CHECKS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { stepStats { stepKey status } } } }"""
 
 
 def _free_port() -> int:
@@ -25,11 +35,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _graphql(port: int, query: str) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)["data"]
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        payload = json.load(resp)
+    assert "errors" not in payload, payload["errors"]
+    return payload["data"]
 
 
 def test_definitions_load() -> None:
@@ -37,39 +49,78 @@ def test_definitions_load() -> None:
 
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"raw_data", "prepared_imagenet", "prepared_transfer", "prepared_detection"} <= keys
+    assert {"raw_data", "prepared_imagenet", "prepared_transfer", "prepared_detection", "pretrained_backbone",
+            "transfer_finetuned", "scratch_baseline", "transfer_report", "classification_evaluation"} <= keys
     assert {"main", "data", "observe_raw_data"} <= {j.name for j in defs.resolve_all_job_defs()}
 
 
-def test_dagster_dev_serves_assets_and_runs_the_daemon(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory):
+    """`dagster dev` on a free port, over a tiny generated project (VISIONFLOW_ROOT)."""
+    project = tmp_path_factory.mktemp("project")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    synthesize(project / "data", classes=3, per_class=8, val_per_class=2, transfer_classes=2, transfer_per_class=4,
+               transfer_val_per_class=2, det_train=12, det_val=4, seed=1)
+    versioning.init(project, str(project / "remote"))
+    versioning.add(project)
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "VISIONFLOW_ROOT": str(project)}
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"),
          "-h", "127.0.0.1", "-p", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        deadline, data, last_error = time.monotonic() + 150, None, None
+        deadline, last_error = time.monotonic() + 180, None
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             try:
-                data = _graphql(port, QUERY)
-                statuses = data["instance"]["daemonHealth"]["allDaemonStatuses"]
-                if data["assetNodes"] and any(s["healthy"] for s in statuses if s["required"]):
+                data = _graphql(port, STATUS)
+                if data["assetNodes"] and any(s["healthy"] for s in data["instance"]["daemonHealth"]["allDaemonStatuses"]):
                     break
             except Exception as exc:  # noqa: BLE001 - not up yet
                 last_error = exc
             time.sleep(2)
-        assert data is not None, f"webserver never answered: {last_error}"
-        assets = {"/".join(n["assetKey"]["path"]) for n in data["assetNodes"]}
-        assert {"raw_data", "prepared_imagenet", "prepared_transfer", "prepared_detection"} <= assets
-        healthy = {s["daemonType"] for s in data["instance"]["daemonHealth"]["allDaemonStatuses"] if s["healthy"]}
-        assert "SENSOR" in healthy or "SCHEDULER" in healthy, data["instance"]
+        else:
+            pytest.fail(f"dagster dev never became ready: {last_error}")
+        yield port, project
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_dagster_dev_serves_assets_and_runs_the_daemon(dagster_dev) -> None:
+    port, _ = dagster_dev
+    data = _graphql(port, STATUS)
+    assets = {"/".join(n["assetKey"]["path"]) for n in data["assetNodes"]}
+    assert {"raw_data", "prepared_imagenet", "pretrained_backbone", "classification_evaluation"} <= assets
+    healthy = {s["daemonType"] for s in data["instance"]["daemonHealth"]["allDaemonStatuses"] if s["healthy"]}
+    assert {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"} & healthy, data["instance"]
+
+
+def test_run_launched_through_graphql_succeeds(dagster_dev) -> None:
+    port, project = dagster_dev
+    small = {"config": {"image_size": 32, "workers": 1}}
+    params = {
+        "selector": {"repositoryLocationName": "visionflow", "repositoryName": "__repository__", "jobName": "data"},
+        "runConfigData": {"ops": {"prepared_imagenet": small, "prepared_transfer": small,
+                                  "prepared_detection": {"config": {"anchor_image_size": 128, "bpr_floor": 0.5}}}},
+    }
+    launched = _graphql(port, LAUNCH, {"p": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline, status = time.monotonic() + 240, None
+    while time.monotonic() < deadline:
+        status = _graphql(port, RUN, {"id": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCESS", status
+    # The run really prepared the generated data of the project it was pointed at.
+    manifest = json.loads((project / "prepared" / "imagenet" / "manifest.json").read_text())
+    assert manifest["image_size"] == 32 and len(manifest["classes"]) == 3
