@@ -27,13 +27,23 @@ class Decision:
         return asdict(self)
 
 
-def log_and_register(uri: str, run_id: str, model, name: str) -> str:
-    """Log the torch model into the run and register it; returns the new version number."""
+def log_and_register(uri: str, run_id: str, model, name: str, input_example=None) -> str:
+    """Log the torch model into the run and register it; returns the new version number.
+
+    Pickle format: the loaded model is the same nn.Module class (pt2, MLflow's other format, is a
+    traced graph). `input_example` (a numpy batch) records the input signature.
+    """
     import mlflow
+    import torch
+    import torchvision
 
     mlflow.set_tracking_uri(uri)
+    # Explicit requirements: MLflow's inference of them imports and scans the environment (slow).
+    # Loading the pickled model also needs visionflow itself installed (its model classes).
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(model, name="model")
+        info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                        input_example=input_example, pip_requirements=requirements)
     return str(mlflow.register_model(info.model_uri, name).version)
 
 
@@ -62,7 +72,7 @@ def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_
     current = champion(uri, name)
     if not gates_passed:
         decision = Decision(False, version, "quality gates failed", score,
-                            current.version if current else None)
+                            str(current.version) if current else None)
     elif current is None:
         decision = Decision(True, version, "no champion yet", score)
     else:
@@ -72,10 +82,10 @@ def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_
         how = "same data version" if same_data else f"champion re-scored on data {data_version}"
         if score > champ_score:
             decision = Decision(True, version, f"beats champion v{current.version} ({score:.4f} > {champ_score:.4f}, {how})",
-                                score, current.version, champ_score)
+                                score, str(current.version), champ_score)
         else:
             decision = Decision(False, version, f"does not beat champion v{current.version} ({score:.4f} <= {champ_score:.4f}, {how})",
-                                score, current.version, champ_score)
+                                score, str(current.version), champ_score)
     if decision.promoted:
         client.set_registered_model_alias(name, ALIAS, version)
     client.set_model_version_tag(name, version, "promotion", decision.reason)
