@@ -1,0 +1,60 @@
+"""The launcher's commands and resource sets (the launch itself runs for real in test_chain.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pipelines.launcher import JobSpec, k8s_pod_spec, rank_errors, torchrun_command
+from pipelines.resources import TrainingLauncher, resources_for
+
+
+def _spec(tmp_path: Path) -> JobSpec:
+    return JobSpec(configs=["c.yaml"], data=tmp_path / "prep", run_dir=tmp_path / "run", overrides=["optim.lr=0.1"])
+
+
+def test_single_node_torchrun_is_standalone_and_runs_the_job_module(tmp_path: Path) -> None:
+    cmd = torchrun_command(_spec(tmp_path), nproc_per_node=2, python="py")
+    assert cmd[:5] == ["py", "-m", "torch.distributed.run", "--nproc-per-node", "2"] and "--standalone" in cmd
+    job = cmd[cmd.index("lightning_modules.train") - 1:]
+    assert job == ["-m", "lightning_modules.train", "c.yaml", "--data", str(tmp_path / "prep"),
+                   "--out", str(tmp_path / "run"), "--set", "optim.lr=0.1"]
+    assert cmd[cmd.index("--log-dir") + 1] == str(tmp_path / "run" / "torchrun")
+
+
+def test_multi_node_uses_a_rendezvous_endpoint(tmp_path: Path) -> None:
+    cmd = torchrun_command(_spec(tmp_path), nproc_per_node=8, nnodes=4, node_rank=3, rdzv_endpoint="head:29400")
+    assert "--standalone" not in cmd
+    for flag, value in (("--nnodes", "4"), ("--node-rank", "3"), ("--rdzv-endpoint", "head:29400"), ("--rdzv-backend", "c10d")):
+        assert cmd[cmd.index(flag) + 1] == value
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        torchrun_command(_spec(tmp_path), nproc_per_node=1, nnodes=2)
+
+
+def test_rank_errors_reads_the_failing_ranks_stderr(tmp_path: Path) -> None:
+    log = tmp_path / "run" / "torchrun" / "abc" / "attempt_0" / "1" / "stderr.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("line\n" * 40 + "RuntimeError: rank 1 broke\n")
+    errors = rank_errors(tmp_path / "run")
+    assert list(errors) == ["local rank 1"] and errors["local rank 1"].endswith("RuntimeError: rank 1 broke")
+
+
+def test_k8s_pod_spec_requests_gpus_and_mounts_the_shared_runs_volume() -> None:
+    spec = k8s_pod_spec(gpus=4, cpu="16", memory="64Gi", shared_volume_claim="runs-pvc")
+    limits = spec["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "4" and limits["cpu"] == "16"
+    assert spec["volumes"][0]["persistent_volume_claim"]["claim_name"] == "runs-pvc"
+    assert "nvidia.com/gpu" not in k8s_pod_spec(gpus=0, cpu="2", memory="4Gi", shared_volume_claim=None)["containers"][0]["resources"]["limits"]
+
+
+def test_resource_sets_switch_by_deployment(monkeypatch) -> None:
+    local = resources_for("local")["launcher"]
+    assert isinstance(local, TrainingLauncher) and local.backend == "local"
+    monkeypatch.setenv("VISIONFLOW_GPUS_PER_POD", "8")
+    monkeypatch.setenv("VISIONFLOW_IMAGE", "registry/visionflow:1")
+    cluster = resources_for("cluster")["launcher"]
+    assert cluster.backend == "k8s" and cluster.gpus_per_pod == 8 and cluster.image == "registry/visionflow:1"
+    with pytest.raises(ValueError, match="VISIONFLOW_DEPLOYMENT"):
+        resources_for("moon")
