@@ -171,6 +171,81 @@ class ReporterCallback(L.Callback):
         self.reporter.epoch(trainer.current_epoch, metrics)
 
 
+HISTORY_FILE = "history.json"
+
+
+class EpochHistory(L.Callback):
+    """One row per epoch on rank 0: {epoch (1-based), train_loss, val_loss, val_acc1, val_acc5, lr[, lr_body]}.
+
+    Lightning validates before the training epoch ends, so the validation part of a row is taken at
+    validation end and the training loss at train-epoch end; the complete row then goes to the reporter.
+    Rows are kept in RUN_DIR/history.json (rewritten each epoch, keyed by epoch) and in the checkpoint,
+    so a resumed run's history is complete and a re-done epoch replaces its old row.
+    """
+
+    def __init__(self, run_dir: str | Path, reporter: Any | None = None):
+        self.path = Path(run_dir) / HISTORY_FILE
+        self.reporter = reporter
+        self.rows: dict[int, dict[str, Any]] = {}
+        if self.path.is_file():
+            try:
+                self.rows = {int(r["epoch"]): r for r in json.loads(self.path.read_text())}
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: unreadable history, starting a new one", self.path)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return [self.rows[e] for e in sorted(self.rows)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for row in state_dict.get("history", []):
+            self.rows.setdefault(int(row["epoch"]), row)  # the file is at least as new as the checkpoint
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = _scalars(trainer.callback_metrics)
+        row = self._row(trainer)
+        row.update(val_loss=m.get("val/loss"), val_acc1=m.get("val/acc1"), val_acc5=m.get("val/acc5"))
+        self._save()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = _scalars(trainer.callback_metrics)
+        row = self._row(trainer)
+        row.update(train_loss=m.get("train/loss"), train_acc1=m.get("train/acc1"))
+        self._save()
+        if self.reporter is not None:
+            self.reporter.epoch(row["epoch"], dict(row))
+
+    def _row(self, trainer) -> dict[str, Any]:
+        epoch = trainer.current_epoch + 1
+        row = self.rows.setdefault(epoch, {"epoch": epoch, "train_loss": None, "val_loss": None,
+                                           "val_acc1": None, "val_acc5": None, "lr": None})
+        if trainer.optimizers:
+            groups = trainer.optimizers[0].param_groups
+            row["lr"] = float(groups[0]["lr"])
+            body = [g["lr"] for g in groups if g.get("body")]
+            if body:
+                row["lr_body"] = float(body[0])
+        row["global_step"] = trainer.global_step
+        return row
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.history, indent=1))
+        tmp.replace(self.path)
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
+
+
 def checkpoint_callbacks(run_dir: str | Path, every_n_steps: int) -> list[L.Callback]:
     """Best-by-val-loss and last.ckpt, both in the fixed folder RUN_DIR/checkpoints.
 
@@ -201,6 +276,7 @@ def standard_callbacks(
     nan_guard: bool,
     check_grads: bool,
     reporter: Any | None = None,
+    history: bool = True,
 ) -> list[L.Callback]:
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 
@@ -212,6 +288,8 @@ def standard_callbacks(
         cbs.append(GradientFlowMonitor(run_dir, grad_monitor_every_n_steps))
     if nan_guard:
         cbs.append(NanGuard(check_grads=check_grads))
-    if reporter is not None:
+    if history:
+        cbs.append(EpochHistory(run_dir, reporter))  # it also passes each epoch to the reporter
+    elif reporter is not None:
         cbs.append(ReporterCallback(reporter))
     return cbs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -10,16 +11,32 @@ import pytorch_lightning as L
 import torch
 from torch import nn
 
-from lightning_modules.errors import DataError
+from lightning_modules.errors import ConfigError, DataError
+
+log = logging.getLogger("visionflow")
 
 # Parameters of these modules (and every bias) get no weight decay: decaying a norm's scale or a
 # bias only fights the normalisation and costs accuracy (Goyal et al. 2017; He et al. 2019 "tricks").
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two optimizer groups: weights with decay, norm parameters and biases without."""
-    decay, no_decay, seen = [], [], set()
+def param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = None,
+                 body_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """Weights with decay, norm parameters and biases without; with `body_lr_mult` != 1 the body's
+    groups (model.body) come after the head's with lr x body_lr_mult and `"body": True`."""
+    body = getattr(model, "body", None)
+    split = isinstance(body, nn.Module) and lr is not None and body_lr_mult != 1.0
+    body_ids = {id(p) for p in body.parameters()} if split else set()
+    groups = _decay_groups(model, weight_decay, skip=body_ids)
+    if split:
+        for g in groups:
+            g["lr"] = lr
+        groups += [{**g, "lr": lr * body_lr_mult, "body": True} for g in _decay_groups(body, weight_decay)]
+    return [g for g in groups if g["params"]] or groups[:1]
+
+
+def _decay_groups(model: nn.Module, weight_decay: float, skip: set[int] | None = None) -> list[dict[str, Any]]:
+    decay, no_decay, seen = [], [], set(skip or ())
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
@@ -91,7 +108,11 @@ class ClassificationModule(L.LightningModule):
             small_input=model.get("small_input", False),
         )
         if model.get("pretrained_checkpoint"):
-            load_pretrained(self.model, model["pretrained_checkpoint"])
+            load_pretrained(self.model, model["pretrained_checkpoint"], expect=model)
+        elif model.get("torchvision_weights"):
+            from lightning_modules.models.backbone import load_torchvision_weights
+
+            load_torchvision_weights(self.model, model["torchvision_weights"])
         self.criterion = build_loss(loss["name"], num_classes=num_classes, label_smoothing=loss.get("label_smoothing", 0.0))
         self.lr = lr if lr is not None else optim["lr"]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
@@ -104,6 +125,7 @@ class ClassificationModule(L.LightningModule):
         self.last_confusion: torch.Tensor | None = None  # [K,K] counts of the last validation (all ranks)
         self.last_loss: torch.Tensor | None = None  # read by NanGuard
         self._compiled = False
+        self.body_frozen = False
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -157,11 +179,37 @@ class ClassificationModule(L.LightningModule):
         self.last_confusion = self.val_confusion.compute().cpu()
         self.val_confusion.reset()
 
+    # -- fine-tuning: a frozen body for the first epochs ----------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        self.set_body_frozen(self.current_epoch < self.hparams.optim.get("freeze_body_epochs", 0))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning puts the whole module back in train mode after each validation.
+        if self.body_frozen and self.model.body.training:
+            self.model.body.eval()
+
+    def set_body_frozen(self, frozen: bool) -> None:
+        """Frozen: no gradients for the body and its batch norms in eval mode (statistics kept).
+
+        The parameters stay in the optimizer (and in DDP's buckets; train.py turns on
+        find_unused_parameters for jobs that freeze), so unfreezing needs no new optimizer.
+        """
+        if frozen == self.body_frozen:
+            return
+        for p in self.model.body.parameters():
+            p.requires_grad_(not frozen)
+        self.model.body.train(not frozen and self.training)
+        self.body_frozen = frozen
+        if self.trainer.is_global_zero:
+            log.info("epoch %d: body %s", self.current_epoch + 1, "frozen" if frozen else "unfrozen (trains)")
+
     # -- optimisation ----------------------------------------------------------------------------
 
     def configure_optimizers(self):
         o = self.hparams.optim
-        groups = param_groups(self.model, o.get("weight_decay", 0.0))
+        groups = param_groups(self.model, o.get("weight_decay", 0.0), lr=self.lr,
+                              body_lr_mult=o.get("body_lr_mult", 1.0))
         if o["name"] == "sgd":
             opt = torch.optim.SGD(groups, lr=self.lr, momentum=o.get("momentum", 0.9), nesterov=o.get("nesterov", False))
         elif o["name"] == "adamw":
@@ -175,24 +223,68 @@ class ClassificationModule(L.LightningModule):
         if schedule == "onecycle":
             pct = o.get("warmup_epochs", 0.0) / epochs or 0.3
             sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=self.lr, total_steps=total, pct_start=min(max(pct, 1.0 / total), 0.99)
+                opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total, pct_start=min(max(pct, 1.0 / total), 0.99)
             )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, total, steps_per_epoch, o))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Copy matching weights from a Lightning checkpoint or a state_dict; a head of another size is skipped."""
+# torchvision's ImageNet weights expect inputs normalised with these (0..1 scale).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def input_normalization(model: dict[str, Any], data_mean, data_std) -> tuple[tuple, tuple]:
+    """Mean/std for the inputs: a transferred body keeps the normalisation it was trained with
+    (its batch-norm statistics and first filters expect it); otherwise the training data's own."""
+    if model.get("torchvision_weights"):
+        return IMAGENET_MEAN, IMAGENET_STD
+    if model.get("pretrained_checkpoint") and Path(model["pretrained_checkpoint"]).is_file():
+        blob = torch.load(model["pretrained_checkpoint"], map_location="cpu", weights_only=False)
+        hp = blob.get("hyper_parameters") if isinstance(blob, dict) else None
+        if hp and hp.get("mean") is not None and hp.get("std") is not None:
+            return tuple(hp["mean"]), tuple(hp["std"])
+    return tuple(data_mean), tuple(data_std)
+
+
+# Model settings that change the weights' meaning or shapes: a checkpoint must agree on them.
+_ARCH_KEYS = ("name", "width")
+
+
+def load_pretrained(model: nn.Module, path: str | Path, expect: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """Initialise `model` from a Lightning checkpoint (ours) or a state_dict, except the classifier.
+
+    Every weight but the final classifier (`head.fc`, left freshly initialised for this job's classes)
+    must be in the file with the same shape, else ConfigError. `expect` (this job's model config) is
+    checked against the checkpoint's saved model settings first, so a mismatch names the setting.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "model.pretrained_checkpoint: file not found")
     blob = torch.load(path, map_location="cpu", weights_only=False)
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
-    state = {k.removeprefix("model."): v for k, v in state.items()}
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise DataError(path, "no weights in this checkpoint match the model (wrong architecture?)")
-    model.load_state_dict(usable, strict=False)
-    return {"loaded": sorted(usable), "skipped": sorted(set(own) - set(usable))}
+    if not isinstance(state, dict):
+        raise DataError(path, "model.pretrained_checkpoint: not a checkpoint or state dict")
+    saved = (blob.get("hyper_parameters") or {}).get("model") if isinstance(blob, dict) else None
+    if expect and isinstance(saved, dict):
+        differ = [f"{k}: checkpoint {saved.get(k)!r}, job {expect.get(k)!r}" for k in _ARCH_KEYS
+                  if k in saved and saved.get(k) != expect.get(k)]
+        if differ:
+            raise ConfigError(f"{path}: model.pretrained_checkpoint was trained with another architecture "
+                              f"({'; '.join(differ)}); set the job's model.* to match")
+        for k in ("small_input", "activation"):
+            if k in saved and saved.get(k) != expect.get(k):
+                log.warning("%s: model.%s differs (checkpoint %r, job %r); loading the weights anyway",
+                            path, k, saved.get(k), expect.get(k))
+    state = {k.removeprefix("model."): v for k, v in state.items() if torch.is_tensor(v)}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.fc.")}
+    missing = [k for k in own if k not in state]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and state[k].shape != own[k].shape]
+    if missing or mismatched:
+        problems = [f"missing {missing[:4]}" if missing else "", f"shape mismatch {mismatched[:4]}" if mismatched else ""]
+        raise ConfigError(f"{path}: does not fit model {getattr(model, 'name', type(model).__name__)} "
+                          f"({'; '.join(p for p in problems if p)}): wrong architecture or width?")
+    model.load_state_dict({k: state[k] for k in own}, strict=False)
+    log.info("%s: loaded %d tensors; classifier head.fc starts fresh", path, len(own))
+    return {"loaded": sorted(own), "skipped": sorted(k for k in model.state_dict() if k not in own)}

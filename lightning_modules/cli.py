@@ -21,7 +21,8 @@ def _synth(a: argparse.Namespace) -> None:
         Path(a.out), classes=a.classes, per_class=a.per_class, val_per_class=a.val_per_class,
         transfer_classes=a.transfer_classes, transfer_per_class=a.transfer_per_class,
         transfer_val_per_class=a.transfer_val_per_class, det_train=a.det_train, det_val=a.det_val,
-        seed=a.seed, workers=a.workers,
+        seed=a.seed, workers=a.workers, transfer_test_per_class=a.transfer_test_per_class,
+        test_per_class=a.test_per_class,
     )
     print(json.dumps(summary, indent=2, default=str))
 
@@ -86,6 +87,13 @@ def _model_summary(a: argparse.Namespace) -> None:
     print(json.dumps(d, indent=2) if a.json else format_summary(d))
 
 
+def _evaluate(a: argparse.Namespace) -> None:
+    from lightning_modules.evaluate import evaluate, format_result
+
+    result = evaluate(Path(a.checkpoint), Path(a.data), split=a.split, out_dir=Path(a.out), batch_size=a.batch_size)
+    print(json.dumps(result, indent=2) if a.json else format_result(result))
+
+
 def _train(a: argparse.Namespace, rest: list[str]) -> int:
     from lightning_modules.train import main as train_main
 
@@ -105,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--transfer-classes", type=int, default=5)
     s.add_argument("--transfer-per-class", type=int, default=12)
     s.add_argument("--transfer-val-per-class", type=int, default=6)
+    s.add_argument("--transfer-test-per-class", type=int, default=10,
+                   help="held-out test images per transfer class (transfer/test/<class>/)")
+    s.add_argument("--test-per-class", type=int, default=0,
+                   help="held-out test images per ImageNet-style class (imagenet/test/<wnid>/; 0: none)")
     s.add_argument("--det-train", type=int, default=64)
     s.add_argument("--det-val", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
@@ -149,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     from lightning_modules.darknet.cli import add_darknet_commands
 
     add_darknet_commands(sub)
+
+    s = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a checkpoint")
+    s.add_argument("checkpoint", help="a training checkpoint (RUN_DIR/checkpoints/best.ckpt)")
+    s.add_argument("--data", required=True, help="prepared classification folder")
+    s.add_argument("--split", default="test", choices=["test", "val", "train"],
+                   help="test: the held-out split never used for model selection")
+    s.add_argument("--out", required=True, help="folder for evaluation.json and the figures")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    s.set_defaults(fn=_evaluate)
 
     s = sub.add_parser("train", help="run a training job (same as python -m lightning_modules.train)", add_help=False)
     s.set_defaults(fn=_train, passthrough=True)

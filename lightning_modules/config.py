@@ -32,8 +32,11 @@ class ModelConfig:
     # Keyword arguments of models.DropoutConfig (None: the backbone's default).
     dropout: dict[str, Any] | None = None
     small_input: bool = False
-    # A Lightning checkpoint or state_dict whose matching weights initialise the model.
+    # Transfer: our Lightning checkpoint (or a state_dict) whose body initialises the model; the
+    # classifier starts fresh for this job's classes. The architecture must match (ConfigError).
     pretrained_checkpoint: str | None = None
+    # Transfer from torchvision: a saved torchvision ImageNet state dict (models.backbone.load_torchvision_weights).
+    torchvision_weights: str | None = None
 
 
 @dataclass
@@ -60,6 +63,10 @@ class OptimConfig:
     step_size: int = 30  # epochs, for schedule "step"
     gamma: float = 0.1
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    # Fine-tuning: the body (feature extractor) is frozen for this many epochs (no gradients, batch
+    # norm statistics fixed), so the fresh classifier settles before it can disturb the body.
+    freeze_body_epochs: int = 0
+    body_lr_mult: float = 1.0  # the body's LR = lr x this (e.g. 0.1: fine-tune the body gently)
 
 
 @dataclass
@@ -97,6 +104,9 @@ class TrackingConfig:
     experiment: str = "visionflow-classification"
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # Log into this existing MLflow run (e.g. created by Dagster's MlflowResource with its tags);
+    # it is kept in RUN_DIR/mlflow_run_id, so a retry resumes into the same run.
+    run_id: str | None = None
     log_checkpoint: bool = True  # upload the best checkpoint as an artifact
 
 
@@ -212,6 +222,13 @@ def validate(cfg: JobConfig, source: str) -> None:
         raise ConfigError(f"{source}: data.crop_scale_min must be in (0, 1]")
     if cfg.optim.warmup_epochs < 0 or cfg.optim.warmup_epochs > cfg.trainer.max_epochs:
         raise ConfigError(f"{source}: optim.warmup_epochs must be in [0, trainer.max_epochs]")
+    if not 0 <= cfg.optim.freeze_body_epochs <= cfg.trainer.max_epochs:
+        raise ConfigError(f"{source}: optim.freeze_body_epochs={cfg.optim.freeze_body_epochs} must be in "
+                          f"[0, trainer.max_epochs={cfg.trainer.max_epochs}]")
+    if cfg.optim.body_lr_mult < 0:
+        raise ConfigError(f"{source}: optim.body_lr_mult={cfg.optim.body_lr_mult} must be >= 0")
+    if cfg.model.pretrained_checkpoint and cfg.model.torchvision_weights:
+        raise ConfigError(f"{source}: set model.pretrained_checkpoint or model.torchvision_weights, not both")
 
 
 # -- internals ---------------------------------------------------------------------------------

@@ -83,21 +83,40 @@ def data_version(source_data_version: str | None, root: Path | None = None) -> s
     return "unknown"
 
 
-def open_run(uri: str, experiment: str, run_dir: Path, run_name: str | None, tags: dict[str, str]) -> tuple[str, bool]:
-    """The MLflow run of RUN_DIR: (run_id, created). Reuses RUN_DIR/mlflow_run_id when it exists in this store."""
+def open_run(uri: str, experiment: str, run_dir: Path, run_name: str | None, tags: dict[str, str],
+             run_id: str | None = None) -> tuple[str, bool]:
+    """The MLflow run of RUN_DIR: (run_id, created).
+
+    In order: the run in RUN_DIR/mlflow_run_id (a rerun or retry resumes into it); else `run_id`, an
+    existing run handed over (e.g. created by Dagster's MlflowResource with its tags); else a new run in
+    `experiment`. The id ends up in RUN_DIR/mlflow_run_id either way.
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
+
+    from lightning_modules.errors import ConfigError
 
     client = MlflowClient(uri)
     id_file = run_dir / RUN_ID_FILE
     if id_file.is_file():
-        run_id = id_file.read_text().strip()
+        stored = id_file.read_text().strip()
+        try:
+            client.get_run(stored)
+            client.update_run(stored, status="RUNNING")
+            if run_id and run_id != stored:
+                log.warning("tracking.run_id=%s ignored: %s holds run %s, which this job resumes into",
+                            run_id, id_file, stored)
+            return stored, False
+        except MlflowException:
+            log.warning("MLflow run %s (from %s) is not in %s: starting a new run", stored, id_file, uri)
+    if run_id:
         try:
             client.get_run(run_id)
-            client.update_run(run_id, status="RUNNING")
-            return run_id, False
         except MlflowException:
-            log.warning("MLflow run %s (from %s) is not in %s: starting a new run", run_id, id_file, uri)
+            raise ConfigError(f"tracking.run_id={run_id}: no such MLflow run in {uri}") from None
+        client.update_run(run_id, status="RUNNING")
+        _write_id(id_file, run_id)
+        return run_id, False
     exp = client.get_experiment_by_name(experiment)
     if exp is not None and exp.lifecycle_stage != "deleted":
         exp_id = exp.experiment_id
@@ -107,10 +126,29 @@ def open_run(uri: str, experiment: str, run_dir: Path, run_name: str | None, tag
 
     all_tags = {**tags, **({MLFLOW_RUN_NAME: run_name} if run_name else {})}
     run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
-    tmp = id_file.with_suffix(".tmp")
-    tmp.write_text(run.info.run_id)
-    tmp.replace(id_file)
+    _write_id(id_file, run.info.run_id)
     return run.info.run_id, True
+
+
+def _write_id(id_file: Path, run_id: str) -> None:
+    id_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = id_file.with_suffix(".tmp")
+    tmp.write_text(run_id)
+    tmp.replace(id_file)
+
+
+def run_info_logged(uri: str, run_id: str) -> bool:
+    """Whether this job already logged its params into the run (MLflow params are write-once)."""
+    from mlflow.tracking import MlflowClient
+
+    return "effective_batch" in MlflowClient(uri).get_run(run_id).data.params
+
+
+def experiment_name(uri: str, run_id: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -193,7 +231,7 @@ def learning_curves(uri: str, run_id: str, out: Path) -> Path | None:
     return out
 
 
-def confusion_figure(matrix, class_names: list[str], out: Path) -> Path:
+def confusion_figure(matrix, class_names: list[str], out: Path, split: str = "val") -> Path:
     """Row-normalised confusion matrix (rows: true class) as a PNG."""
     import matplotlib
 
@@ -218,7 +256,7 @@ def confusion_figure(matrix, class_names: list[str], out: Path) -> Path:
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix (val, accuracy {np.trace(m) / max(m.sum(), 1):.3f})")
+    ax.set_title(f"Confusion matrix ({split}, accuracy {np.trace(m) / max(m.sum(), 1):.3f})")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

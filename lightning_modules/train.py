@@ -39,8 +39,12 @@ log = logging.getLogger("visionflow")
 CONFIG_FILE = "config.yaml"
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
-# Fields that may differ between attempts of one run without changing what it computes.
-_RERUN_FREE = {"data.num_workers", "trainer.devices"}
+# Fields that may differ between attempts of one run without changing what it computes
+# (tracking.tags.* too: a Dagster retry carries another Dagster run id).
+_RERUN_FREE = {"data.num_workers", "trainer.devices", "tracking.run_id"}
+_RERUN_FREE_PREFIXES = ("tracking.tags.",)
+# True once this process started the job's ranks under torchrun: they report, this process must not.
+_children_report = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,12 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     try:
         result = run(args)
-    except VisionflowError as exc:
-        rank = dist.global_rank()
+    except BaseException as exc:
+        # Rank 0 tells its launcher (Pipes: the error shows in Dagster); the process still fails.
+        if not _children_report:
+            dist.fail_open_reporters(exc, args.out)
+        if not isinstance(exc, VisionflowError):
+            raise
         log.error("%s", exc)
-        if rank == 0:
+        if dist.global_rank() == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        dist.close_open_reporters()
     if isinstance(result, int):
         return result
     if dist.is_global_zero() and result:
@@ -93,7 +103,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     if state == "finished":
         result = json.loads((run_dir / RESULT_FILE).read_text())
         log.info("%s already finished (result.json): nothing to do; use a new --out to train again", run_dir)
-        dist.make_reporter(run_dir).finish(result)
+        reporter = dist.make_reporter(run_dir)
+        reporter.finish(result)
+        reporter.close()
         return result
 
     if not world.torchrun:
@@ -152,7 +164,8 @@ def check_same_job(run_dir: Path, cfg: JobConfig, data: Path) -> None:
     import yaml
 
     stored = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
-    changed = [k for k in diff(stored, to_dict(cfg)) if k not in _RERUN_FREE]
+    changed = [k for k in diff(stored, to_dict(cfg))
+               if k not in _RERUN_FREE and not k.startswith(_RERUN_FREE_PREFIXES)]
     if changed:
         raise ConfigError(
             f"{run_dir / CONFIG_FILE}: this run folder was started with a different config "
@@ -179,6 +192,8 @@ def relaunch_under_torchrun(args: argparse.Namespace, cfg: JobConfig) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={cfg.trainer.devices}", "-m", "lightning_modules.train", *argv]
     log.info("starting %d ranks: %s", cfg.trainer.devices, " ".join(cmd))
+    global _children_report
+    _children_report = True
     return subprocess.run(cmd, env=os.environ.copy()).returncode
 
 
@@ -199,8 +214,8 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     _quiet_known_warnings()
 
     from lightning_modules import tracking
-    from lightning_modules.callbacks import standard_callbacks
-    from lightning_modules.classification import ClassificationModule
+    from lightning_modules.callbacks import EpochHistory, standard_callbacks
+    from lightning_modules.classification import ClassificationModule, input_normalization
     from lightning_modules.datamodule import ClassificationDataModule
 
     t = cfg.trainer
@@ -216,12 +231,14 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     L.seed_everything(t.seed, workers=True, verbose=False)
 
     dm = ClassificationDataModule(data_dir, cfg.data, seed=t.seed)
+    mean, std = input_normalization(asdict(cfg.model), dm.info.mean, dm.info.std)
     module = ClassificationModule(
         model=asdict(cfg.model), optim=asdict(cfg.optim), loss=asdict(cfg.loss), num_classes=dm.num_classes,
-        mean=dm.info.mean, std=dm.info.std, lr=lr, channels_last=t.channels_last, compile=t.compile,
+        mean=mean, std=std, lr=lr, channels_last=t.channels_last, compile=t.compile,
         class_names=dm.class_names,
     )
     reporter = dist.make_reporter(run_dir) if not fast else dist.NullReporter()
+    freezes = cfg.optim.freeze_body_epochs > 0
     uri = tracking.resolve_uri(cfg.tracking.tracking_uri)
     run_id = None
     logger: Any = SilentLogger()
@@ -231,16 +248,19 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         "train_samples": dm.info.counts.get("train"), "val_samples": dm.info.counts.get("val"),
         "image_size": dm.image_size,
     }
+    data_version = tracking.data_version(dm.info.source_data_version)
     if rank0 and not fast:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_once(run_dir / CONFIG_FILE, dump_yaml(cfg))
         _write_once(run_dir / JOB_FILE, json.dumps({"data": str(data_dir.resolve()), "config_sources": sources}, indent=2))
         tracking.ensure_store(uri)
-        tags = {**cfg.tracking.tags, "git_sha": tracking.git_sha(),
-                "data_version": tracking.data_version(dm.info.source_data_version),
-                "data_dir": str(data_dir.resolve()), "run_dir": str(run_dir), "model": cfg.model.name}
-        run_id, created = tracking.open_run(uri, cfg.tracking.experiment, run_dir, cfg.tracking.run_name, tags)
-        if created:
+        tags = {**cfg.tracking.tags, "git_sha": tracking.git_sha(), "data_version": data_version,
+                "data_dir": str(data_dir.resolve()), "run_dir": str(run_dir), "model": cfg.model.name,
+                "init": _init_kind(cfg)}
+        run_id, created = tracking.open_run(uri, cfg.tracking.experiment, run_dir, cfg.tracking.run_name, tags,
+                                            run_id=cfg.tracking.run_id)
+        # A run handed over (tracking.run_id) is not "created" here but still needs the job's params.
+        if created or not tracking.run_info_logged(uri, run_id):
             params = {**flatten(to_dict(cfg)), **extra}
             tracking.log_run_info(uri, run_id, params=params, tags=tags, config_yaml=dump_yaml(cfg))
             for extra_file in ("tuned.yaml", "figures/lr_find.png"):
@@ -259,12 +279,13 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         nan_guard=t.nan_guard,
         check_grads=t.precision != "16-mixed",
         reporter=reporter,
+        history=not fast,
     )
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        strategy="ddp" if world.world_size > 1 else "auto",
+        strategy=_strategy(world, find_unused=freezes),
         precision=t.precision,
         max_epochs=t.max_epochs,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -300,11 +321,12 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         return {"status": "fast_dev_run", "run_dir": str(run_dir), "metrics": metrics, "global_step": trainer.global_step}
     best_cb = next(c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == "val/loss")
     best_path = best_cb.best_model_path or None
+    history_cb = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     result = {
         "status": "finished",
         "run_dir": str(run_dir),
         "tracking_uri": uri,
-        "experiment": cfg.tracking.experiment,
+        "experiment": tracking.experiment_name(uri, run_id) if run_id else cfg.tracking.experiment,
         "mlflow_run_id": run_id,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
@@ -314,12 +336,34 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         "last_checkpoint": str(last) if last.is_file() else None,
         "metrics": metrics,
         "fit_seconds_this_attempt": round(seconds, 2),
+        "data_version": data_version,
+        "init": _init_kind(cfg),
+        "history": history_cb.history if history_cb is not None else [],
         **extra,
     }
     _finish_tracking(uri, run_id, cfg, run_dir, module, dm, result, trainer)
     reporter.finish(result)
     reporter.close()
     return result
+
+
+def _strategy(world: dist.WorldInfo, *, find_unused: bool):
+    """DDP across ranks. A job that freezes the body needs find_unused_parameters: the frozen
+    parameters stay registered with DDP (so their gradients are all-reduced once unfrozen) but
+    get no gradient while frozen."""
+    if world.world_size <= 1:
+        return "auto"
+    if not find_unused:
+        return "ddp"
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=True)
+
+
+def _init_kind(cfg: JobConfig) -> str:
+    if cfg.model.pretrained_checkpoint:
+        return "pretrained"
+    return "torchvision" if cfg.model.torchvision_weights else "scratch"
 
 
 def _finish_tracking(uri, run_id, cfg, run_dir, module, dm, result, trainer) -> None:
@@ -338,6 +382,8 @@ def _finish_tracking(uri, run_id, cfg, run_dir, module, dm, result, trainer) -> 
         made.append(grad_plot)
     for path in made:
         tracking.log_artifact(uri, run_id, path, "figures")
+    if (run_dir / "history.json").is_file():
+        tracking.log_artifact(uri, run_id, run_dir / "history.json", "history")
     summary = {"effective_batch": result["effective_batch"], "lr_effective": result["lr_effective"]}
     if result["best_val_loss"] is not None:
         summary["best/val_loss"] = result["best_val_loss"]

@@ -2,7 +2,7 @@
 
 `run` makes sure the raw data is there and versioned (DVC), observes its version, then runs
 the `main` job in this process against the project's Dagster instance (`.dagster_home/`), so
-the runs show up in the UI afterwards. `ui` starts `dagster dev` (webserver + daemon).
+the runs show up in the UI afterwards. `ui` starts `dagster dev` (webserver + daemon) and an MLflow server on the same store.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,12 +56,26 @@ def _print_summary(result) -> None:
     print("main job:", "succeeded" if result.success else "FAILED")
 
 
-def ui(root: Path, port: int) -> int:
+def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
+    """MLflow's UI (a server on the project's SQLite store) and `dagster dev` (webserver + daemon), on 127.0.0.1."""
+    from lightning_modules import tracking
+
     dagster_home(root)
-    cmd = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(root / "workspace.yaml"),
-           "-h", "127.0.0.1", "-p", str(port)]
-    print("starting:", " ".join(cmd))
-    os.execv(cmd[0], cmd)
+    bin_dir = Path(sys.executable).parent
+    uri = tracking.default_tracking_uri()
+    tracking.ensure_store(uri)
+    mlflow_cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", uri,
+                  "--artifacts-destination", str(root / "mlartifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port)]
+    dagster_cmd = [str(bin_dir / "dagster"), "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    print(f"MLflow: http://127.0.0.1:{mlflow_port}   Dagster: http://127.0.0.1:{port}   (Ctrl-C stops both)")
+    mlflow_proc = subprocess.Popen(mlflow_cmd)
+    try:
+        return subprocess.call(dagster_cmd)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        mlflow_proc.terminate()
+        mlflow_proc.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.main")
     p.add_argument("command", choices=["run", "ui"])
     p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--arch", default="resnet18", help="backbone to pretrain (a pretrained_backbone partition)")
     a = p.parse_args(argv)
     root = project_root()
     os.chdir(root)
-    return run(root, a.arch) if a.command == "run" else ui(root, a.port)
+    return run(root, a.arch) if a.command == "run" else ui(root, a.port, a.mlflow_port)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,29 @@ def test_imagefolder_with_train_val_subfolders(tmp_path):
     assert m["totals"] == {"train": 12, "val": 6, "rejected": 0}
 
 
+def test_held_out_test_split_is_prepared_and_counted(tmp_path):
+    src = tmp_path / "transfer"
+    imagefolder(src / "train", per_class=4)
+    imagefolder(src / "val", per_class=2)
+    imagefolder(src / "test", per_class=3)
+    m = prep(src, tmp_path / "out")
+    assert m["totals"] == {"train": 12, "val": 6, "rejected": 0, "test": 9}
+    assert [(c["name"], c["train"], c["val"], c["test"]) for c in m["classes"]] == \
+        [("cat", 4, 2, 3), ("dog", 4, 2, 3), ("fox", 4, 2, 3)]
+    test = read_split(tmp_path / "out", "test")
+    assert sorted(s["label"] for s in test) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(dominant(s["image"]) == [0, 1, 2][s["label"]] for s in test)
+    assert read_prepared(tmp_path / "out").counts["test"] == 9
+    # An ImageNet layout with test/<wnid>/ folders too; a test class unknown to train is an error.
+    root = imagenet(tmp_path / "imnet")
+    for wnid, colour in zip(WNIDS, COLOURS):
+        img(root / "test" / wnid / f"{wnid}_t.JPEG", colour)
+    assert prep(root, tmp_path / "out2")["totals"]["test"] == 3
+    img(root / "test" / "n99999999" / "x.JPEG")
+    with pytest.raises(DataError, match="n99999999"):
+        prep(root, tmp_path / "out3")
+
+
 # --- bad input -----------------------------------------------------------------------------------------------
 
 

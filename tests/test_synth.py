@@ -107,6 +107,26 @@ def test_transfer_is_an_imagefolder_with_other_classes(data):
     assert not {c.rsplit("_", 1)[1] for c in train} & imagenet_shapes
 
 
+def test_test_splits_come_from_their_own_streams(tmp_path):
+    """Held-out test images never change the train/val images of a seed (nor each other's counts)."""
+    synthesize(tmp_path / "without", **{**TINY, "det_train": 4, "det_val": 2}, transfer_test_per_class=0)
+    without = _files(tmp_path / "without")
+    summary = synthesize(tmp_path / "with", **{**TINY, "det_train": 4, "det_val": 2},
+                         transfer_test_per_class=3, test_per_class=2)
+    with_test = _files(tmp_path / "with")
+    test_keys = {k for k in with_test if "/test/" in k}
+    assert {k for k in with_test if k not in test_keys and k != "synth.json"} == set(without) - {"synth.json"}
+    assert all(with_test[k] == without[k] for k in without if k != "synth.json")
+    assert summary["transfer"]["test"] == 2 * 3 and summary["imagenet"]["test"] == 3 * 2
+    transfer_test = sorted(p.name for p in (tmp_path / "with/transfer/test").iterdir())
+    assert transfer_test == sorted(summary["transfer_classes"])
+    wnids = sorted(p.name for p in (tmp_path / "with/imagenet/train").iterdir())
+    assert sorted(p.name for p in (tmp_path / "with/imagenet/test").iterdir()) == wnids
+    assert all(len(list((tmp_path / "with/imagenet/test" / w).glob("*.JPEG"))) == 2 for w in wnids)
+    # The default writes a transfer test split (10 per class) and no ImageNet one.
+    assert (tmp_path / "with/transfer/test").is_dir() and not (tmp_path / "without/transfer/test").exists()
+
+
 def _yolo(path: Path) -> list[list[float]]:
     rows = []
     for line in path.read_text().splitlines():

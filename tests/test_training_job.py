@@ -67,7 +67,7 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
 def test_shipped_training_configs_load() -> None:
     from lightning_modules.train import check_names
 
-    for name in ("smoke-classify", "resnet18", "vgg16", "darknet19"):
+    for name in ("smoke-classify", "resnet18", "vgg16", "darknet19", "pretrain-cpu", "transfer-cpu"):
         path = REPO / "configs" / f"{name}.yaml"
         check_names(load_config(path), str(path))
 
@@ -263,4 +263,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_into_the_same_mlflow_run(tiny_prep
     # One val/loss per epoch (an epoch validated before the kill is not validated again).
     val_steps = sorted({m.step for m in client.get_metric_history(run_id, "val/loss")})
     assert len(val_steps) == epochs and val_steps[-1] == epochs * steps - 1
+    # The per-epoch history survives the kill: one complete row per epoch.
+    assert [r["epoch"] for r in result["history"]] == list(range(1, epochs + 1))
+    assert all(r[k] is not None for r in result["history"] for k in ("val_loss", "val_acc1", "lr"))
     print(f"killed at global step {killed_at} (mid-epoch: {killed_at % steps != 0})")

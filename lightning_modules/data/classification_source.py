@@ -5,6 +5,8 @@ Recognised layouts (class index = sorted class folder names):
   `SRC/val/*.JPEG` labelled by Kaggle's `LOC_val_solution.csv` (`ImageId,PredictionString`, first token = wnid);
 - Kaggle's `SRC/ILSVRC/Data/CLS-LOC/{train,val}` with the CSV and `LOC_synset_mapping.txt` at `SRC`;
 - `SRC/<class>/*` (plain ImageFolder, e.g. a user's photos): no val given, the caller splits.
+With train/, an optional `test/<class>/*` (ImageFolder style) is a held-out test split, never used for
+model selection.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class ClassificationSource:
     names: list[str]
     train: Labelled
     val: Labelled | None  # None: no val given, split it off train
+    test: Labelled | None = None  # held-out test/<class>/ files, when the source has them
 
 
 def discover(src: Path) -> ClassificationSource:
@@ -58,9 +61,11 @@ def discover(src: Path) -> ClassificationSource:
     names = _class_names(wnids, [src, data_root])
     train = [(path, label) for label, folder in enumerate(folders) for path in _class_files(folder)]
     val = _val_files(val_root, wnids, [src, data_root]) if val_root is not None and val_root.is_dir() else None
-    log.info("%s: %s layout, %d classes, %d train files, %s val files", src, layout, len(wnids), len(train),
-             "no" if val is None else len(val))
-    return ClassificationSource(src, layout, wnids, names, train, val)
+    test_root = data_root / "test" if layout != "imagefolder" else None
+    test = _test_files(test_root, wnids) if test_root is not None and test_root.is_dir() else None
+    log.info("%s: %s layout, %d classes, %d train files, %s val files, %s test files", src, layout, len(wnids),
+             len(train), "no" if val is None else len(val), "no" if test is None else len(test))
+    return ClassificationSource(src, layout, wnids, names, train, val, test)
 
 
 def stratified_split(samples: Labelled, val_fraction: float, seed: int) -> tuple[Labelled, Labelled]:
@@ -140,6 +145,20 @@ def _val_files(val_root: Path, wnids: list[str], search: list[Path]) -> Labelled
     if missing:
         log.warning("%s: %d rows name images that are not in %s; ignored", csv_path, missing, val_root)
     return out
+
+
+def _test_files(test_root: Path, wnids: list[str]) -> Labelled | None:
+    """test/<class>/* (ImageFolder style); every folder must name a train class. None when empty."""
+    index = {w: i for i, w in enumerate(wnids)}
+    folders = sorted(p for p in test_root.iterdir() if is_class_folder(p))
+    loose = [p for p in test_root.iterdir() if p.is_file() and is_candidate(p)]
+    if loose and not folders:
+        raise DataError(test_root, "test/ holds loose images: put them in one sub-folder per class (test/<class>/)")
+    unknown = [f.name for f in folders if f.name not in index]
+    if unknown:
+        raise DataError(test_root / unknown[0], f"test class folder '{unknown[0]}' has no matching train class folder")
+    files = [(path, index[f.name]) for f in folders for path in _class_files(f)]
+    return files or None
 
 
 def _read_val_csv(csv_path: Path, index: dict[str, int]) -> dict[str, int]:

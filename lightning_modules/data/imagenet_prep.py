@@ -64,19 +64,21 @@ def prep_classification(
         train, val = source.train, source.val
     # Shuffle once so every chunk mixes classes; litdata only shuffles chunk order and within a few chunks.
     random.Random(seed).shuffle(train)
-    total = len(train) + len(val)
+    test = source.test or []
+    total = len(train) + len(val) + len(test)
     budget = _RejectBudget(total, max_rejected_fraction)
 
     with staged_output(out) as stage, _pool(workers) as pool:
         train_split = _write_split(stage, "train", train, image_size, pool, budget, source)
         val_split = _write_split(stage, "val", val, image_size, pool, budget, source)
+        test_split = _write_split(stage, "test", test, image_size, pool, budget, source) if test else None
         budget.check_final()
         _check_classes(source, train_split, val_split, src)
-        manifest = _manifest(source, image_size, train_split, val_split, budget, source_data_version)
+        manifest = _manifest(source, image_size, train_split, val_split, budget, source_data_version, test_split)
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _save_preview(train_split, source, stage / "preview.png")
-    log.info("prepared %s -> %s: %d train, %d val, %d rejected", src, out, manifest["totals"]["train"],
-             manifest["totals"]["val"], manifest["totals"]["rejected"])
+    log.info("prepared %s -> %s: %d train, %d val, %d test, %d rejected", src, out, manifest["totals"]["train"],
+             manifest["totals"]["val"], manifest["totals"].get("test", 0), manifest["totals"]["rejected"])
     return manifest
 
 
@@ -308,17 +310,23 @@ def mean_std(split: _SplitResult, image_size: int) -> tuple[list[float], list[fl
     return [round(float(m) / 255.0, 6) for m in mean], [round(float(math.sqrt(v)) / 255.0, 6) for v in var]
 
 
-def _manifest(source, image_size, train: _SplitResult, val: _SplitResult, budget, source_data_version) -> dict:
+def _manifest(source, image_size, train: _SplitResult, val: _SplitResult, budget, source_data_version,
+              test: _SplitResult | None = None) -> dict:
+    """The manifest; "test" counts (per class and in totals) only when the source has a test split."""
     mean, std = mean_std(train, image_size)
+    classes = [{"wnid": w, "name": name, "index": i, "train": int(train.counts[i]), "val": int(val.counts[i])}
+               for i, (w, name) in enumerate(zip(source.wnids, source.names))]
+    totals = {"train": train.total, "val": val.total, "rejected": len(budget.rejected)}
+    if test is not None:
+        for c in classes:
+            c["test"] = int(test.counts[c["index"]])
+        totals["test"] = test.total
     return {
         "kind": "classification",
         "format": "litdata",
         "image_size": image_size,
-        "classes": [
-            {"wnid": w, "name": name, "index": i, "train": int(train.counts[i]), "val": int(val.counts[i])}
-            for i, (w, name) in enumerate(zip(source.wnids, source.names))
-        ],
-        "totals": {"train": train.total, "val": val.total, "rejected": len(budget.rejected)},
+        "classes": classes,
+        "totals": totals,
         "rejected": budget.rejected,
         "mean": mean,
         "std": std,

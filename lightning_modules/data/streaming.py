@@ -9,7 +9,7 @@ from typing import Any
 
 from lightning_modules.errors import DataError
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # test: held out, only when the prepared source had one
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class PreparedClassification:
     mean: tuple[float, float, float]  # per channel, 0..1 scale, train split
     std: tuple[float, float, float]
     image_size: int
-    counts: dict[str, int]  # {"train": n, "val": n, "rejected": n}
+    counts: dict[str, int]  # {"train": n, "val": n, "rejected": n[, "test": n]}
     source_data_version: str | None = None
 
     @property

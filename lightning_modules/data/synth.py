@@ -36,7 +36,7 @@ SUMMARY_FILE = "synth.json"  # marks `out` as generated, so a rerun may replace 
 SETS = ("imagenet", "transfer", "detection")
 # Stream ids for the per-image generators; never renumber (it would change every image).
 _SET_ID = {"imagenet/train": 1, "imagenet/val": 2, "transfer/train": 3, "transfer/val": 4,
-           "detection/train": 5, "detection/val": 6}
+           "detection/train": 5, "detection/val": 6, "transfer/test": 7, "imagenet/test": 8}
 _CATALOGUE_ID = {"imagenet": 100, "wnids": 101, "transfer": 102, "val_order": 103, "dirt": 104, "background": 105}
 DIRT_KINDS = ("grayscale", "cmyk", "png")
 JPEG_QUALITY = 90
@@ -55,13 +55,21 @@ def synthesize(
     det_val: int = 16,
     seed: int = 0,
     workers: int = 1,
+    transfer_test_per_class: int = 10,
+    test_per_class: int = 0,
 ) -> dict:
-    """Write `out/imagenet`, `out/transfer`, `out/detection` and `out/synth.json`; return the summary."""
+    """Write `out/imagenet`, `out/transfer`, `out/detection` and `out/synth.json`; return the summary.
+
+    Held-out test splits (never used for model selection) go to `transfer/test/<class>/` and, when
+    test_per_class > 0, `imagenet/test/<wnid>/`. They come from their own random streams, so the
+    train/val images of a seed are the same bytes with or without them.
+    """
     out = Path(out)
     _check_args(classes=classes, per_class=per_class, transfer_classes=transfer_classes,
                 transfer_per_class=transfer_per_class, det_train=det_train, workers=workers)
     _check_args(minimum=0, val_per_class=val_per_class, transfer_val_per_class=transfer_val_per_class,
-                det_val=det_val, seed=seed)
+                det_val=det_val, seed=seed, transfer_test_per_class=transfer_test_per_class,
+                test_per_class=test_per_class)
     _refuse_foreign(out)
     specs = make_classes(classes, IMAGENET_SHAPES, _rng(seed, "imagenet"))
     wnids = make_wnids(classes, _rng(seed, "wnids"))
@@ -74,8 +82,10 @@ def synthesize(
         run = partial(_run, pool=pool, seed=seed, workers=workers)
         summary = {
             "seed": seed,
-            "imagenet": _write_imagenet(dirs["imagenet"], specs, wnids, per_class, val_per_class, seed, run),
-            "transfer": _write_transfer(dirs["transfer"], t_specs, transfer_per_class, transfer_val_per_class, run),
+            "imagenet": _write_imagenet(dirs["imagenet"], specs, wnids, per_class, val_per_class, seed, run,
+                                        test_per_class),
+            "transfer": _write_transfer(dirs["transfer"], t_specs, transfer_per_class, transfer_val_per_class, run,
+                                        transfer_test_per_class),
             "detection": _write_detection(dirs["detection"], {"train": det_train, "val": det_val}, seed, run),
             "classes": [{"wnid": w, "name": s.name} for w, s in zip(wnids, specs, strict=True)],
             "transfer_classes": [s.folder for s in t_specs],
@@ -166,7 +176,7 @@ def _render_classification(task: tuple, *, seed: int) -> tuple[int, int, int, in
 
 
 def _write_imagenet(root: Path, specs: list[ClassSpec], wnids: list[str], per_class: int, val_per_class: int,
-                    seed: int, run: Callable) -> dict:
+                    seed: int, run: Callable, test_per_class: int = 0) -> dict:
     n_train = len(specs) * per_class
     dirt_rng = _rng(seed, "dirt")
     train_dirt = _pick_dirt(n_train, dirt_rng, guarantee=True)
@@ -194,24 +204,39 @@ def _write_imagenet(root: Path, specs: list[ClassSpec], wnids: list[str], per_cl
     (root / "LOC_synset_mapping.txt").write_text(
         "".join(f"{w} {s.name}, {s.other_name}\n" for w, s in zip(wnids, specs, strict=True))
     )
+    n_test = _write_class_folders(root / "test", "imagenet/test", specs, wnids, test_per_class, run,
+                                  lambda wnid, k: f"{wnid}_test_{k + 1}.JPEG")
     dirt = {kind: [train_path(i) for i, d in enumerate(train_dirt) if d == kind] for kind in DIRT_KINDS}
-    return {"classes": len(specs), "train": n_train, "val": len(labels),
+    return {"classes": len(specs), "train": n_train, "val": len(labels), **({"test": n_test} if n_test else {}),
             "dirt": {kind: len(paths) for kind, paths in dirt.items()},
             "dirt_examples": {kind: paths[:3] for kind, paths in dirt.items()}}
 
 
-def _write_transfer(root: Path, specs: list[ClassSpec], per_class: int, val_per_class: int, run: Callable) -> dict:
+def _write_transfer(root: Path, specs: list[ClassSpec], per_class: int, val_per_class: int, run: Callable,
+                    test_per_class: int = 0) -> dict:
     counts = {}
-    for split, n in (("train", per_class), ("val", val_per_class)):
-        tasks = []
-        for c, spec in enumerate(specs):
-            folder = root / split / spec.folder
-            folder.mkdir(parents=True)
-            for k in range(n):
-                tasks.append((_SET_ID[f"transfer/{split}"], c * n + k, str(folder / f"{k + 1:04d}.jpg"), spec, None))
-        run(tasks, f"synth transfer/{split}", _render_classification, total=len(tasks))
-        counts[split] = len(tasks)
+    folders = [s.folder for s in specs]
+    for split, n in (("train", per_class), ("val", val_per_class), ("test", test_per_class)):
+        if split == "test" and n == 0:
+            continue
+        counts[split] = _write_class_folders(root / split, f"transfer/{split}", specs, folders, n, run,
+                                             lambda folder, k: f"{k + 1:04d}.jpg")
     return {"classes": len(specs), **counts}
+
+
+def _write_class_folders(root: Path, set_name: str, specs: list[ClassSpec], folders: list[str], n: int,
+                         run: Callable, name: Callable[[str, int], str]) -> int:
+    """n clean images per class into root/<folder>/ (ImageFolder), drawn from the set's own stream."""
+    if n == 0:
+        return 0
+    tasks = []
+    for c, (spec, folder_name) in enumerate(zip(specs, folders, strict=True)):
+        folder = root / folder_name
+        folder.mkdir(parents=True)
+        for k in range(n):
+            tasks.append((_SET_ID[set_name], c * n + k, str(folder / name(folder_name, k)), spec, None))
+    run(tasks, f"synth {set_name}", _render_classification, total=len(tasks))
+    return len(tasks)
 
 
 # --- detection set ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 evaluation that registers the model and promotes it to `champion` only when it is better.
 """
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -83,18 +84,24 @@ def classification_evaluation(context: dg.AssetExecutionContext, config: Evaluat
     uri = mlflow.uri()
     run_id = mlflow.start_run(context, "evaluation", out, version, {"evaluated_run_id": trained["mlflow_run_id"]})
     tracking.log_metrics(uri, run_id, {f"{config.split}_acc1": res["top1"], f"{config.split}_acc5": res["top5"],
-                                       f"{config.split}_loss": res["loss"]})
+                                       f"{config.split}_loss": res["mean_loss"]})
     for fig in res["figures"]:
         tracking.log_artifact(uri, run_id, Path(fig), "figures")
 
+    # The registered model takes uint8 images and normalises them itself (see evaluate.Classifier).
+    import numpy as np
+
     model = ev.load_classifier(Path(trained["best_checkpoint"]))
-    version_no = registry.log_and_register(uri, run_id, model, config.model_name)
+    size = json.loads((data / "manifest.json").read_text())["image_size"]
+    version_no = registry.log_and_register(uri, run_id, model, config.model_name,
+                                           input_example=np.zeros((1, 3, size, size), dtype=np.uint8))
 
     def rescore(model_uri: str) -> float:
         import mlflow as mlf
 
         mlf.set_tracking_uri(uri)
-        return ev.evaluate_module(mlf.pytorch.load_model(model_uri), data, split=config.split)["top1"]
+        champion = mlf.pytorch.load_model(model_uri)
+        return ev.evaluate_module(champion, data, split=config.split, out_dir=out / "champion", write=False)["top1"]
 
     decision = registry.decide_and_promote(uri, config.model_name, version_no, score=res["top1"],
                                            data_version=version, rescore=rescore,
