@@ -68,7 +68,7 @@ def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_
 
     client = MlflowClient(uri)
     client.set_model_version_tag(name, version, "data_version", data_version)
-    client.set_model_version_tag(name, version, SCORE_TAG, f"{score:.6f}")
+    client.set_model_version_tag(name, version, SCORE_TAG, repr(float(score)))  # full precision: ties stay ties
     current = champion(uri, name)
     if not gates_passed:
         decision = Decision(False, version, "quality gates failed", score,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at the top level
 
 from lightning_modules import tracking
 from lightning_modules.data import versioning
@@ -130,7 +131,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         cmd = torchrun_command(spec, nproc_per_node=n)
         try:
             return dg.PipesSubprocessClient(cwd=str(project_root())).run(context=context, command=cmd, env=env)
-        except dg.DagsterPipesExecutionError as exc:
+        except DagsterPipesExecutionError as exc:
             errors = rank_errors(spec.run_dir)
             first = next(iter(errors.values()), "no rank wrote to stderr")
             raise dg.Failure(

@@ -1,0 +1,166 @@
+"""The orchestrated chain for real, on tiny data: every asset through the real launcher (torchrun + Pipes),
+metadata from rank 0 only, MLflow lineage tags, the transfer report, evaluation and champion promotion,
+and a killed training step that Dagster retries and that resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lightning_modules.data import versioning
+from lightning_modules.data.synth import synthesize
+from pipelines.assets.data import prepared_imagenet, prepared_transfer
+from pipelines.assets.evaluation import EVALUATION_ASSETS, classification_evaluation
+from pipelines.assets.training import TRAINING_ASSETS, pretrained_backbone
+from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(classes=4, per_class=16, val_per_class=8, transfer_classes=3, transfer_per_class=8,
+            transfer_val_per_class=3, transfer_test_per_class=4, det_train=8, det_val=4)
+SMALL_NET = ["data.image_size=32", "model.width=0.25", "data.batch_size=16", "data.num_workers=0"]
+PREP = {"config": {"image_size": 32, "workers": 1}}
+
+
+def _project(root: Path) -> Path:
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    synthesize(root / "data", seed=5, **TINY)
+    versioning.init(root, str(root / "remote"))
+    versioning.add(root)
+    return root
+
+
+def _resources(root: Path) -> dict:
+    return {"project": ProjectResource(root=str(root)), "dvc": DvcResource(root=str(root)),
+            "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"),
+            "launcher": TrainingLauncher(backend="local", nproc_per_node=1)}
+
+
+def _train(config: str, epochs: int, **extra) -> dict:
+    return {"config": {"config_file": str(ROOT / "configs" / config),
+                       "overrides": [f"trainer.max_epochs={epochs}", *SMALL_NET], **extra}}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = _project(tmp_path_factory.mktemp("chain"))
+    run_config = {"ops": {
+        "prepared_imagenet": PREP, "prepared_transfer": PREP,
+        # Pretraining with 2 torchrun ranks: metadata must still arrive once, from rank 0.
+        "pretrained_backbone": _train("pretrain-cpu.yaml", 2, nproc_per_node=2),
+        "transfer_finetuned": _train("transfer-cpu.yaml", 3),
+        "scratch_baseline": _train("transfer-cpu.yaml", 3),
+        "classification_evaluation": {"config": {"accuracy_floor": 0.0}},
+    }}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [prepared_imagenet, prepared_transfer, *TRAINING_ASSETS, *EVALUATION_ASSETS],
+            partition_key="resnet18", instance=instance, resources=_resources(root), run_config=run_config)
+        yield root, instance, result
+
+
+def _meta(result, key: str) -> dict:
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
+    assert len(events) == 1, f"{key}: {len(events)} materializations (only rank 0 may report)"
+    return {k: v.value for k, v in events[0].materialization.metadata.items()}
+
+
+def test_every_stage_materializes_once_with_its_metadata(chain) -> None:
+    root, _, result = chain
+    assert result.success
+    pre = _meta(result, "pretrained_backbone")
+    assert Path(pre["best_checkpoint"]).is_file() and 0.0 <= pre["val_acc1"] <= 1.0
+    assert pre["learning_curves"].startswith("![learning_curves](data:image/png;base64,")
+    assert pre["data_version"] == versioning.read_data_version(root / "data.dvc")
+    assert pre["mlflow_run"].startswith("http://127.0.0.1:5000/#/experiments/")
+    for key in ("transfer_finetuned", "scratch_baseline"):
+        meta = _meta(result, key)
+        assert len(meta["history"]) == 3 and Path(meta["best_checkpoint"]).is_file()
+    report = _meta(result, "transfer_report")
+    assert {"gain_start", "gain_slope", "gain_asymptote", "transfer_asymptote", "scratch_asymptote"} <= set(report)
+
+
+def test_mlflow_runs_carry_the_lineage_tags(chain) -> None:
+    root, _, result = chain
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    pre, tr = _meta(result, "pretrained_backbone"), _meta(result, "transfer_finetuned")
+    pre_run, tr_run = client.get_run(pre["mlflow_run_id"]), client.get_run(tr["mlflow_run_id"])
+    version = versioning.read_data_version(root / "data.dvc")
+    for run, asset in ((pre_run, "pretrained_backbone"), (tr_run, "transfer_finetuned")):
+        tags = run.data.tags
+        assert tags["dagster_run_id"] == result.run_id and tags["dagster_asset_key"] == asset
+        assert tags["data_version"] == version and tags["git_sha"]
+    assert pre_run.data.tags["dagster_partition"] == "resnet18"
+    assert tr_run.data.tags["init"] == "pretrained" and tr_run.data.tags["pretrained_run_id"] == pre_run.info.run_id
+    assert tr_run.data.params["model.pretrained_checkpoint"] == pre["best_checkpoint"]
+    # Both DDP ranks trained, one MLflow run logged it.
+    assert len(client.search_runs([pre_run.info.experiment_id])) == 1
+    assert pre_run.data.params.get("effective_batch") == "32" or pre_run.data.metrics.get("effective_batch") == 32
+
+
+def test_evaluation_promotes_only_a_better_model(chain) -> None:
+    root, instance, result = chain
+    first = _meta(result, "classification_evaluation")
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()
+              if e.asset_key.to_user_string() == "classification_evaluation"}
+    assert checks == {"accuracy_floor": True, "no_nan": True}
+    assert first["promoted"] is True and first["promotion"] == "no champion yet" and first["images"] == 3 * 4
+    # The same model evaluated again on the same data is not better: the alias stays.
+    again = dg.materialize([classification_evaluation], instance=instance, resources=_resources(root),
+                           run_config={"ops": {"classification_evaluation": {"config": {"accuracy_floor": 0.0}}}})
+    second = _meta(again, "classification_evaluation")
+    assert second["promoted"] is False and "does not beat" in second["promotion"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("visionflow-classifier", "champion").version) == first["registered_version"]
+
+
+def _kill_when_checkpointed(run_root: Path, stop: threading.Event, killed: list) -> None:
+    """SIGKILL the training process once a last.ckpt exists mid-run (first attempt only)."""
+    while not stop.is_set() and not killed:
+        if any(run_root.rglob("last.ckpt")):
+            for proc in psutil.Process(os.getpid()).children(recursive=True):
+                try:
+                    cmd = " ".join(proc.cmdline())
+                except psutil.Error:
+                    continue
+                if "lightning_modules.train" in cmd and "torch.distributed.run" not in cmd:
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(proc.pid)
+        time.sleep(0.05)
+
+
+def test_killed_training_step_is_retried_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    dg.materialize([prepared_imagenet], resources=_resources(root), run_config={"ops": {"prepared_imagenet": PREP}})
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_when_checkpointed, args=(root / "runs", stop, killed), daemon=True)
+    watcher.start()
+    epochs = 4
+    config = _train("pretrain-cpu.yaml", epochs)
+    config["config"]["overrides"].append("trainer.checkpoint_every_n_steps=2")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([pretrained_backbone], partition_key="resnet18", instance=instance,
+                                resources=_resources(root), run_config={"ops": {"pretrained_backbone": config}})
+    stop.set()
+    assert killed, "the training process was never killed"
+    assert result.success
+    assert any(e.event_type_value == "STEP_RESTARTED" for e in result.all_events), "Dagster did not retry"
+    meta = _meta(result, "pretrained_backbone")
+    run_dir = Path(meta["run_dir"])
+    assert (run_dir / "mlflow_run_id").read_text().strip() == meta["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_run(meta["mlflow_run_id"]).info.experiment_id
+    assert len(client.search_runs([exp])) == 1, "the retry continued the same MLflow run"
+    manifest = json.loads((root / "prepared" / "imagenet" / "manifest.json").read_text())
+    steps_per_epoch = -(-manifest["totals"]["train"] // 16)
+    assert meta["global_step"] == epochs * steps_per_epoch
+    assert [h["epoch"] for h in meta["history"]] == list(range(1, epochs + 1)), "history survives the resume"
