@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-per-class", type=int, default=12)
     s.add_argument("--transfer-classes", type=int, default=5)
     s.add_argument("--transfer-per-class", type=int, default=12)
-    s.add_argument("--transfer-val-per-class", type=int, default=6)
-    s.add_argument("--transfer-test-per-class", type=int, default=10,
+    s.add_argument("--transfer-val-per-class", type=int, default=20)
+    s.add_argument("--transfer-test-per-class", type=int, default=20,
                    help="held-out test images per transfer class (transfer/test/<class>/)")
     s.add_argument("--test-per-class", type=int, default=0,
                    help="held-out test images per ImageNet-style class (imagenet/test/<wnid>/; 0: none)")

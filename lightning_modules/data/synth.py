@@ -50,12 +50,12 @@ def synthesize(
     val_per_class: int = 12,
     transfer_classes: int = 5,
     transfer_per_class: int = 12,
-    transfer_val_per_class: int = 6,
+    transfer_val_per_class: int = 20,
     det_train: int = 64,
     det_val: int = 16,
     seed: int = 0,
     workers: int = 1,
-    transfer_test_per_class: int = 10,
+    transfer_test_per_class: int = 20,
     test_per_class: int = 0,
 ) -> dict:
     """Write `out/imagenet`, `out/transfer`, `out/detection` and `out/synth.json`; return the summary.
