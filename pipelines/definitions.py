@@ -6,6 +6,7 @@ from pipelines.assets.data import DATA_ASSETS, raw_data
 from pipelines.assets.evaluation import EVALUATION_ASSETS
 from pipelines.assets.training import TRAINING_ASSETS
 from pipelines.automation import new_data_version, weekly_retraining
+from pipelines.jobs import version_data
 from pipelines.resources import default_resources
 
 # An observable source is observed by a job of its own (asset jobs only materialize).
@@ -22,7 +23,7 @@ main_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[*DATA_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS],
-    jobs=[observe_job, data_job, main_job],
+    jobs=[observe_job, data_job, main_job, version_data],
     schedules=[weekly_retraining(main_job)],
     sensors=[new_data_version(main_job)],
     resources=default_resources(),

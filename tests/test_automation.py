@@ -67,3 +67,16 @@ def test_weekly_schedule_requests_the_main_job_once_a_week() -> None:
     ticks = cron_string_iterator(monday.timestamp(), schedule.cron_schedule, "UTC")
     first, second = next(ticks), next(ticks)
     assert (second - first) == dt.timedelta(days=7) and first.weekday() == 0
+
+
+def test_version_data_job_adds_and_pushes_new_data(tmp_path: Path) -> None:
+    root = _tracked_project(tmp_path)
+    before = versioning.read_data_version(root / "data.dvc")
+    (root / "data" / "b.txt").write_text("new file")
+    job = defs.resolve_job_def("version_data")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, resources={"dvc": DvcResource(root=str(root))})
+    assert result.success
+    after = versioning.read_data_version(root / "data.dvc")
+    assert after != before and result.output_for_node("dvc_add_and_push") == after
+    assert versioning.status(root)["cloud"] == {}, "everything was pushed"

@@ -164,7 +164,7 @@ def test_evaluate_checkpoint_on_the_test_split(pretrained: Path, prepared_transf
     ckpt = Path(json.loads((ft / "result.json").read_text())["best_checkpoint"])
     manifest = json.loads((prepared_transfer / "manifest.json").read_text())
     n_test = manifest["totals"]["test"]
-    assert n_test == 20  # synthesize's default: 10 per transfer class, 2 classes in the tiny set
+    assert n_test == 20  # tiny_raw_data: 10 test images per transfer class, 2 classes
 
     res = evaluate(ckpt, prepared_transfer, split="test", out_dir=tmp_path / "eval", batch_size=7)
     assert res["n"] == n_test and 0.0 <= res["top1"] <= res["top5"] <= 1.0 and res["top5"] == 1.0  # 2 classes

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,13 +118,3 @@ def status(root: Path) -> dict:
         return {"local": repo.status(), "cloud": repo.status(cloud=True)}
     finally:
         repo.close()
-
-
-def git_sha(root: Path) -> str | None:
-    """The checked-out commit (with `-dirty` when the tree has changes), or None outside git."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return None
