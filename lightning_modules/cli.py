@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lightning_modules.darknet.cli import add_darknet_commands
 
     add_darknet_commands(sub)
+    from lightning_modules.detection.eval_cli import add_detect_eval_command
+
+    add_detect_eval_command(sub)
 
     s = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a checkpoint")
     s.add_argument("checkpoint", help="a training checkpoint (RUN_DIR/checkpoints/best.ckpt)")

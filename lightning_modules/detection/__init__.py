@@ -1,0 +1,1 @@
+"""Object detection: detectors, decoding and evaluation."""
