@@ -177,7 +177,7 @@ def _cli(argv):
     a = parser.parse_args(argv)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        a.func(a)
+        a.fn(a)
     return out.getvalue()
 
 

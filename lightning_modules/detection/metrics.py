@@ -8,6 +8,9 @@ ground truth) are -1, torchmetrics' convention.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 from pathlib import Path
 
 import torch
@@ -49,7 +52,9 @@ def coco_map(gt: list[dict], pred: list[dict]) -> dict:
                                   max_detection_thresholds=[1, 10, 100])
     metric.warn_on_many_detections = False
     metric.update([_pred_item(p) for p in pred], [_gt_item(g) for g in gt])
-    r = metric.compute()
+    # faster-coco-eval prints COCOeval's summary for every class; keep stdout for our own table.
+    with contextlib.redirect_stdout(io.StringIO()):
+        r = metric.compute()
     out = {k: float(r[k]) for k in COCO_KEYS}
     classes = [int(c) for c in r["classes"].reshape(-1).tolist()]
     out["classes"] = classes
