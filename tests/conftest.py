@@ -40,6 +40,16 @@ def tiny_prepared_imagenet(tiny_raw_data: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="session")
+def prepared_transfer(tiny_raw_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny few-shot transfer set (train/val/test) prepared at 32 px; read-only for tests."""
+    from lightning_modules.data.imagenet_prep import prep_classification
+
+    out = tmp_path_factory.mktemp("prepared") / "transfer"
+    prep_classification(tiny_raw_data / "transfer", out, image_size=32, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     from lightning_modules.tracking import ensure_store
 

@@ -40,15 +40,6 @@ def test_lightning_modules_never_import_dagster() -> None:
 
 
 @pytest.fixture(scope="module")
-def transfer_data(tiny_raw_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lightning_modules.data.imagenet_prep import prep_classification
-
-    out = tmp_path_factory.mktemp("prepared") / "transfer"
-    prep_classification(tiny_raw_data / "transfer", out, image_size=32, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
 def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint in our format (state_dict + hyper_parameters) without training: enough to transfer from."""
     import torch
@@ -75,10 +66,10 @@ def _materialize(command: list[str]):
 
 
 def test_torchrun_two_ranks_report_one_materialization_from_rank_zero(
-        transfer_data: Path, untrained_checkpoint: Path, tmp_path: Path, mlflow_uri: str) -> None:
+        prepared_transfer: Path, untrained_checkpoint: Path, tmp_path: Path, mlflow_uri: str) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "lightning_modules.train", str(TRANSFER), "--data", str(transfer_data), "--out", str(out)]
+           "-m", "lightning_modules.train", str(TRANSFER), "--data", str(prepared_transfer), "--out", str(out)]
     # 2 ranks x 4 train images each, batch 2: 2 steps per epoch; epoch 1 frozen, epoch 2 unfrozen (DDP).
     for s in ("data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=2", "optim.freeze_body_epochs=1",
               "model.width=0.25", "model.small_input=true", f"model.pretrained_checkpoint={untrained_checkpoint}",
@@ -104,8 +95,8 @@ def test_torchrun_two_ranks_report_one_materialization_from_rank_zero(
     assert sum("epoch 1:" in m for m in text) == 1 and sum("epoch 2:" in m for m in text) == 1
 
 
-def test_a_failing_job_reports_its_error_through_pipes(transfer_data: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "lightning_modules.train", str(TRANSFER), "--data", str(transfer_data),
+def test_a_failing_job_reports_its_error_through_pipes(prepared_transfer: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "lightning_modules.train", str(TRANSFER), "--data", str(prepared_transfer),
            "--out", str(tmp_path / "run"), "--set", "model.name=resnet9"]
     result, _, instance = _materialize(cmd)
     assert not result.success

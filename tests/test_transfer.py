@@ -28,15 +28,6 @@ def _train(config: Path, data: Path, out: Path, *sets: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def prepared_transfer(tiny_raw_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lightning_modules.data.imagenet_prep import prep_classification
-
-    out = tmp_path_factory.mktemp("prepared") / "transfer"
-    prep_classification(tiny_raw_data / "transfer", out, image_size=32, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
 def pretrained(tiny_prepared_imagenet: Path, tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Path:
     """best.ckpt of a one-epoch pretraining on the tiny 4-class set."""
     out = tmp_path_factory.mktemp("pretrain") / "run"
