@@ -210,6 +210,8 @@ class EpochHistory(L.Callback):
         m = _scalars(trainer.callback_metrics)
         row = self._row(trainer)
         row.update(val_loss=m.get("val/loss"), val_acc1=m.get("val/acc1"), val_acc5=m.get("val/acc5"))
+        # every other validation metric too (detection: val_map, val_map_50, val_fitness, ...)
+        row.update({k.replace("/", "_"): v for k, v in m.items() if k.startswith("val/")})
         self._save()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -218,6 +220,12 @@ class EpochHistory(L.Callback):
         m = _scalars(trainer.callback_metrics)
         row = self._row(trainer)
         row.update(train_loss=m.get("train/loss"), train_acc1=m.get("train/acc1"))
+        row.update({k.replace("/", "_"): v for k, v in m.items()
+                    if k.startswith("train/") and k not in ("train/lr", "train/input_size")})
+        # Metrics a module logs in its own on_validation_epoch_end (detection mAP) arrive after the
+        # callbacks' hook above; by the end of the training epoch they are there.
+        if not trainer.sanity_checking and any(k.startswith("val/") for k in m):
+            row.update({k.replace("/", "_"): v for k, v in m.items() if k.startswith("val/")})
         self._save()
         if self.reporter is not None:
             self.reporter.epoch(row["epoch"], dict(row))
@@ -246,8 +254,9 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
 
 
-def checkpoint_callbacks(run_dir: str | Path, every_n_steps: int) -> list[L.Callback]:
-    """Best-by-val-loss and last.ckpt, both in the fixed folder RUN_DIR/checkpoints.
+def checkpoint_callbacks(run_dir: str | Path, every_n_steps: int, monitor: str = "val/loss",
+                         mode: str = "min") -> list[L.Callback]:
+    """Best-by-`monitor` and last.ckpt, both in the fixed folder RUN_DIR/checkpoints.
 
     A fixed folder matters: resuming looks for last.ckpt there, whatever the MLflow run id.
     last.ckpt is rewritten every N steps (a kill mid-epoch loses at most N steps) and after
@@ -257,7 +266,7 @@ def checkpoint_callbacks(run_dir: str | Path, every_n_steps: int) -> list[L.Call
 
     folder = Path(run_dir) / "checkpoints"
     best = ModelCheckpoint(
-        dirpath=folder, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True,
+        dirpath=folder, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     periodic = ModelCheckpoint(
@@ -277,13 +286,15 @@ def standard_callbacks(
     check_grads: bool,
     reporter: Any | None = None,
     history: bool = True,
+    monitor: str = "val/loss",
+    mode: str = "min",
 ) -> list[L.Callback]:
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 
-    cbs: list[L.Callback] = checkpoint_callbacks(run_dir, checkpoint_every_n_steps)
+    cbs: list[L.Callback] = checkpoint_callbacks(run_dir, checkpoint_every_n_steps, monitor, mode)
     cbs.append(LearningRateMonitor(logging_interval="step"))
     if early_stopping_patience:
-        cbs.append(EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience))
+        cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=early_stopping_patience))
     if grad_monitor_every_n_steps:
         cbs.append(GradientFlowMonitor(run_dir, grad_monitor_every_n_steps))
     if nan_guard:

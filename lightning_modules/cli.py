@@ -88,10 +88,42 @@ def _model_summary(a: argparse.Namespace) -> None:
 
 
 def _evaluate(a: argparse.Namespace) -> None:
+    if _is_detector(Path(a.checkpoint)):
+        from lightning_modules.detection.evaluation import evaluate_checkpoint
+        from lightning_modules.detection.metrics import format_table
+
+        result = evaluate_checkpoint(Path(a.checkpoint), Path(a.data), split=a.split or "val", out_dir=Path(a.out),
+                                     batch_size=min(a.batch_size, 16))
+        shown = {k: v for k, v in result.items() if k != "confusion_matrix"}
+        print(json.dumps(shown, indent=2) if a.json else format_table(result))
+        return
     from lightning_modules.evaluate import evaluate, format_result
 
-    result = evaluate(Path(a.checkpoint), Path(a.data), split=a.split, out_dir=Path(a.out), batch_size=a.batch_size)
+    result = evaluate(Path(a.checkpoint), Path(a.data), split=a.split or "test", out_dir=Path(a.out),
+                      batch_size=a.batch_size)
     print(json.dumps(result, indent=2) if a.json else format_result(result))
+
+
+def _is_detector(checkpoint: Path) -> bool:
+    """A detector checkpoint carries detection hyper-parameters (read without building anything)."""
+    import torch
+
+    if not checkpoint.is_file():
+        return False  # the evaluator names the missing file
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return isinstance(blob, dict) and "detection" in (blob.get("hyper_parameters") or {})
+
+
+def _predict(a: argparse.Namespace) -> None:
+    from lightning_modules.detection.evaluation import predict
+
+    path = predict(Path(a.weights), a.images, Path(a.out), conf=a.conf, iou=a.iou)
+    rows = json.loads(path.read_text())["images"]
+    for row in rows:
+        found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in row["detections"][:6]) or "nothing"
+        more = f" (+{len(row['detections']) - 6})" if len(row["detections"]) > 6 else ""
+        print(f"{row['image']}: {found}{more}")
+    print(f"boxes: {path}; drawn images: {path.parent / 'drawn'}")
 
 
 def _train(a: argparse.Namespace, rest: list[str]) -> int:
@@ -167,13 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a checkpoint")
     s.add_argument("checkpoint", help="a training checkpoint (RUN_DIR/checkpoints/best.ckpt)")
-    s.add_argument("--data", required=True, help="prepared classification folder")
-    s.add_argument("--split", default="test", choices=["test", "val", "train"],
-                   help="test: the held-out split never used for model selection")
+    s.add_argument("--data", required=True, help="prepared classification (or, for a detector, detection) folder")
+    s.add_argument("--split", default=None, choices=["test", "val", "train"],
+                   help="default test for a classifier (held out, never used for model selection); val for a detector")
     s.add_argument("--out", required=True, help="folder for evaluation.json and the figures")
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--json", action="store_true", help="print the whole result as JSON")
     s.set_defaults(fn=_evaluate)
+
+    s = sub.add_parser("predict", help="detect objects in images with a trained detector: boxes as JSON + drawn images")
+    s.add_argument("weights", help="a detector checkpoint (RUN_DIR/checkpoints/best.ckpt of a detection job)")
+    s.add_argument("images", nargs="+", help="image files or folders")
+    s.add_argument("--out", required=True, help="new (or empty) folder for predictions.json and drawn/")
+    s.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    s.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the training config's)")
+    s.set_defaults(fn=_predict)
 
     s = sub.add_parser("train", help="run a training job (same as python -m lightning_modules.train)", add_help=False)
     s.set_defaults(fn=_train, passthrough=True)

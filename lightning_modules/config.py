@@ -99,6 +99,35 @@ class TrainerConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """The YOLO stage (task: detection). Input size is data.image_size (default 416)."""
+
+    version: str = "yolov3"  # a name in detection.models.DETECTORS
+    # (w, h) pixels at data.image_size; None: the prepared set's k-means anchors (v2: 5, v3: 9), rescaled.
+    anchors: list[list[float]] | None = None
+    box_loss: str = "ciou"  # v3: giou, ciou or mse
+    grid: int = 7  # v1: S
+    boxes: int = 2  # v1: B
+    # Multi-scale training (YOLOv2): every `multiscale_every` batches the batch is resized to one of
+    # these sizes (multiples of 32); the same choice on every rank. None: fixed size.
+    multiscale: list[int] | None = None
+    multiscale_every: int = 10
+    mosaic_prob: float = 0.5
+    affine: bool = True
+    hsv: bool = True
+    flip: float = 0.5
+    # EMA of the weights (validation, checkpoints and the final model use it); null: off.
+    # The decay ramps up as decay * (1 - exp(-updates / ema_tau)), so early averages follow the weights.
+    ema_decay: float | None = 0.9999
+    ema_tau: float = 2000.0
+    # Validation/evaluation decoding: a low confidence floor (mAP integrates the whole PR curve).
+    conf_threshold: float = 0.001
+    nms_iou: float = 0.6
+    max_det: int = 100
+    class_agnostic_nms: bool = False
+
+
+@dataclass
 class TrackingConfig:
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
     experiment: str = "visionflow-classification"
@@ -110,14 +139,19 @@ class TrackingConfig:
     log_checkpoint: bool = True  # upload the best checkpoint as an artifact
 
 
+TASKS = ("classification", "detection")
+
+
 @dataclass
 class JobConfig:
+    task: str = "classification"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
 
 _CHOICES = {
@@ -125,6 +159,7 @@ _CHOICES = {
     ("optim", "schedule"): SCHEDULES,
     ("trainer", "precision"): PRECISIONS,
     ("trainer", "accelerator"): ACCELERATORS,
+    ("detection", "box_loss"): ("giou", "ciou", "mse"),
 }
 
 
@@ -195,6 +230,8 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def validate(cfg: JobConfig, source: str) -> None:
+    if cfg.task not in TASKS:
+        raise ConfigError(f"{source}: task={cfg.task!r} is not one of {', '.join(TASKS)}")
     for (section, name), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
@@ -227,8 +264,34 @@ def validate(cfg: JobConfig, source: str) -> None:
                           f"[0, trainer.max_epochs={cfg.trainer.max_epochs}]")
     if cfg.optim.body_lr_mult < 0:
         raise ConfigError(f"{source}: optim.body_lr_mult={cfg.optim.body_lr_mult} must be >= 0")
+    if cfg.task == "detection":
+        _validate_detection(cfg, source)
     if cfg.model.pretrained_checkpoint and cfg.model.torchvision_weights:
         raise ConfigError(f"{source}: set model.pretrained_checkpoint or model.torchvision_weights, not both")
+
+
+def _validate_detection(cfg: JobConfig, source: str) -> None:
+    d = cfg.detection
+    size = cfg.data.image_size
+    if size is not None and size % 32:
+        raise ConfigError(f"{source}: data.image_size={size} must be a multiple of 32 for detection")
+    for s in d.multiscale or []:
+        if not isinstance(s, int) or s <= 0 or s % 32:
+            raise ConfigError(f"{source}: detection.multiscale={d.multiscale}: sizes must be positive multiples of 32")
+    if d.anchors is not None and (not all(isinstance(a, list) and len(a) == 2 for a in d.anchors)
+                                  or any(v <= 0 for a in d.anchors for v in a)):
+        raise ConfigError(f"{source}: detection.anchors must be a list of positive [w, h] pairs")
+    if d.ema_decay is not None and not 0.0 < d.ema_decay < 1.0:
+        raise ConfigError(f"{source}: detection.ema_decay={d.ema_decay} must be in (0, 1) or null")
+    checks = {"detection.multiscale_every": d.multiscale_every, "detection.grid": d.grid, "detection.boxes": d.boxes,
+              "detection.max_det": d.max_det, "detection.ema_tau": d.ema_tau}
+    for key, value in checks.items():
+        if value <= 0:
+            raise ConfigError(f"{source}: {key}={value!r} must be > 0")
+    for key, value in {"detection.mosaic_prob": d.mosaic_prob, "detection.flip": d.flip,
+                       "detection.conf_threshold": d.conf_threshold, "detection.nms_iou": d.nms_iou}.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{source}: {key}={value!r} must be in [0, 1]")
 
 
 # -- internals ---------------------------------------------------------------------------------

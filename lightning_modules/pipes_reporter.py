@@ -28,7 +28,7 @@ METADATA_KEYS = (
     "global_step", "effective_batch", "lr_effective", "world_size", "best_checkpoint", "last_checkpoint", "run_dir",
     "mlflow_run_id", "tracking_uri", "experiment", "history", "figures", "data_version", "fit_seconds",
 )
-_EPOCH_KEYS = ("train_loss", "val_loss", "val_acc1", "val_acc5", "lr")
+_EPOCH_KEYS = ("train_loss", "val_loss", "val_acc1", "val_acc5", "val_map_50", "val_map", "lr")
 
 
 def md(value: Any, kind: str) -> dict[str, Any]:
@@ -44,10 +44,13 @@ def md(value: Any, kind: str) -> dict[str, Any]:
     return {"raw_value": value, "type": kind}
 
 
-def best_row(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The epoch the best checkpoint comes from (lowest val_loss, as ModelCheckpoint picks it)."""
-    rows = [r for r in history if _finite(r.get("val_loss"))]
-    return min(rows, key=lambda r: r["val_loss"]) if rows else None
+def best_row(history: list[dict[str, Any]], monitor: str = "val/loss", mode: str = "min") -> dict[str, Any] | None:
+    """The epoch the best checkpoint comes from (best `monitor`, as ModelCheckpoint picks it)."""
+    key = monitor.replace("/", "_")
+    rows = [r for r in history if _finite(r.get(key))]
+    if not rows:
+        return None
+    return (min if mode == "min" else max)(rows, key=lambda r: r[key])
 
 
 def _finite(v: Any) -> bool:
@@ -57,7 +60,7 @@ def _finite(v: Any) -> bool:
 def materialization_metadata(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The asset metadata for a job result (`train.fit`'s result dict)."""
     history = result.get("history") or []
-    best = best_row(history) or {}
+    best = best_row(history, result.get("monitor", "val/loss"), result.get("monitor_mode", "min")) or {}
     last = history[-1] if history else {}
     metrics = result.get("metrics") or {}
     acc1 = [r["val_acc1"] for r in history if _finite(r.get("val_acc1"))]
@@ -85,6 +88,9 @@ def materialization_metadata(result: dict[str, Any]) -> dict[str, dict[str, Any]
         "figures": md([str(p) for p in result.get("figures") or []], "json"),
         "data_version": md(result.get("data_version"), "text"),
         "fit_seconds": md(result.get("fit_seconds_this_attempt"), "float"),
+        "task": md(result.get("task", "classification"), "text"),
+        **{k: md(v, "float") for k, v in best.items()  # the rest of the best epoch's validation (detection: mAP)
+           if k.startswith("val_") and k not in ("val_loss", "val_acc1", "val_acc5") and _finite(v)},
     }
 
 

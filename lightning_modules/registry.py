@@ -59,7 +59,8 @@ def champion(uri: str, name: str):
 
 
 def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_version: str,
-                       rescore: Callable[[str], float], gates_passed: bool = True) -> Decision:
+                       rescore: Callable[[str], float], gates_passed: bool = True,
+                       score_tag: str = SCORE_TAG) -> Decision:
     """Move `champion` to `version` if it beats the current champion on `data_version`'s test split.
 
     rescore(model_uri) -> score of another model on the challenger's test split.
@@ -68,7 +69,7 @@ def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_
 
     client = MlflowClient(uri)
     client.set_model_version_tag(name, version, "data_version", data_version)
-    client.set_model_version_tag(name, version, SCORE_TAG, repr(float(score)))  # full precision: ties stay ties
+    client.set_model_version_tag(name, version, score_tag, repr(float(score)))  # full precision: ties stay ties
     current = champion(uri, name)
     if not gates_passed:
         decision = Decision(False, version, "quality gates failed", score,
@@ -77,7 +78,7 @@ def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_
         decision = Decision(True, version, "no champion yet", score)
     else:
         same_data = current.tags.get("data_version") == data_version
-        champ_score = float(current.tags[SCORE_TAG]) if same_data and SCORE_TAG in current.tags \
+        champ_score = float(current.tags[score_tag]) if same_data and score_tag in current.tags \
             else rescore(f"models:/{name}/{current.version}")
         how = "same data version" if same_data else f"champion re-scored on data {data_version}"
         if score > champ_score:

@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +85,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     """Run (or resume, or report) the job described by the parsed arguments."""
     cfg = load_config(args.config, args.set)
     check_names(cfg, _sources(args))
-    from lightning_modules.data.streaming import read_prepared
+    from lightning_modules.tasks import get_task
 
-    read_prepared(args.data)  # DataError naming the path, before any rank starts
+    get_task(cfg.task).check_data(args.data)  # DataError naming the path, before any rank starts
     run_dir = args.out.resolve()
     world = dist.world_info()
     if args.tune and world.torchrun:
@@ -132,6 +131,10 @@ def check_names(cfg: JobConfig, source: str) -> None:
     checks = [("model.name", cfg.model.name, MODEL_REGISTRY),
               ("model.activation", cfg.model.activation, {"default": None, **ACTIVATIONS}),
               ("loss.name", cfg.loss.name, LOSS_REGISTRY)]
+    if cfg.task == "detection":
+        from lightning_modules.detection.models import DETECTORS
+
+        checks.append(("detection.version", cfg.detection.version, DETECTORS))
     for key, value, registry in checks:
         if value not in registry:
             raise ConfigError(f"{source}: {key}={value!r} is unknown; choose one of: {', '.join(registry)}")
@@ -215,8 +218,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
 
     from lightning_modules import tracking
     from lightning_modules.callbacks import EpochHistory, standard_callbacks
-    from lightning_modules.classification import ClassificationModule, input_normalization
-    from lightning_modules.datamodule import ClassificationDataModule
+    from lightning_modules.tasks import get_task
 
     t = cfg.trainer
     if world.torchrun:
@@ -230,13 +232,9 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     fast = bool(t.fast_dev_run)
     L.seed_everything(t.seed, workers=True, verbose=False)
 
-    dm = ClassificationDataModule(data_dir, cfg.data, seed=t.seed)
-    mean, std = input_normalization(asdict(cfg.model), dm.info.mean, dm.info.std)
-    module = ClassificationModule(
-        model=asdict(cfg.model), optim=asdict(cfg.optim), loss=asdict(cfg.loss), num_classes=dm.num_classes,
-        mean=mean, std=std, lr=lr, channels_last=t.channels_last, compile=t.compile,
-        class_names=dm.class_names,
-    )
+    task = get_task(cfg.task)
+    built = task.build(cfg, data_dir, lr)
+    dm, module = built.datamodule, built.module
     reporter = dist.make_reporter(run_dir) if not fast else dist.NullReporter()
     freezes = cfg.optim.freeze_body_epochs > 0
     uri = tracking.resolve_uri(cfg.tracking.tracking_uri)
@@ -244,9 +242,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     logger: Any = SilentLogger()
     extra = {
         "effective_batch": effective, "lr_effective": lr, "devices": devices, "num_nodes": num_nodes,
-        "world_size": devices * num_nodes, "threads_per_rank": threads, "num_classes": dm.num_classes,
-        "train_samples": dm.info.counts.get("train"), "val_samples": dm.info.counts.get("val"),
-        "image_size": dm.image_size,
+        "world_size": devices * num_nodes, "threads_per_rank": threads, **built.extra,
     }
     data_version = tracking.data_version(dm.info.source_data_version)
     if rank0 and not fast:
@@ -256,7 +252,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         tracking.ensure_store(uri)
         tags = {**cfg.tracking.tags, "git_sha": tracking.git_sha(), "data_version": data_version,
                 "data_dir": str(data_dir.resolve()), "run_dir": str(run_dir), "model": cfg.model.name,
-                "init": _init_kind(cfg)}
+                "init": _init_kind(cfg), "task": cfg.task}
         run_id, created = tracking.open_run(uri, cfg.tracking.experiment, run_dir, cfg.tracking.run_name, tags,
                                             run_id=cfg.tracking.run_id)
         # A run handed over (tracking.run_id) is not "created" here but still needs the job's params.
@@ -280,7 +276,13 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         check_grads=t.precision != "16-mixed",
         reporter=reporter,
         history=not fast,
+        monitor=task.monitor,
+        mode=task.mode,
     )
+    callbacks += task.callbacks(cfg)
+    from lightning_modules.pruning import pruning_callbacks
+
+    callbacks += pruning_callbacks(run_dir)  # a search trial: report val loss, stop when pruned
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=devices,
@@ -300,7 +302,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         default_root_dir=str(run_dir),
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=rank0 and not fast,
-        use_distributed_sampler=False,  # litdata shards per rank itself
+        use_distributed_sampler=task.distributed_sampler,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if last.is_file() and not fast else None
@@ -319,7 +321,8 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if fast:
         return {"status": "fast_dev_run", "run_dir": str(run_dir), "metrics": metrics, "global_step": trainer.global_step}
-    best_cb = next(c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == "val/loss")
+    best_cb = next(c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == task.monitor)
+    best_score = float(best_cb.best_model_score) if best_cb.best_model_score is not None else None
     best_path = best_cb.best_model_path or None
     history_cb = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     result = {
@@ -332,7 +335,11 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         "epochs": trainer.current_epoch,
         "stopped_early": trainer.current_epoch < t.max_epochs,
         "best_checkpoint": best_path,
-        "best_val_loss": float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
+        "task": cfg.task,
+        "monitor": task.monitor,
+        "monitor_mode": task.mode,
+        "best_score": best_score,
+        "best_val_loss": best_score if task.monitor == "val/loss" else _best_row_value(history_cb, "val_loss", task),
         "last_checkpoint": str(last) if last.is_file() else None,
         "metrics": metrics,
         "fit_seconds_this_attempt": round(seconds, 2),
@@ -345,6 +352,20 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     reporter.finish(result)
     reporter.close()
     return result
+
+
+def _best_row_value(history_cb, key: str, task) -> float | None:
+    """`key` in the epoch whose monitored metric was best (what the best checkpoint holds)."""
+    rows = [r for r in (history_cb.history if history_cb else []) if r.get(monitor_key(task)) is not None]
+    if not rows:
+        return None
+    pick = min if task.mode == "min" else max
+    return pick(rows, key=lambda r: r[monitor_key(task)]).get(key)
+
+
+def monitor_key(task) -> str:
+    """The history-row key of a logged metric: "val/fitness" -> "val_fitness"."""
+    return task.monitor.replace("/", "_")
 
 
 def _strategy(world: dist.WorldInfo, *, find_unused: bool):
@@ -372,8 +393,13 @@ def _finish_tracking(uri, run_id, cfg, run_dir, module, dm, result, trainer) -> 
 
     figures = run_dir / "figures"
     made = []
-    if module.last_confusion is not None:
+    if getattr(module, "last_confusion", None) is not None:
         made.append(tracking.confusion_figure(module.last_confusion.numpy(), dm.class_names, figures / "confusion_matrix.png"))
+    if hasattr(module, "final_figures"):  # detection: PR curves, confusion matrix, drawn samples
+        paths, numbers = module.final_figures(dm, figures)
+        made += paths
+        tracking.log_metrics(uri, run_id, numbers, step=result["global_step"])
+        result["final"] = numbers
     curves = tracking.learning_curves(uri, run_id, figures / "learning_curves.png")
     if curves:
         made.append(curves)
@@ -387,6 +413,8 @@ def _finish_tracking(uri, run_id, cfg, run_dir, module, dm, result, trainer) -> 
     summary = {"effective_batch": result["effective_batch"], "lr_effective": result["lr_effective"]}
     if result["best_val_loss"] is not None:
         summary["best/val_loss"] = result["best_val_loss"]
+    if result["best_score"] is not None:
+        summary[f"best/{result['monitor'].split('/')[-1]}"] = result["best_score"]
     tracking.log_metrics(uri, run_id, summary, step=result["global_step"])
     if cfg.tracking.log_checkpoint and result["best_checkpoint"]:
         tracking.log_artifact(uri, run_id, Path(result["best_checkpoint"]), "checkpoints")
@@ -406,7 +434,8 @@ def _sources(args: argparse.Namespace) -> str:
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    keep = ("status", "run_dir", "mlflow_run_id", "global_step", "epochs", "best_val_loss", "best_checkpoint")
+    keep = ("status", "run_dir", "mlflow_run_id", "global_step", "epochs", "best_val_loss", "monitor", "best_score",
+            "best_checkpoint")
     out = {k: result.get(k) for k in keep if k in result}
     out["metrics"] = {k: round(v, 4) for k, v in result.get("metrics", {}).items()
                       if k.startswith(("val/", "train/")) and isinstance(v, float)}

@@ -3,11 +3,14 @@
 A schedule and a sensor rather than per-asset `on_cron` / eager conditions: the chain mixes a
 partitioned stage (pretrained_backbone) with unpartitioned ones, and one run request carrying one
 partition key runs all of them together, on one data version, in one Dagster run. Both launch
-the `main` job and ship switched off: turn them on in the UI (Automation).
+the `main` job and ship switched off: turn them on in the UI (Automation). The detection stage
+(partitioned by YOLO version) runs as its own job right after each successful `main` run, so every
+retraining also retrains the detector on the new backbone.
 """
 
 import dagster as dg
 
+from pipelines.assets.detection import DEFAULT_VERSION
 from pipelines.assets.training import DEFAULT_ARCH
 from pipelines.resources import DvcResource
 
@@ -42,5 +45,18 @@ def new_data_version(job) -> dg.SensorDefinition:
         context.update_cursor(version)
         return dg.RunRequest(run_key=f"data-{version}", partition_key=DEFAULT_ARCH,
                              tags={"trigger": "new_data", "data_version": version})
+
+    return _sensor
+
+
+def detection_after_main(main_job, detection_job) -> dg.SensorDefinition:
+    @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[main_job],
+                          request_job=detection_job, name="detection_after_main",
+                          default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+                          description="Train and evaluate the default YOLO detector after each successful main run.")
+    def _sensor(context: dg.RunStatusSensorContext):
+        run = context.dagster_run
+        return dg.RunRequest(run_key=f"after-{run.run_id}", partition_key=DEFAULT_VERSION,
+                             tags={"trigger": "after_main", "main_run_id": run.run_id})
 
     return _sensor

@@ -3,9 +3,10 @@
 import dagster as dg
 
 from pipelines.assets.data import DATA_ASSETS, raw_data
+from pipelines.assets.detection import DETECTION_ASSETS
 from pipelines.assets.evaluation import EVALUATION_ASSETS
 from pipelines.assets.training import TRAINING_ASSETS
-from pipelines.automation import new_data_version, weekly_retraining
+from pipelines.automation import detection_after_main, new_data_version, weekly_retraining
 from pipelines.jobs import version_data
 from pipelines.resources import default_resources
 
@@ -15,16 +16,22 @@ data_job = dg.define_asset_job(
     "data", selection=dg.AssetSelection.groups("data"),
     description="Observe the raw data version and prepare every dataset.",
 )
-# The whole chain. Launch it with a partition (the architecture to pretrain; `make run` uses resnet18).
+# The classification chain. Launch it with a partition (the architecture to pretrain; `make run` uses resnet18).
 main_job = dg.define_asset_job(
-    "main", selection=dg.AssetSelection.all(),
+    "main", selection=dg.AssetSelection.all() - dg.AssetSelection.groups("detection"),
     description="Data -> pretraining -> transfer + scratch -> report -> evaluation.",
+)
+# The detection stage, partitioned by YOLO version (`make run` uses yolov3); after a successful `main`
+# run the detection_after_main sensor starts it on the new backbone.
+detection_job = dg.define_asset_job(
+    "detection", selection=dg.AssetSelection.groups("detection"),
+    description="YOLO detector on the latest pretrained backbone -> detection evaluation (mAP, registry).",
 )
 
 defs = dg.Definitions(
-    assets=[*DATA_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS],
-    jobs=[observe_job, data_job, main_job, version_data],
+    assets=[*DATA_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS, *DETECTION_ASSETS],
+    jobs=[observe_job, data_job, main_job, detection_job, version_data],
     schedules=[weekly_retraining(main_job)],
-    sensors=[new_data_version(main_job)],
+    sensors=[new_data_version(main_job), detection_after_main(main_job, detection_job)],
     resources=default_resources(),
 )

@@ -1,7 +1,7 @@
 """`python -m pipelines.main run|ui`: what `make run` and `make ui` call.
 
 `run` makes sure the raw data is there and versioned (DVC), observes its version, then runs
-the `main` job in this process against the project's Dagster instance (`.dagster_home/`), so
+the `main` job, then the `detection` job (YOLOv3), in this process against the project's Dagster instance (`.dagster_home/`), so
 the runs show up in the UI afterwards. `ui` starts `dagster dev` (webserver + daemon) and an MLflow server on the same store.
 """
 
@@ -28,7 +28,7 @@ def dagster_home(root: Path) -> Path:
     return home
 
 
-def run(root: Path, arch: str) -> int:
+def run(root: Path, arch: str, detector: str = "yolov3") -> int:
     import dagster as dg
 
     from lightning_modules.data.bootstrap import ensure_default_data
@@ -42,18 +42,22 @@ def run(root: Path, arch: str) -> int:
         result = defs.resolve_job_def("main").execute_in_process(
             instance=instance, partition_key=arch, raise_on_error=False)
         _print_summary(result)
+        if result.success and detector:
+            result = defs.resolve_job_def("detection").execute_in_process(
+                instance=instance, partition_key=detector, raise_on_error=False)
+            _print_summary(result, "detection")
     print(f"\nOpen the Dagster UI with `make ui` (runs are stored in {os.environ['DAGSTER_HOME']}).")
     return 0 if result.success else 1
 
 
-def _print_summary(result) -> None:
+def _print_summary(result, job: str = "main") -> None:
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
         numbers = {k: v.value for k, v in meta.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 60}
         print(f"materialized {event.asset_key.to_user_string()}: {numbers}")
     for event in result.get_asset_check_evaluations():
         print(f"  check {event.asset_key.to_user_string()}.{event.check_name}: {'passed' if event.passed else 'FAILED'}")
-    print("main job:", "succeeded" if result.success else "FAILED")
+    print(f"{job} job:", "succeeded" if result.success else "FAILED")
 
 
 def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
@@ -85,10 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--arch", default="resnet18", help="backbone to pretrain (a pretrained_backbone partition)")
+    p.add_argument("--detector", default="yolov3", help="YOLO version to train after the main job; '' skips it")
     a = p.parse_args(argv)
     root = project_root()
     os.chdir(root)
-    return run(root, a.arch) if a.command == "run" else ui(root, a.port, a.mlflow_port)
+    return run(root, a.arch, a.detector) if a.command == "run" else ui(root, a.port, a.mlflow_port)
 
 
 if __name__ == "__main__":

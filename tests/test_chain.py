@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from lightning_modules.data import versioning
 from lightning_modules.data.synth import synthesize
-from pipelines.assets.data import prepared_imagenet, prepared_transfer
+from pipelines.assets.data import prepared_detection, prepared_imagenet, prepared_transfer
+from pipelines.assets.detection import DETECTION_ASSETS
 from pipelines.assets.evaluation import EVALUATION_ASSETS, classification_evaluation
 from pipelines.assets.training import TRAINING_ASSETS, pretrained_backbone
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
@@ -121,6 +122,42 @@ def test_evaluation_promotes_only_a_better_model(chain) -> None:
     assert second["promoted"] is False and "does not beat" in second["promotion"]
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("visionflow-classifier", "champion").version) == first["registered_version"]
+
+
+def test_detection_stage_trains_on_the_pretrained_backbone_and_registers(chain) -> None:
+    root, instance, result = chain
+    pre = _meta(result, "pretrained_backbone")
+    tiny = ["trainer.max_epochs=2", "data.image_size=64", "data.batch_size=4", "data.num_workers=0",
+            "optim.freeze_body_epochs=1", "optim.warmup_epochs=0"]
+    run_config = {"ops": {
+        "prepared_detection": {"config": {"anchor_image_size": 64, "bpr_floor": 0.0}},
+        "yolo_detector": {"config": {"overrides": tiny}},
+        "detection_evaluation": {"config": {"map50_floor": 0.0}},
+    }}
+    det = dg.materialize([prepared_detection, *DETECTION_ASSETS], partition_key="yolov3", instance=instance,
+                         resources=_resources(root), run_config=run_config)
+    assert det.success
+    trained, evaluated = _meta(det, "yolo_detector"), _meta(det, "detection_evaluation")
+    assert len(trained["history"]) == 2 and "val_map_50" in trained["history"][0]
+    assert trained["pr_curves"].startswith("![pr_curves](data:image/png;base64,")
+    assert {"val_map", "val_map_50", "val_voc07_ap50", "registered_version", "promoted"} <= set(evaluated)
+    assert evaluated["promoted"] is True and evaluated["registered_model"] == "visionflow-detector-yolov3"
+    checks = {e.check_name: e.passed for e in det.get_asset_check_evaluations()}
+    assert checks == {"map50_floor": True, "no_nan": True}
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    run = client.get_run(trained["mlflow_run_id"])
+    # it started from the backbone the chain pretrained, with the same network settings
+    assert run.data.tags["pretrained_run_id"] == pre["mlflow_run_id"] and run.data.tags["architecture"] == "resnet18"
+    assert run.data.params["model.pretrained_checkpoint"] == pre["best_checkpoint"]
+    assert run.data.params["model.width"] == "0.25" and run.data.params["detection.version"] == "yolov3"
+    # the registered model is self-contained: loads and detects on uint8 images
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model("models:/visionflow-detector-yolov3@champion")
+    out = model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    assert out.shape == (1, 100, 6)
 
 
 def _kill_when_checkpointed(run_root: Path, stop: threading.Event, killed: list) -> None:

@@ -50,8 +50,10 @@ def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"raw_data", "prepared_imagenet", "prepared_transfer", "prepared_detection", "pretrained_backbone",
-            "transfer_finetuned", "scratch_baseline", "transfer_report", "classification_evaluation"} <= keys
-    assert {"main", "data", "observe_raw_data"} <= {j.name for j in defs.resolve_all_job_defs()}
+            "transfer_finetuned", "scratch_baseline", "transfer_report", "classification_evaluation",
+            "yolo_detector", "detection_evaluation"} <= keys
+    assert {"main", "data", "observe_raw_data", "detection"} <= {j.name for j in defs.resolve_all_job_defs()}
+    assert "detection_after_main" in {s.name for s in defs.resolve_all_sensor_defs()}
 
 
 @pytest.fixture(scope="module")

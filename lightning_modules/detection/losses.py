@@ -149,14 +149,23 @@ class YoloV3Loss(nn.Module):
     offsets ("mse"); obj: BCE against 1 (or the IoU, `obj_target="iou"`) at positives and 0 elsewhere,
     except predictions overlapping a ground truth by more than `ignore_iou` (the v3 paper's 0.5);
     cls: independent BCE per class at positives.
+
+    obj_norm "positives" (default): the objectness BCE is summed over every cell of every scale and
+    divided by the number of positives, as Darknet sums it per image and YOLOX normalises it; each
+    object then pulls as hard as it does on a coarse grid even when fine grids hold thousands of
+    cells (small-input backbones, strides 2/4/8). "cells": YOLOv5's mean per scale with `balance`
+    weights, which needs far more steps to lift objectness off its prior.
     """
 
     def __init__(self, num_classes: int, anchors: torch.Tensor, *, box_loss: str = "ciou",
                  match_iou: float | None = None, ignore_iou: float = 0.5, obj_target: str = "one",
-                 weights: V3Weights | None = None):
+                 obj_norm: str = "positives", weights: V3Weights | None = None):
         super().__init__()
         if box_loss not in ("giou", "ciou", "mse"):
             raise ConfigError(f"box_loss: {box_loss!r}; choose giou, ciou or mse")
+        if obj_norm not in ("positives", "cells"):
+            raise ConfigError(f"obj_norm: {obj_norm!r}; choose 'positives' or 'cells'")
+        self.obj_norm = obj_norm
         if obj_target not in ("iou", "one"):
             raise ConfigError(f"obj_target: {obj_target!r}; choose 'iou' or 'one'")
         self.c, self.box_loss, self.match_iou, self.ignore_iou, self.obj_target = num_classes, box_loss, match_iou, ignore_iou, obj_target
@@ -203,7 +212,12 @@ class YoloV3Loss(nn.Module):
                 tobj[i, k, gy, gx] = paired_iou(pb, boxes[g]).detach().clamp(0) if self.obj_target == "iou" else 1.0
                 weight[i, k, gy, gx] = 1.0
             bce = F.binary_cross_entropy_with_logits(r[..., 4], tobj, weight=weight, reduction="sum")
-            obj = obj + self.w.balance[s] * bce / weight.sum().clamp(min=1)
+            if self.obj_norm == "cells":
+                obj = obj + self.w.balance[s] * bce / weight.sum().clamp(min=1)
+            else:
+                obj = obj + bce
+        if self.obj_norm == "positives":
+            obj = obj / max(1, sum(len(t) for t in box_terms))
         box = torch.cat(box_terms).mean() if box_terms else obj * 0
         cls = torch.cat(cls_terms).mean() if cls_terms else obj * 0
         box, obj, cls = self.w.box * box, self.w.obj * obj, self.w.cls * cls

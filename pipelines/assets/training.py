@@ -20,7 +20,7 @@ architectures = dg.StaticPartitionsDefinition(ARCHITECTURES)
 # A retry of a step reruns in the same Dagster run, so in the same run folder: the job resumes
 # from that folder's last.ckpt into the same MLflow run instead of starting over.
 RESUMING_RETRY = dg.RetryPolicy(max_retries=2, delay=2)
-FIGURES = ("learning_curves", "confusion_matrix", "gradient_flow")
+FIGURES = ("learning_curves", "confusion_matrix", "gradient_flow", "pr_curves", "detections")
 
 
 class TrainConfig(dg.Config):

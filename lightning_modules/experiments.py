@@ -1,0 +1,95 @@
+"""Many training jobs as one experiment: a parent MLflow run, a nested run per job, a pluggable launcher.
+
+Studies and hyperparameter searches run several jobs of `python -m lightning_modules.train`. Each job
+gets its own run folder and an MLflow run nested under the experiment's parent run (tag
+`mlflow.parentRunId`), created here and handed to the job through `tracking.run_id`, so the job logs
+its params, curves and checkpoint into it. How a job is started is a `Launch` function:
+`subprocess_launch` on this machine (the command line), or the Dagster launcher (torchrun + Pipes)
+when an asset runs the experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_modules.errors import VisionflowError
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class JobFailed(VisionflowError, RuntimeError):
+    """A launched training job exited non-zero; the message carries its run folder and stderr tail."""
+
+
+@dataclass
+class LaunchRequest:
+    """One training job: `python -m lightning_modules.train *configs --data D --out RUN_DIR --set ...`."""
+
+    configs: list[Path]
+    data: Path
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        args = [*map(str, self.configs), "--data", str(self.data), "--out", str(self.run_dir)]
+        for item in self.overrides:
+            args += ["--set", item]
+        return args
+
+
+# A launcher runs the job to its end and returns its RUN_DIR/result.json (a dict).
+Launch = Callable[[LaunchRequest], dict[str, Any]]
+
+
+def read_result(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "result.json"
+    if not path.is_file():
+        raise JobFailed(f"{run_dir}: the job finished without writing result.json")
+    return json.loads(path.read_text())
+
+
+def subprocess_launch(req: LaunchRequest, *, timeout: float | None = None) -> dict[str, Any]:
+    """Run the job as a child process of this Python; JobFailed with the stderr tail when it fails."""
+    req.run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "lightning_modules.train", *req.argv()]
+    log_path = req.run_dir / "job.log"
+    with log_path.open("ab") as log:
+        done = subprocess.run(cmd, env={**os.environ, **req.env}, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+    if done.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise JobFailed(f"{req.run_dir}: training job exited with {done.returncode}:\n{tail}")
+    return read_result(req.run_dir)
+
+
+def parent_run(uri: str, experiment: str, run_dir: Path, name: str, tags: dict[str, str] | None = None) -> str:
+    """The experiment's parent MLflow run (reopened when RUN_DIR already holds one)."""
+    from lightning_modules import tracking
+
+    tracking.ensure_store(uri)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id, _ = tracking.open_run(uri, experiment, run_dir, name, dict(tags or {}))
+    return run_id
+
+
+def child_run(uri: str, experiment: str, parent_id: str, run_dir: Path, name: str,
+              tags: dict[str, str] | None = None) -> str:
+    """A run nested under `parent_id`, for one job whose folder is RUN_DIR (reopened on a rerun)."""
+    from lightning_modules import tracking
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id, _ = tracking.open_run(uri, experiment, run_dir, name, {**(tags or {}), PARENT_TAG: parent_id})
+    return run_id
+
+
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).set_terminated(run_id, status=status)

@@ -1,0 +1,101 @@
+"""What differs between the training tasks (config `task`): data, module, the metric that picks the
+best checkpoint, and task callbacks. train.py does everything else the same way for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lightning_modules.config import JobConfig
+from lightning_modules.errors import ConfigError
+
+
+@dataclass
+class Built:
+    datamodule: Any
+    module: Any
+    extra: dict[str, Any]  # logged as MLflow params and reported at start
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    check_data: Callable[[Path], Any]  # DataError naming the path, before any rank starts
+    build: Callable[[JobConfig, Path, float], Built]
+    monitor: str  # the best checkpoint and early stopping follow this metric
+    mode: str
+    callbacks: Callable[[JobConfig], list] = lambda cfg: []
+    distributed_sampler: bool = False  # litdata shards per rank itself; map-style sets need Lightning's sampler
+
+
+def _check_classification(data: Path):
+    from lightning_modules.data.streaming import read_prepared
+
+    return read_prepared(data)
+
+
+def _build_classification(cfg: JobConfig, data: Path, lr: float) -> Built:
+    from lightning_modules.classification import ClassificationModule, input_normalization
+    from lightning_modules.datamodule import ClassificationDataModule
+
+    dm = ClassificationDataModule(data, cfg.data, seed=cfg.trainer.seed)
+    mean, std = input_normalization(asdict(cfg.model), dm.info.mean, dm.info.std)
+    module = ClassificationModule(
+        model=asdict(cfg.model), optim=asdict(cfg.optim), loss=asdict(cfg.loss), num_classes=dm.num_classes,
+        mean=mean, std=std, lr=lr, channels_last=cfg.trainer.channels_last, compile=cfg.trainer.compile,
+        class_names=dm.class_names,
+    )
+    extra = {"num_classes": dm.num_classes, "train_samples": dm.info.counts.get("train"),
+             "val_samples": dm.info.counts.get("val"), "image_size": dm.image_size}
+    return Built(dm, module, extra)
+
+
+def _check_detection(data: Path):
+    from lightning_modules.detection.data import read_prepared_detection
+
+    return read_prepared_detection(data)
+
+
+def _build_detection(cfg: JobConfig, data: Path, lr: float) -> Built:
+    from lightning_modules.classification import input_normalization
+    from lightning_modules.detection.data import DetectionDataModule, anchors_for
+    from lightning_modules.detection.module import DetectionModule
+
+    dm = DetectionDataModule(data, cfg.data, cfg.detection, seed=cfg.trainer.seed)
+    d = cfg.detection
+    anchors = d.anchors if d.anchors is not None else anchors_for(dm.info, d.version, dm.image_size)
+    # A pretrained body keeps the input normalisation it learned with; from scratch: YOLO's 0..1 scaling.
+    mean, std = input_normalization(asdict(cfg.model), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    module = DetectionModule(model=asdict(cfg.model), detection=asdict(d), optim=asdict(cfg.optim),
+                             num_classes=dm.num_classes, image_size=dm.image_size, anchors=anchors,
+                             class_names=dm.class_names, mean=mean, std=std, lr=lr, seed=cfg.trainer.seed)
+    counts = dm.info.counts
+    extra = {"num_classes": dm.num_classes, "train_samples": counts.get("train", {}).get("images"),
+             "val_samples": counts.get("val", {}).get("images"), "image_size": dm.image_size,
+             "anchors": anchors}
+    return Built(dm, module, extra)
+
+
+def _detection_callbacks(cfg: JobConfig) -> list:
+    if cfg.detection.ema_decay is None or cfg.trainer.fast_dev_run:
+        return []
+    from lightning_modules.detection.ema import RampedEMA
+
+    return [RampedEMA(cfg.detection.ema_decay, cfg.detection.ema_tau)]
+
+
+TASKS: dict[str, Task] = {
+    "classification": Task("classification", _check_classification, _build_classification, "val/loss", "min"),
+    # YOLOv5's fitness: mostly mAP@0.5:0.95, a little mAP@0.5.
+    "detection": Task("detection", _check_detection, _build_detection, "val/fitness", "max",
+                      callbacks=_detection_callbacks, distributed_sampler=True),
+}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"task {name!r} is unknown; choose one of: {', '.join(TASKS)}") from None
