@@ -126,6 +126,12 @@ def _predict(a: argparse.Namespace) -> None:
     print(f"boxes: {path}; drawn images: {path.parent / 'drawn'}")
 
 
+def _search(a: argparse.Namespace, rest: list[str]) -> int:
+    from lightning_modules.search import main as search_main
+
+    return search_main(rest)
+
+
 def _train(a: argparse.Namespace, rest: list[str]) -> int:
     from lightning_modules.train import main as train_main
 
@@ -215,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the training config's)")
     s.set_defaults(fn=_predict)
 
+    s = sub.add_parser("search", help="hyperparameter search (same as python -m lightning_modules.search)",
+                       add_help=False)
+    s.set_defaults(fn=_search, passthrough=True)
+
     s = sub.add_parser("train", help="run a training job (same as python -m lightning_modules.train)", add_help=False)
     s.set_defaults(fn=_train, passthrough=True)
     return p
@@ -224,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
-    if argv[:1] == ["train"]:
+    if argv[:1] in (["train"], ["search"]):
         args, rest = parser.parse_args(argv[:1]), argv[1:]
     else:
         args, rest = parser.parse_args(argv), []

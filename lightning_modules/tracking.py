@@ -202,6 +202,8 @@ def learning_curves(uri: str, run_id: str, out: Path) -> Path | None:
     client = MlflowClient(uri)
     epoch_at = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
     panels = [("loss", ["train/loss", "val/loss"]), ("top-1 / top-5 accuracy", ["train/acc1", "val/acc1", "val/acc5"])]
+    if client.get_metric_history(run_id, "val/map_50"):  # a detector: mAP instead of accuracy
+        panels[1] = ("COCO mAP (val)", ["val/map_50", "val/map"])
     series: dict[str, list[tuple[float, float]]] = {}
     for _, keys in panels:
         for key in keys:
@@ -223,7 +225,8 @@ def learning_curves(uri: str, run_id: str, out: Path) -> Path | None:
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -5,6 +5,7 @@ import dagster as dg
 from pipelines.assets.data import DATA_ASSETS, raw_data
 from pipelines.assets.detection import DETECTION_ASSETS
 from pipelines.assets.evaluation import EVALUATION_ASSETS
+from pipelines.assets.search import SEARCH_ASSETS
 from pipelines.assets.training import TRAINING_ASSETS
 from pipelines.automation import detection_after_main, new_data_version, weekly_retraining
 from pipelines.jobs import version_data
@@ -18,7 +19,7 @@ data_job = dg.define_asset_job(
 )
 # The classification chain. Launch it with a partition (the architecture to pretrain; `make run` uses resnet18).
 main_job = dg.define_asset_job(
-    "main", selection=dg.AssetSelection.all() - dg.AssetSelection.groups("detection"),
+    "main", selection=dg.AssetSelection.all() - dg.AssetSelection.groups("detection", "studies"),
     description="Data -> pretraining -> transfer + scratch -> report -> evaluation.",
 )
 # The detection stage, partitioned by YOLO version (`make run` uses yolov3); after a successful `main`
@@ -29,7 +30,7 @@ detection_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[*DATA_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS, *DETECTION_ASSETS],
+    assets=[*DATA_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS, *DETECTION_ASSETS, *SEARCH_ASSETS],
     jobs=[observe_job, data_job, main_job, detection_job, version_data],
     schedules=[weekly_retraining(main_job)],
     sensors=[new_data_version(main_job), detection_after_main(main_job, detection_job)],

@@ -27,6 +27,8 @@ class TrainConfig(dg.Config):
     config_file: str = Field("configs/pretrain-cpu.yaml", description="job YAML, relative to the project root")
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE, e.g. trainer.max_epochs=30")
     nproc_per_node: int = Field(0, description="ranks (devices) on this node; 0 = the launcher's default")
+    extra_config_files: list[str] = Field(default_factory=list, description="overlay YAML files after config_file, "
+                                          "e.g. runs/hparam_search/best.yaml from hparam_search")
 
 
 def launch_job(context: dg.AssetExecutionContext, *, stage: str, config: TrainConfig, data: Path,
@@ -37,7 +39,8 @@ def launch_job(context: dg.AssetExecutionContext, *, stage: str, config: TrainCo
     version = dvc.data_version()
     run_id = mlflow.start_run(context, stage, run_dir, version, tags)
     spec = JobSpec(
-        configs=[str(project.path / config.config_file)], data=data, run_dir=run_dir,
+        configs=[str(project.path / f) for f in (config.config_file, *config.extra_config_files)], data=data,
+        run_dir=run_dir,
         # The user's overrides come last: they win over what the stage sets.
         overrides=[f"tracking.experiment={mlflow.experiment(stage)}", f"tracking.run_id={run_id}",
                    *overrides, *config.overrides],
