@@ -49,7 +49,10 @@ def coco_map(gt: list[dict], pred: list[dict]) -> dict:
     rec_thr = np.linspace(0.0, 1.0, 101).tolist()
     metric = MeanAveragePrecision(backend="faster_coco_eval", iou_type="bbox", class_metrics=True,
                                   extended_summary=True, iou_thresholds=iou_thr, rec_thresholds=rec_thr,
-                                  max_detection_thresholds=[1, 10, 100])
+                                  max_detection_thresholds=[1, 10, 100],
+                                  # one process scores everything it is given: never wait on other
+                                  # ranks (rank 0 scores the validation set after a DDP fit)
+                                  sync_on_compute=False)
     metric.warn_on_many_detections = False
     metric.update([_pred_item(p) for p in pred], [_gt_item(g) for g in gt])
     # faster-coco-eval prints COCOeval's summary for every class; keep stdout for our own table.

@@ -74,7 +74,11 @@ def _hidden(width: float, base: int) -> int:
 
 
 def _backbone(name: str, width: float, small_input: bool) -> nn.Module:
-    return build_model(name, num_classes=1, width=width, small_input=small_input)
+    bb = build_model(name, num_classes=1, width=width, small_input=small_input)
+    # A detector reads the body's feature maps only: the classifier would be parameters that never
+    # get a gradient (DDP refuses those) and weights no checkpoint could fill.
+    bb.head = nn.Identity()
+    return bb
 
 
 def _yolov1(backbone_name, num_classes, anchors, *, width, small_input, image_size, grid=7, boxes=2, fc=True, **loss_kw):
