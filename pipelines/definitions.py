@@ -6,6 +6,7 @@ from pipelines.assets.data import DATA_ASSETS, raw_data
 from pipelines.assets.detection import DETECTION_ASSETS
 from pipelines.assets.evaluation import EVALUATION_ASSETS
 from pipelines.assets.search import SEARCH_ASSETS
+from pipelines.assets.studies import STUDY_ASSETS_ALL
 from pipelines.assets.training import TRAINING_ASSETS
 from pipelines.automation import detection_after_main, new_data_version, weekly_retraining
 from pipelines.jobs import version_data
@@ -28,10 +29,15 @@ detection_job = dg.define_asset_job(
     "detection", selection=dg.AssetSelection.groups("detection"),
     description="YOLO detector on the latest pretrained backbone -> detection evaluation (mAP, registry).",
 )
+# The lessons as measured studies and the hyperparameter search (a few CPU minutes each), then the report.
+studies_job = dg.define_asset_job(
+    "studies", selection=dg.AssetSelection.groups("studies"),
+    description="hparam_search, the six studies and studies_report (needs the prepared sets).",
+)
 
 defs = dg.Definitions(
-    assets=[*DATA_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS, *DETECTION_ASSETS, *SEARCH_ASSETS],
-    jobs=[observe_job, data_job, main_job, detection_job, version_data],
+    assets=[*DATA_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS, *DETECTION_ASSETS, *SEARCH_ASSETS, *STUDY_ASSETS_ALL],
+    jobs=[observe_job, data_job, main_job, detection_job, studies_job, version_data],
     schedules=[weekly_retraining(main_job)],
     sensors=[new_data_version(main_job), detection_after_main(main_job, detection_job)],
     resources=default_resources(),

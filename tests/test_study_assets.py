@@ -45,3 +45,34 @@ def test_hparam_search_asset_writes_the_best_config_for_pretraining(tmp_path: Pa
     exp = client.get_run(parent).info.experiment_id
     children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert len(children) == 2
+
+
+def test_study_assets_run_variants_through_the_launcher_and_feed_the_report(
+        tmp_path: Path, tiny_prepared_imagenet: Path, prepared_transfer: Path, mlflow_uri: str) -> None:
+    from pipelines.assets.studies import STUDIES, studies_report
+    from pipelines.resources import TrainingLauncher
+
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "imagenet").symlink_to(tiny_prepared_imagenet)
+    (tmp_path / "prepared" / "transfer").symlink_to(prepared_transfer)
+    resources = {"project": ProjectResource(root=str(tmp_path)), "mlflow": MlflowResource(tracking_uri=mlflow_uri),
+                 "launcher": TrainingLauncher(backend="local", nproc_per_node=1)}
+    chosen = [a for a in STUDIES if a.key.to_user_string() in ("vanishing_gradient_study", "dropout_study")]
+    tiny = {"config": {"size": "tiny"}}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([*chosen, studies_report], instance=instance, resources=resources,
+                                run_config={"ops": {a.key.to_user_string(): tiny for a in chosen}})
+    assert result.success
+    metas = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+             for e in result.get_asset_materialization_events()}
+    vanishing = metas["vanishing_gradient_study"]
+    assert vanishing["plot"].startswith("![vanishing_gradient](data:image/png;base64,")
+    assert vanishing["verdict"] and all(v["ok"] for v in vanishing["variants"])
+    # each variant's run is nested under the study's parent run
+    client = MlflowClient(mlflow_uri)
+    parent = vanishing["mlflow_parent_run"].rsplit("/", 1)[-1]
+    for v in vanishing["variants"]:
+        assert client.get_run(v["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == parent
+    report = metas["studies_report"]
+    assert set(report["studies"]) >= {"vanishing_gradient", "dropout"}
+    assert "data:image/png;base64," in report["report"]

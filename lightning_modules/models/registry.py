@@ -8,6 +8,7 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.models.activations import swap_activations
 from lightning_modules.models.backbone import Backbone, DropoutConfig
 from lightning_modules.models.darknet import darknet19, darknet53, yolov1
+from lightning_modules.models.deep import deep_plain, deep_plain_bn, deep_residual
 from lightning_modules.models.resnet import plain18, plain34, resnet18, resnet34
 from lightning_modules.models.vgg import vgg16, vgg16_bn
 
@@ -22,6 +23,9 @@ MODEL_REGISTRY: dict[str, Callable[..., Backbone]] = {
     "darknet19": darknet19,
     "darknet53": darknet53,
     "yolov1": yolov1,
+    "deep_plain": deep_plain,
+    "deep_plain_bn": deep_plain_bn,
+    "deep_residual": deep_residual,
 }
 
 

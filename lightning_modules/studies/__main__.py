@@ -1,0 +1,5 @@
+import sys
+
+from lightning_modules.studies.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""Activations and classification losses on one small task: accuracy and speed of convergence.
+
+Not the full cross product: one activation sweep with cross-entropy and one loss sweep with ReLU
+(the ReLU + cross-entropy job is shared). Numbers per choice: best and final val top-1, and the
+epochs until val top-1 first reaches a common threshold, halfway between chance (1 / classes) and
+the best accuracy any variant reached, so every choice is timed against the same bar. A variant
+that diverges (NaN) is reported as failed, not as a broken study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning_modules.studies.base import (
+    Study,
+    StudyResults,
+    Variant,
+    best,
+    epochs_to,
+    failed_note,
+    fmt,
+    last,
+    pct,
+    save,
+    setup_axes,
+)
+
+BASE_ACTIVATION, BASE_LOSS = "relu", "cross_entropy"
+
+
+def _act_name(a: str) -> str:
+    return f"act-{a}"
+
+
+def _loss_name(loss: str) -> str:
+    return _act_name(BASE_ACTIVATION) if loss == BASE_LOSS else f"loss-{loss}"
+
+
+def variants(params: dict) -> list[Variant]:
+    out = [Variant(_act_name(a), (f"model.activation={a}", f"loss.name={BASE_LOSS}"),
+                   {"activation": a, "loss": BASE_LOSS, "sweep": "activation"}) for a in params["activations"]]
+    names = {v.name for v in out}
+    for loss in params["losses"]:
+        if _loss_name(loss) not in names:
+            out.append(Variant(_loss_name(loss), (f"model.activation={BASE_ACTIVATION}", f"loss.name={loss}"),
+                               {"activation": BASE_ACTIVATION, "loss": loss, "sweep": "loss"}))
+    return out
+
+
+def _threshold(results: StudyResults) -> tuple[float | None, float | None]:
+    """(chance, threshold): halfway from chance to the best val top-1 of all variants."""
+    tops = [best(v.curve("val_acc1")) for v in results.ok]
+    tops = [t for t in tops if t is not None]
+    classes = next((v.result.get("num_classes") for v in results.ok if v.result.get("num_classes")), None)
+    chance = 1.0 / classes if classes else None
+    if not tops or chance is None:
+        return chance, None
+    return chance, chance + 0.5 * (max(tops) - chance)
+
+
+def _row(results: StudyResults, name: str, thr: float | None) -> dict[str, float | None]:
+    try:
+        v = results.get(name)
+    except KeyError:
+        v = None
+    if v is None or not v.ok:
+        return {"best_val_acc1": None, "final_val_acc1": None, "epochs_to_threshold": None, "final_train_loss": None}
+    acc = v.curve("val_acc1")
+    ep = epochs_to(acc, thr)
+    return {"best_val_acc1": best(acc), "final_val_acc1": last(acc),
+            "epochs_to_threshold": None if ep is None else float(ep), "final_train_loss": last(v.curve("train_loss"))}
+
+
+def verdict(results: StudyResults) -> dict:
+    chance, thr = _threshold(results)
+    numbers: dict[str, float | None] = {"chance": chance, "threshold": thr}
+    text = []
+    for sweep, items, key in (("activation", results.params["activations"], _act_name),
+                              ("loss", results.params["losses"], _loss_name)):
+        rows = {item: _row(results, key(item), thr) for item in items}
+        for item, row in rows.items():
+            for k, val in row.items():
+                numbers[f"{sweep}.{item}.{k}"] = val
+        ranked = sorted((i for i in rows if rows[i]["best_val_acc1"] is not None),
+                        key=lambda i: -rows[i]["best_val_acc1"])
+        epochs = {i: rows[i]["epochs_to_threshold"] for i in rows}
+        parts = ", ".join(f"{i} {pct(rows[i]['best_val_acc1'])} "
+                          f"({'never' if epochs[i] is None else f'{int(epochs[i])} ep'})" for i in ranked)
+        fastest = min((i for i in rows if epochs[i] is not None), key=lambda i: epochs[i], default=None)
+        fixed = f"{BASE_LOSS} loss" if sweep == "activation" else f"{BASE_ACTIVATION} activation"
+        text.append(f"{sweep.capitalize()}s (with {fixed}), best val top-1 and epochs to {pct(thr)}: {parts}. "
+                    f"Most accurate: {ranked[0] if ranked else 'n/a'}; fastest to the bar: {fastest or 'n/a'}.")
+    text.append(f"(Chance is {pct(chance)}; the bar is halfway from chance to the best variant.)")
+    return {"numbers": numbers, "text": " ".join(text) + failed_note(results)}
+
+
+def plot(results: StudyResults, path: Path) -> Path:
+    plt = setup_axes()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    chance, thr = _threshold(results)
+    for ax, sweep in zip(axes, ("activation", "loss")):
+        for v in results.ok:
+            if v.tags.get("sweep") == sweep or (v.name == _act_name(BASE_ACTIVATION)):
+                label = v.tags["activation"] if sweep == "activation" else v.tags["loss"]
+                ax.plot([r["epoch"] for r in v.history], v.curve("val_acc1"), marker="o", ms=3, label=label)
+        if thr is not None:
+            ax.axhline(thr, color="grey", ls="--", lw=1, label="bar")
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+        ax.set_title(f"{sweep} sweep: val top-1")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Activations (cross-entropy) and losses (ReLU)")
+    return save(fig, path)
+
+
+STUDY = Study(
+    name="activations_losses",
+    title="Activations and losses",
+    question="Which hidden activation and which classification loss train best and fastest on one small task?",
+    config="study-activations.yaml",
+    dataset="imagenet",
+    variants=variants,
+    verdict=verdict,
+    plot=plot,
+    tolerate_failures=True,
+    params={"activations": ["identity", "binary_step", "sigmoid", "tanh", "relu", "leaky_relu"],
+            "losses": ["cross_entropy", "nll", "mse", "hinge", "soft_margin"]},
+    sizes={"tiny": {"overrides": ["model.width=0.125", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
+                                  "trainer.limit_val_batches=1", "data.batch_size=8"]}},
+)

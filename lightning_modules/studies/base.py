@@ -1,0 +1,198 @@
+"""What a study is: base job config, variants (config overrides), a verdict and a plot from the runs.
+
+A study never trains by itself: `runner.run_study` launches one training job per `Variant` and hands
+the finished jobs (`VariantResult`, i.e. their result.json and run folder) to the study's `verdict`
+and `plot`. Verdicts are numbers computed from those runs plus one paragraph built from the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SIZES = ("default", "tiny")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training job of a study: its folder name, `--set` overrides and tags (what it varies)."""
+
+    name: str
+    overrides: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class VariantResult:
+    """A finished (or failed) job of a study."""
+
+    name: str
+    tags: dict[str, str]
+    run_dir: Path
+    result: dict[str, Any]  # the job's result.json; {} when it failed
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.result.get("status") == "finished"
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return sorted(self.result.get("history") or [], key=lambda r: r["epoch"])
+
+    def curve(self, key: str) -> list[float | None]:
+        """The history column `key` per epoch (None where an epoch lacks it)."""
+        return [_num(r.get(key)) for r in self.history]
+
+    def gradient_flow(self) -> list[dict[str, Any]]:
+        """RUN_DIR/gradient_flow.jsonl records ({step, layers, norms}), in step order."""
+        path = self.run_dir / "gradient_flow.jsonl"
+        if not path.is_file():
+            return []
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        by_step = {r["step"]: r for r in records}  # a resumed run may repeat a step: keep the last
+        return [by_step[s] for s in sorted(by_step)]
+
+
+@dataclass
+class StudyResults:
+    """Everything a verdict or plot sees: the variants' results, the study params, extra measurements."""
+
+    variants: list[VariantResult]
+    params: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the batch study's tuner picks
+
+    def get(self, name: str) -> VariantResult:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(f"no variant {name!r} (have {', '.join(v.name for v in self.variants)})")
+
+    @property
+    def ok(self) -> list[VariantResult]:
+        return [v for v in self.variants if v.ok]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A measured study.
+
+    variants(params) -> the jobs; verdict(results) -> {"numbers": {name: float|None}, "text": str, ...};
+    plot(results, path) -> path. `sizes[size]` holds `overrides` (applied to every job before the
+    user's and the variant's own) and `params` (merged over `params`). `extra(ctx)` runs after the
+    jobs, in this process, for measurements that are not training jobs (the batch study's tuner).
+    """
+
+    name: str
+    title: str
+    config: str  # file name in configs/
+    dataset: str  # the prepared set it expects under a prepared root: "imagenet" or "transfer"
+    variants: Callable[[dict[str, Any]], list[Variant]]
+    verdict: Callable[[StudyResults], dict[str, Any]]
+    plot: Callable[[StudyResults, Path], Path]
+    params: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    tolerate_failures: bool = False  # a diverging variant is a result (activations), not a broken study
+    question: str = ""
+
+    def params_for(self, size: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {**self.params, **self.sizes.get(size, {}).get("params", {}), **(params or {})}
+
+    def size_overrides(self, size: str) -> list[str]:
+        return list(self.sizes.get(size, {}).get("overrides", []))
+
+
+# -- small helpers the verdicts share ------------------------------------------------------------
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def present(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def last(values: list[float | None]) -> float | None:
+    vals = present(values)
+    return vals[-1] if vals else None
+
+
+def best(values: list[float | None], mode: str = "max") -> float | None:
+    vals = present(values)
+    if not vals:
+        return None
+    return max(vals) if mode == "max" else min(vals)
+
+
+def epochs_to(values: list[float | None], threshold: float | None, mode: str = "max") -> int | None:
+    """First epoch (1-based) whose value reaches `threshold` (>= for max, <= for min); None: never."""
+    if threshold is None:
+        return None
+    for i, v in enumerate(values, start=1):
+        if v is not None and (v >= threshold if mode == "max" else v <= threshold):
+            return i
+    return None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    """A number for the verdict text; "n/a" when it was not measured."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, int):
+        return str(v)
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4):
+        return f"{v:.{max(1, digits - 1)}e}"
+    return f"{v:.{digits}g}"
+
+
+def pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def signed_pct(new: float | None, old: float | None) -> str:
+    r = ratio(new, old)
+    return "n/a" if r is None else f"{100 * (r - 1):+.0f}%"
+
+
+def setup_axes():
+    """A fresh Agg figure helper (matplotlib imported lazily: it is slow and not always needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: Path) -> Path:
+    plt = setup_axes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def failed_note(results: StudyResults) -> str:
+    bad = [v for v in results.variants if not v.ok]
+    if not bad:
+        return ""
+    return " Failed variants (no numbers): " + "; ".join(f"{v.name} ({(v.error or 'unfinished')[:120]})" for v in bad) + "."

@@ -1,0 +1,106 @@
+"""Degradation (He et al. 2016): a deeper plain net trains worse; a deeper residual net does not.
+
+plain-18, plain-34, ResNet-18 and ResNet-34 train on the same data with the same budget (epochs,
+batch, optimiser, schedule; no augmentation, so the training loss measures optimisation). The verdict
+compares the training loss (history `train_loss`, the epoch mean) of the 34-layer net with the
+18-layer one of each family, at the end and at its minimum.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning_modules.studies.base import (
+    Study,
+    StudyResults,
+    Variant,
+    best,
+    failed_note,
+    fmt,
+    last,
+    ratio,
+    save,
+    setup_axes,
+    signed_pct,
+)
+
+MODELS = ("plain18", "plain34", "resnet18", "resnet34")
+
+
+def variants(params: dict) -> list[Variant]:
+    return [Variant(m, (f"model.name={m}",), {"model": m, "family": "plain" if m.startswith("plain") else "residual",
+                                              "depth": m[-2:]}) for m in MODELS]
+
+
+def _losses(results: StudyResults, name: str) -> tuple[float | None, float | None, float | None]:
+    try:
+        v = results.get(name)
+    except KeyError:
+        return None, None, None
+    if not v.ok:
+        return None, None, None
+    return last(v.curve("train_loss")), best(v.curve("train_loss"), "min"), last(v.curve("val_acc1"))
+
+
+def verdict(results: StudyResults) -> dict:
+    tol = results.params.get("tolerance", 0.02)
+    numbers: dict[str, float | None] = {}
+    for m in MODELS:
+        final, low, acc = _losses(results, m)
+        numbers[f"{m}.final_train_loss"], numbers[f"{m}.min_train_loss"], numbers[f"{m}.final_val_acc1"] = final, low, acc
+    parts, found = [], {}
+    for family, shallow, deep in (("plain", "plain18", "plain34"), ("residual", "resnet18", "resnet34")):
+        a, b = numbers[f"{deep}.final_train_loss"], numbers[f"{shallow}.final_train_loss"]
+        r = ratio(a, b)
+        numbers[f"{family}.deep_over_shallow"] = r
+        worse = None if r is None else r > 1 + tol
+        numbers[f"{family}.deeper_trains_worse"] = None if worse is None else float(worse)
+        found[family] = worse
+        verb = "n/a" if worse is None else ("trains worse" if worse else "does not train worse")
+        parts.append(f"{deep} ends at train loss {fmt(a)} vs {shallow} {fmt(b)} ({signed_pct(a, b)}): "
+                     f"the deeper {family} net {verb}")
+    reproduced = found.get("plain") is True and found.get("residual") is False
+    numbers["reproduced"] = None if None in found.values() else float(reproduced)
+    epochs = max((len(v.history) for v in results.ok), default=0)
+    text = (f"Same data and budget ({epochs} epochs): " + "; ".join(parts) + ". "
+            + ("He et al.'s degradation finding is reproduced: depth hurts the plain net but not the residual one."
+               if reproduced else
+               "He et al.'s finding is not reproduced at this budget "
+               f"(plain deeper worse: {found.get('plain')}, residual deeper worse: {found.get('residual')}).")
+            + f" ('Worse' means a final train loss more than {tol:.0%} higher.)" + failed_note(results))
+    return {"numbers": numbers, "text": text}
+
+
+def plot(results: StudyResults, path: Path) -> Path:
+    plt = setup_axes()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"plain18": ("tab:blue", "--"), "plain34": ("tab:blue", "-"),
+              "resnet18": ("tab:orange", "--"), "resnet34": ("tab:orange", "-")}
+    for v in results.ok:
+        color, ls = styles.get(v.name, (None, "-"))
+        epochs = [r["epoch"] for r in v.history]
+        axes[0].plot(epochs, v.curve("train_loss"), color=color, ls=ls, marker="o", ms=3, label=v.name)
+        axes[1].plot(epochs, v.curve("val_acc1"), color=color, ls=ls, marker="o", ms=3, label=v.name)
+    axes[0].set_title("training loss (epoch mean)")
+    axes[1].set_title("validation top-1")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Degradation: plain vs residual, 18 vs 34 layers")
+    return save(fig, path)
+
+
+STUDY = Study(
+    name="degradation",
+    title="Degradation: plain vs residual depth",
+    question="Does a deeper plain net train worse than a shallower one while a deeper residual net does not?",
+    config="study-degradation.yaml",
+    dataset="imagenet",
+    variants=variants,
+    verdict=verdict,
+    plot=plot,
+    params={"tolerance": 0.02},
+    sizes={"tiny": {"overrides": ["model.width=0.125", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                                  "trainer.limit_val_batches=1", "data.batch_size=8"]}},
+)

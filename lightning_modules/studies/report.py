@@ -1,0 +1,112 @@
+"""One Markdown page with every study's verdict and plot (and a link to the transfer report).
+
+Reads OUT_ROOT/<study>/verdict.json as written by `run_study`; images are referenced relative to the
+page (OUT_ROOT/studies_report.md), so the folder can be moved or uploaded as an MLflow artifact whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning_modules.errors import DataError
+
+REPORT_FILE = "studies_report.md"
+
+
+def load_verdicts(out_root: Path) -> list[dict[str, Any]]:
+    """Every study's verdict.json under OUT_ROOT (one folder per study), in the registry's order."""
+    from lightning_modules.studies import STUDIES
+    from lightning_modules.studies.runner import VERDICT_FILE
+
+    out_root = Path(out_root)
+    found = {}
+    for path in sorted(out_root.glob(f"*/{VERDICT_FILE}")):
+        record = json.loads(path.read_text())
+        record["_dir"] = path.parent
+        found[record.get("study", path.parent.name)] = record
+    order = [n for n in STUDIES if n in found] + sorted(n for n in found if n not in STUDIES)
+    return [found[n] for n in order]
+
+
+def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str | Path | None = None) -> str:
+    from lightning_modules.studies import STUDIES
+
+    lines = ["# Measured studies", ""]
+    if verdicts:
+        lines += ["| study | size | jobs | training minutes |", "|---|---|---|---|"]
+        for v in verdicts:
+            lines.append(f"| [{v.get('title', v['study'])}](#{_anchor(v.get('title', v['study']))}) | {v.get('size')} | "
+                         f"{len(v.get('variants', []))} | {float(v.get('fit_seconds_total') or 0) / 60:.1f} |")
+        lines.append("")
+    missing = [n for n in STUDIES if n not in {v["study"] for v in verdicts}]
+    if missing:
+        lines += [f"Not run yet: {', '.join(missing)}.", ""]
+    if transfer_report:
+        target = _relative(Path(transfer_report), page_dir) if not str(transfer_report).startswith(("http:", "https:")) \
+            else str(transfer_report)
+        lines += [f"Transfer learning (pretrained vs scratch) is measured by the transfer report: [transfer report]({target}).", ""]
+    else:
+        lines += ["Transfer learning (pretrained vs scratch) is measured by the transfer report (`transfer_report` asset).", ""]
+    for v in verdicts:
+        title = v.get("title", v["study"])
+        lines += [f"## {title}", ""]
+        if v.get("question"):
+            lines += [f"*{v['question']}*", ""]
+        lines += [f"**Verdict.** {v['text']}", ""]
+        image = Path(v["_dir"]) / v["plot"]
+        lines += [f"![{title}]({_relative(image, page_dir)})", ""]
+        numbers = {k: x for k, x in v.get("numbers", {}).items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
+        if numbers:
+            lines += ["<details><summary>numbers</summary>", "", "| measure | value |", "|---|---|"]
+            lines += [f"| {k} | {x:.4g} |" for k, x in numbers.items()]
+            lines += ["", "</details>", ""]
+        runs = ", ".join(f"{r['name']}" + ("" if r.get("ok", True) else " (failed)") for r in v.get("variants", []))
+        lines += [f"Runs: {runs}. MLflow parent run `{v.get('parent_run_id')}` in experiment `{v.get('experiment')}`.", ""]
+    return "\n".join(lines)
+
+
+def studies_report(out_root: Path, *, transfer_report: str | Path | None = None, tracking_uri: str | None = None,
+                   out: Path | None = None) -> dict[str, Any]:
+    """Write OUT_ROOT/studies_report.md; with `tracking_uri` also log it (and the plots) to an MLflow run
+    "studies-report" in the studies' experiment. Returns {"path", "markdown", "studies", "mlflow_run_id"}."""
+    out_root = Path(out_root).resolve()
+    if not out_root.is_dir():
+        raise DataError(out_root, "no such studies folder (run a study into it first)")
+    verdicts = load_verdicts(out_root)
+    if not verdicts:
+        raise DataError(out_root, "no <study>/verdict.json found: run a study into this folder first")
+    page = Path(out).resolve() if out else out_root / REPORT_FILE
+    markdown = render(verdicts, page.parent, transfer_report)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(markdown)
+    run_id = _log_report(tracking_uri, out_root, page, verdicts) if tracking_uri else None
+    return {"path": str(page), "markdown": markdown, "studies": [v["study"] for v in verdicts], "mlflow_run_id": run_id}
+
+
+def _log_report(uri: str, out_root: Path, page: Path, verdicts: list[dict[str, Any]]) -> str:
+    """The page and the plots in their relative layout, so the Markdown renders from the artifact folder."""
+    from lightning_modules import tracking
+    from lightning_modules.experiments import finish_run, parent_run
+    from lightning_modules.studies.runner import EXPERIMENT
+
+    experiment = verdicts[0].get("experiment") or EXPERIMENT
+    run_id = parent_run(uri, experiment, out_root, "studies-report", {"visionflow.studies_report": "1"})
+    tracking.log_artifact(uri, run_id, page, "report")
+    for v in verdicts:
+        image = Path(v["_dir"]) / v["plot"]
+        if image.is_file():
+            rel = _relative(image, page.parent)
+            tracking.log_artifact(uri, run_id, image, str(Path("report") / Path(rel).parent))
+    finish_run(uri, run_id)
+    return run_id
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+
+
+def _anchor(title: str) -> str:
+    return "".join(c if c.isalnum() or c == "-" else "" for c in title.lower().replace(" ", "-"))

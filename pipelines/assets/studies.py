@@ -1,0 +1,114 @@
+"""The measured studies as assets (one per lesson) and `studies_report`, which gathers their verdicts.
+
+Each study asset runs its variants through the training launcher (torchrun + Pipes, like every
+training stage), one MLflow run nested per variant under the study's parent run, then records the
+verdict computed from those runs and its plot. Study runs live in runs/studies/<study>/, so a
+rerun reuses finished variants and the report always finds the latest verdict of each study.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from lightning_modules.experiments import LaunchRequest, read_result
+from pipelines import metadata
+from pipelines.launcher import JobSpec
+from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
+
+GROUP = "studies"
+# asset name -> study name in lightning_modules.studies.STUDIES
+STUDY_ASSETS = {
+    "vanishing_gradient_study": "vanishing_gradient",
+    "degradation_study": "degradation",
+    "dropout_study": "dropout",
+    "batch_size_study": "batch_lr",
+    "epochs_study": "epochs",
+    "activation_loss_study": "activations_losses",
+}
+
+
+class StudyConfig(dg.Config):
+    size: str = Field("default", description="default: a few CPU minutes on the embedded data; tiny: seconds (tests)")
+    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for every job, e.g. "
+                                 "trainer.max_epochs=30 to scale the study up")
+
+
+def studies_root(project: ProjectResource) -> Path:
+    return project.path / "runs" / "studies"
+
+
+def _launch_through(context: dg.AssetExecutionContext, launcher: TrainingLauncher, mlflow: MlflowResource):
+    def launch(req: LaunchRequest) -> dict:
+        spec = JobSpec(configs=[str(c) for c in req.configs], data=req.data, run_dir=req.run_dir,
+                       overrides=list(req.overrides), env={**req.env, "MLFLOW_TRACKING_URI": mlflow.uri()})
+        launcher.launch(context, spec)
+        return read_result(req.run_dir)
+
+    return launch
+
+
+def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
+    from lightning_modules.studies import get_study
+
+    study = get_study(study_name)
+
+    @dg.asset(name=asset_name, group_name=GROUP, deps=[f"prepared_{study.dataset}"], pool="train",
+              kinds={"pytorch", "mlflow"}, description=f"{study.title}: {study.question}")
+    def _asset(context: dg.AssetExecutionContext, config: StudyConfig, project: ProjectResource,
+               mlflow: MlflowResource, launcher: TrainingLauncher) -> dg.MaterializeResult:
+        from lightning_modules.studies import run_study
+
+        record = run_study(study_name, project.prepared(study.dataset), studies_root(project) / study_name,
+                           launch=_launch_through(context, launcher, mlflow), tracking_uri=mlflow.uri(),
+                           size=config.size, overrides=config.overrides)
+        numbers = {k: float(v) for k, v in record["numbers"].items() if isinstance(v, (int, float)) and v == v}
+        plot = Path(record["plot_path"])
+        return dg.MaterializeResult(metadata={
+            "verdict": dg.MetadataValue.md(record["text"]),
+            **{k: round(v, 5) for k, v in numbers.items()},
+            "plot": metadata.image(plot, study_name) if plot.is_file() else "no plot",
+            "variants": dg.MetadataValue.json([{k: v[k] for k in ("name", "ok", "mlflow_run_id")}
+                                               for v in record["variants"]]),
+            "mlflow_parent_run": dg.MetadataValue.url(mlflow.run_url(record["parent_run_id"])),
+            "size": config.size, "seconds": record["seconds"],
+        })
+
+    return _asset
+
+
+STUDIES = [_study_asset(a, s) for a, s in STUDY_ASSETS.items()]
+
+
+@dg.asset(group_name=GROUP, deps=[*STUDY_ASSETS, "transfer_report"], kinds={"mlflow"},
+          description="Every study's verdict and plot side by side on one Markdown page (also an MLflow artifact); "
+                      "links the transfer report.")
+def studies_report(context: dg.AssetExecutionContext, project: ProjectResource,
+                   mlflow: MlflowResource) -> dg.MaterializeResult:
+    from lightning_modules.studies import studies_report as report
+
+    transfer = context.instance.get_latest_materialization_event(dg.AssetKey("transfer_report"))
+    link = None
+    if transfer is not None:
+        url = transfer.asset_materialization.metadata.get("mlflow_run")
+        link = url.value if url is not None else None
+    res = report(studies_root(project), transfer_report=link, tracking_uri=mlflow.uri())
+    return dg.MaterializeResult(metadata={
+        "report": dg.MetadataValue.md(_inline_images(res["markdown"], Path(res["path"]).parent)),
+        "path": dg.MetadataValue.path(res["path"]), "studies": dg.MetadataValue.json(res["studies"]),
+        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(res["mlflow_run_id"])),
+    })
+
+
+def _inline_images(markdown: str, base: Path) -> str:
+    """The page's relative image links as data URLs, so Dagster shows the plots."""
+    import re
+
+    def repl(m: re.Match) -> str:
+        path = base / m.group(2)
+        return metadata.image(path, m.group(1)).value if path.is_file() else m.group(0)
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", repl, markdown)
+
+
+STUDY_ASSETS_ALL = [*STUDIES, studies_report]
