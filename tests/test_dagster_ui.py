@@ -53,7 +53,7 @@ def test_definitions_load() -> None:
             "transfer_finetuned", "scratch_baseline", "transfer_report", "classification_evaluation",
             "yolo_detector", "detection_evaluation"} <= keys
     assert {"main", "data", "observe_raw_data", "detection"} <= {j.name for j in defs.resolve_all_job_defs()}
-    assert "detection_after_main" in {s.name for s in defs.resolve_all_sensor_defs()}
+    assert "detection_after_main" in {s.name for s in defs.sensors}
 
 
 @pytest.fixture(scope="module")
