@@ -79,11 +79,13 @@ class ResidualUnit(nn.Module):
 
 
 def _stage(cin: int, cout: int, stride: int, kind: str) -> nn.Sequential:
+    """One stage: the first unit changes channels and stride, the others keep them."""
     if kind == "residual":
-        blocks = CONVS_PER_STAGE // 2
-        return nn.Sequential(*[ResidualUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(blocks)])
+        return nn.Sequential(*[ResidualUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                               for i in range(CONVS_PER_STAGE // 2)])
     bn = kind == "plain_bn"
-    return nn.Sequential(*[ConvUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1, bn) for i in range(CONVS_PER_STAGE)])
+    return nn.Sequential(*[ConvUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1, bn)
+                           for i in range(CONVS_PER_STAGE)])
 
 
 def _init(model: nn.Module) -> None:

@@ -2,9 +2,9 @@
 
 Not the full cross product: one activation sweep with cross-entropy and one loss sweep with ReLU
 (the ReLU + cross-entropy job is shared). Numbers per choice: best and final val top-1, and the
-epochs until val top-1 first reaches a common threshold, halfway between chance (1 / classes) and
-the best accuracy any variant reached, so every choice is timed against the same bar. A variant
-that diverges (NaN) is reported as failed, not as a broken study.
+epochs until val top-1 first reaches its sweep's bar, halfway between chance (1 / classes) and the
+sweep's best accuracy, so every choice of a sweep is timed against the same bar. A variant that
+diverges (NaN) is reported as failed, not as a broken study.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from lightning_modules.studies.base import (
     best,
     epochs_to,
     failed_note,
-    fmt,
     last,
     pct,
     save,
@@ -47,10 +46,10 @@ def variants(params: dict) -> list[Variant]:
     return out
 
 
-def _threshold(results: StudyResults) -> tuple[float | None, float | None]:
-    """(chance, threshold): halfway from chance to the best val top-1 of all variants."""
-    tops = [best(v.curve("val_acc1")) for v in results.ok]
-    tops = [t for t in tops if t is not None]
+def _threshold(results: StudyResults, names: list[str] | None = None) -> tuple[float | None, float | None]:
+    """(chance, bar): halfway from chance to the best val top-1 of the variants `names` (default: all)."""
+    runs = [v for v in results.ok if names is None or v.name in names]
+    tops = [t for t in (best(v.curve("val_acc1")) for v in runs) if t is not None]
     classes = next((v.result.get("num_classes") for v in results.ok if v.result.get("num_classes")), None)
     chance = 1.0 / classes if classes else None
     if not tops or chance is None:
@@ -58,47 +57,56 @@ def _threshold(results: StudyResults) -> tuple[float | None, float | None]:
     return chance, chance + 0.5 * (max(tops) - chance)
 
 
-def _row(results: StudyResults, name: str, thr: float | None) -> dict[str, float | None]:
+def _row(results: StudyResults, name: str, bar: float | None) -> dict[str, float | None]:
     try:
         v = results.get(name)
     except KeyError:
         v = None
     if v is None or not v.ok:
-        return {"best_val_acc1": None, "final_val_acc1": None, "epochs_to_threshold": None, "final_train_loss": None}
+        return {"best_val_acc1": None, "final_val_acc1": None, "epochs_to_bar": None, "final_train_loss": None}
     acc = v.curve("val_acc1")
-    ep = epochs_to(acc, thr)
+    ep = epochs_to(acc, bar)
     return {"best_val_acc1": best(acc), "final_val_acc1": last(acc),
-            "epochs_to_threshold": None if ep is None else float(ep), "final_train_loss": last(v.curve("train_loss"))}
+            "epochs_to_bar": None if ep is None else float(ep), "final_train_loss": last(v.curve("train_loss"))}
+
+
+SWEEPS = (("activation", "activations", _act_name, f"{BASE_LOSS} loss"),
+          ("loss", "losses", _loss_name, f"{BASE_ACTIVATION} activation"))
 
 
 def verdict(results: StudyResults) -> dict:
-    chance, thr = _threshold(results)
-    numbers: dict[str, float | None] = {"chance": chance, "threshold": thr}
+    chance, _ = _threshold(results)
+    numbers: dict[str, float | None] = {"chance": chance}
     text = []
-    for sweep, items, key in (("activation", results.params["activations"], _act_name),
-                              ("loss", results.params["losses"], _loss_name)):
-        rows = {item: _row(results, key(item), thr) for item in items}
+    for sweep, plural, key, fixed in SWEEPS:
+        items = results.params[plural]
+        _, bar = _threshold(results, [key(i) for i in items])
+        numbers[f"{sweep}.bar"] = bar
+        rows = {item: _row(results, key(item), bar) for item in items}
         for item, row in rows.items():
             for k, val in row.items():
                 numbers[f"{sweep}.{item}.{k}"] = val
         ranked = sorted((i for i in rows if rows[i]["best_val_acc1"] is not None),
                         key=lambda i: -rows[i]["best_val_acc1"])
-        epochs = {i: rows[i]["epochs_to_threshold"] for i in rows}
+        epochs = {i: rows[i]["epochs_to_bar"] for i in rows}
         parts = ", ".join(f"{i} {pct(rows[i]['best_val_acc1'])} "
                           f"({'never' if epochs[i] is None else f'{int(epochs[i])} ep'})" for i in ranked)
-        fastest = min((i for i in rows if epochs[i] is not None), key=lambda i: epochs[i], default=None)
-        fixed = f"{BASE_LOSS} loss" if sweep == "activation" else f"{BASE_ACTIVATION} activation"
-        text.append(f"{sweep.capitalize()}s (with {fixed}), best val top-1 and epochs to {pct(thr)}: {parts}. "
-                    f"Most accurate: {ranked[0] if ranked else 'n/a'}; fastest to the bar: {fastest or 'n/a'}.")
-    text.append(f"(Chance is {pct(chance)}; the bar is halfway from chance to the best variant.)")
+        reached = [e for e in epochs.values() if e is not None]
+        fastest = [i for i in rows if reached and epochs[i] == min(reached)]
+        top = [i for i in ranked if rows[i]["best_val_acc1"] == rows[ranked[0]]["best_val_acc1"]] if ranked else []
+        text.append(f"{plural.capitalize()} (with the {fixed}): best val top-1, and epochs until val top-1 reaches "
+                    f"{pct(bar)}: {parts}. Most accurate: {', '.join(top) or 'n/a'}; fastest to {pct(bar)}: "
+                    f"{', '.join(fastest) or 'none'}.")
+    text.append(f"(Chance is {pct(chance)}; each sweep's bar is halfway from chance to its best variant.)")
     return {"numbers": numbers, "text": " ".join(text) + failed_note(results)}
 
 
 def plot(results: StudyResults, path: Path) -> Path:
     plt = setup_axes()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    chance, thr = _threshold(results)
-    for ax, sweep in zip(axes, ("activation", "loss")):
+    chance, _ = _threshold(results)
+    for ax, (sweep, plural, key, _fixed) in zip(axes, SWEEPS):
+        _, thr = _threshold(results, [key(i) for i in results.params[plural]])
         for v in results.ok:
             if v.tags.get("sweep") == sweep or (v.name == _act_name(BASE_ACTIVATION)):
                 label = v.tags["activation"] if sweep == "activation" else v.tags["loss"]

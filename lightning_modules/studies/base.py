@@ -160,6 +160,8 @@ def fmt(v: float | None, digits: int = 3) -> str:
         return str(v)
     if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4):
         return f"{v:.{max(1, digits - 1)}e}"
+    if abs(v) >= 10 ** digits:
+        return f"{v:.0f}"  # .3g would print 1590 as 1.59e+03
     return f"{v:.{digits}g}"
 
 

@@ -73,8 +73,9 @@ def tune_step(ctx: dict[str, Any]) -> dict[str, Any]:
     found = {}
     for what, run_dir in (("batch", tune_dir / "batch"), ("lr", tune_dir / "lr")):
         if not (run_dir / "tuned.yaml").is_file():
-            _tune(ctx["configs"], overrides, Path(ctx["data"]), run_dir, scale_batch=what == "batch",
-                  find_lr=what == "lr", max_batch_trials=int(params["max_batch_trials"]), lr_steps=lr_steps)
+            _tune(ctx["configs"], overrides, Path(ctx["data"]), run_dir, ctx.get("env", {}),
+                  scale_batch=what == "batch", find_lr=what == "lr",
+                  max_batch_trials=int(params["max_batch_trials"]), lr_steps=lr_steps)
         found[what] = yaml.safe_load((run_dir / "tuned.yaml").read_text()) or {}
     files = [tune_dir / "batch" / "tuned.yaml", tune_dir / "lr" / "tuned.yaml", tune_dir / "lr" / "figures" / "lr_find.png"]
     return {"tuned_batch": found["batch"].get("data", {}).get("batch_size"),
@@ -82,17 +83,22 @@ def tune_step(ctx: dict[str, Any]) -> dict[str, Any]:
             "artifacts": [str(p) for p in files if p.is_file()]}
 
 
-def _tune(configs, overrides, data: Path, run_dir: Path, **kwargs) -> None:
+def _tune(configs, overrides, data: Path, run_dir: Path, env: dict[str, str], **kwargs) -> None:
+    import os
+
     import torch
 
     from lightning_modules.config import load_config
     from lightning_modules.tune import tune
 
-    threads = torch.get_num_threads()
+    threads, saved = torch.get_num_threads(), dict(os.environ)
+    os.environ.update(env)  # the jobs' environment (VISIONFLOW_THREADS) applies to tuning too
     try:
         tune(load_config(configs, overrides), data, run_dir, **kwargs)
     finally:
         torch.set_num_threads(threads)  # tune() sets the process's threads for itself
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _series(results: StudyResults, rule: str) -> list:
@@ -148,7 +154,8 @@ def verdict(results: StudyResults) -> dict:
         text.append(f"Batch-size finder: largest batch tried that fits {fmt(tb)} (on a CPU there is no "
                     "out-of-memory signal, so this is the limit of its doubling trials, not of memory); "
                     f"LR finder's pick at batch {results.extra.get('tuned_lr_batch', p['reference_batch'])}: {fmt(tl)} "
-                    f"(the study's LR there: {fmt(p['lr'])}).")
+                    f"(the study's LR there: {fmt(p['lr'])}, {fmt(ratio(p['lr'], tl))}x the pick; the finder's "
+                    "loss curve is in the parent run's study/extra/lr_find.png).")
     return {"numbers": numbers, "text": " ".join(text) + failed_note(results)}
 
 
@@ -168,8 +175,11 @@ def plot(results: StudyResults, path: Path) -> Path:
     if tl is not None:
         axes[1].text(0.02, 0.02, f"LR finder pick: {fmt(tl)}; batch finder: {fmt(results.extra.get('tuned_batch'))}",
                      transform=axes[1].transAxes, fontsize=8)
+    batches = sorted({int(v.tags["batch"]) for v in results.ok})
     for ax in axes:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
         ax.set_xlabel("batch size")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -1,7 +1,8 @@
 """Command line of the studies.
 
     python -m lightning_modules.studies NAME|all --data PREPARED --out OUT_ROOT [--size tiny]
-        [--set key=value ...] [--param key=value ...] [--launcher subprocess|inprocess] [--tracking-uri URI]
+        [--set key=value ...] [--param key=value ...] [--launcher subprocess|inprocess] [--threads N]
+        [--tracking-uri URI]
     python -m lightning_modules.studies report OUT_ROOT [--transfer-report PATH] [--tracking-uri URI]
     python -m lightning_modules.studies list
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study parameter (YAML value), e.g. p=[0,0.5] or batch_sizes=[16,64]")
     p.add_argument("--launcher", default="subprocess", choices=("subprocess", "inprocess"),
                    help="inprocess: train in this process (saves the interpreter start-up per job)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per job (VISIONFLOW_THREADS); 1 on a shared or busy CPU machine")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or the project's)")
     p.add_argument("--transfer-report", default=None, help="report: path or URL of the transfer report to link")
     return p
@@ -84,7 +87,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if unknown and args.name != "all":
             raise ConfigError(f"--param {', '.join(unknown)}: unknown for study {name} (known: {', '.join(known)})")
         record = run_study(name, data, root / name, launch=LAUNCHERS[args.launcher], tracking_uri=args.tracking_uri,
-                           size=args.size, overrides=args.set, params={k: v for k, v in params.items() if k in known})
+                           size=args.size, overrides=args.set, params={k: v for k, v in params.items() if k in known},
+                           env={"VISIONFLOW_THREADS": str(args.threads)} if args.threads else None)
         print(json.dumps({"study": name, "seconds": record["seconds"], "verdict": record["text"],
                           "plot": str(root / name / record["plot"])}))
     return 0

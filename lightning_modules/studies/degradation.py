@@ -3,7 +3,9 @@
 plain-18, plain-34, ResNet-18 and ResNet-34 train on the same data with the same budget (epochs,
 batch, optimiser, schedule; no augmentation, so the training loss measures optimisation). The verdict
 compares the training loss (history `train_loss`, the epoch mean) of the 34-layer net with the
-18-layer one of each family, at the end and at its minimum.
+18-layer one of each family, at the end and at its minimum; and, less dependent on the budget, how much
+of its first-epoch loss the deep net removed relative to the shallow one (a deep net that is merely slower
+to start still makes progress; a degraded one barely moves).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from lightning_modules.studies.base import (
     failed_note,
     fmt,
     last,
+    pct,
     ratio,
     save,
     setup_axes,
@@ -42,6 +45,16 @@ def _losses(results: StudyResults, name: str) -> tuple[float | None, float | Non
     return last(v.curve("train_loss")), best(v.curve("train_loss"), "min"), last(v.curve("val_acc1"))
 
 
+def _drop(results: StudyResults, name: str) -> float | None:
+    """First-epoch train loss minus final train loss (how far training got)."""
+    try:
+        v = results.get(name)
+    except KeyError:
+        return None
+    losses = [x for x in v.curve("train_loss") if x is not None] if v.ok else []
+    return losses[0] - losses[-1] if losses else None
+
+
 def verdict(results: StudyResults) -> dict:
     tol = results.params.get("tolerance", 0.02)
     numbers: dict[str, float | None] = {}
@@ -59,10 +72,15 @@ def verdict(results: StudyResults) -> dict:
         verb = "n/a" if worse is None else ("trains worse" if worse else "does not train worse")
         parts.append(f"{deep} ends at train loss {fmt(a)} vs {shallow} {fmt(b)} ({signed_pct(a, b)}): "
                      f"the deeper {family} net {verb}")
+        # Budget-robust view: how much of its first-epoch loss each net removed, deep relative to shallow.
+        progress = ratio(_drop(results, deep), _drop(results, shallow))
+        numbers[f"{family}.deep_progress_vs_shallow"] = progress
+        if progress is not None:
+            parts[-1] += f", removing {pct(progress)} as much loss since its first epoch as {shallow}"
     reproduced = found.get("plain") is True and found.get("residual") is False
     numbers["reproduced"] = None if None in found.values() else float(reproduced)
     epochs = max((len(v.history) for v in results.ok), default=0)
-    text = (f"Same data and budget ({epochs} epochs): " + "; ".join(parts) + ". "
+    text = (f"Same data and budget ({epochs} epoch{'s' if epochs != 1 else ''}): " + "; ".join(parts) + ". "
             + ("He et al.'s degradation finding is reproduced: depth hurts the plain net but not the residual one."
                if reproduced else
                "He et al.'s finding is not reproduced at this budget "

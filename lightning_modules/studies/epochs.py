@@ -40,7 +40,8 @@ def verdict(results: StudyResults) -> dict:
     numbers: dict[str, float | None] = {}
     runs = results.ok
     if not runs:
-        return {"numbers": {"optimum_epoch": None, "early_stop_epoch": None}, "text": "No finished run." + failed_note(results)}
+        return {"numbers": {"optimum_epoch": None, "early_stop_epoch": None},
+                "text": "No finished run." + failed_note(results)}
     v = runs[0]
     vl, tl, acc = v.curve("val_loss"), v.curve("train_loss"), v.curve("val_acc1")
     valid = [(i + 1, x) for i, x in enumerate(vl) if x is not None]

@@ -14,6 +14,7 @@ from typing import Any
 from lightning_modules.errors import DataError
 
 REPORT_FILE = "studies_report.md"
+TRANSFER_LINE = "Transfer learning (pretrained vs scratch) is measured by the transfer report"
 
 
 def load_verdicts(out_root: Path) -> list[dict[str, Any]]:
@@ -47,9 +48,9 @@ def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str 
     if transfer_report:
         target = _relative(Path(transfer_report), page_dir) if not str(transfer_report).startswith(("http:", "https:")) \
             else str(transfer_report)
-        lines += [f"Transfer learning (pretrained vs scratch) is measured by the transfer report: [transfer report]({target}).", ""]
+        lines += [f"{TRANSFER_LINE}: [transfer report]({target}).", ""]
     else:
-        lines += ["Transfer learning (pretrained vs scratch) is measured by the transfer report (`transfer_report` asset).", ""]
+        lines += [f"{TRANSFER_LINE} (the `transfer_report` asset).", ""]
     for v in verdicts:
         title = v.get("title", v["study"])
         lines += [f"## {title}", ""]

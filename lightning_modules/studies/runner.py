@@ -68,18 +68,15 @@ def inprocess_launch(req: LaunchRequest) -> dict[str, Any]:
     from lightning_modules import train
 
     req.run_dir.mkdir(parents=True, exist_ok=True)
-    saved_env = {k: os.environ.get(k) for k in req.env}
+    saved_env = dict(os.environ)  # the job's env, and what Lightning sets (PL_GLOBAL_SEED, ...), stay in it
     threads = torch.get_num_threads()
     os.environ.update(req.env)
     try:
         rc = train.main(req.argv())
     finally:
         torch.set_num_threads(threads)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.clear()
+        os.environ.update(saved_env)
     if rc != 0:
         raise JobFailed(f"{req.run_dir}: training job returned {rc}")
     return read_result(req.run_dir)
@@ -111,12 +108,14 @@ def run_study(
     params: dict[str, Any] | None = None,
     experiment: str = EXPERIMENT,
     config: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run every variant of `study_name` (skipping finished ones), then write and log its verdict.
 
     data: a prepared set, or the prepared root (the study picks imagenet/ or transfer/).
     overrides: `--set` items for every job (e.g. trainer.max_epochs=30 to scale up); a variant's own
     overrides win over them. params: the study's own knobs (e.g. {"p": [0, 0.5]} for dropout).
+    env: extra environment of every job, e.g. {"VISIONFLOW_THREADS": "1"} on a shared CPU machine.
     Returns the verdict dict written to OUT/verdict.json.
     """
     from lightning_modules import tracking
@@ -141,7 +140,7 @@ def run_study(
         raise ConfigError(f"study {study.name}: variant names repeat ({names}); check its params")
 
     start = time.monotonic()
-    requests = [_request(v, base, data, out, common, uri, experiment) for v in variants]
+    requests = [_request(v, base, data, out, common, uri, experiment, env or {}) for v in variants]
     # Finished variants first (cheap): a run folder that ran another config fails before anything starts.
     stored = [stored_result(req) for req in requests]
     parent = parent_run(uri, experiment, out, f"study-{study.name}",
@@ -154,7 +153,7 @@ def run_study(
         if not any(r.ok for r in results):
             raise JobFailed(f"study {study.name}: every variant failed: {results[0].error if results else 'none'}")
         ctx = {"study": study.name, "out": out, "data": data, "configs": [base], "overrides": common, "params": p,
-               "size": size}
+               "size": size, "env": env or {}}
         extra = study.extra(ctx) if study.extra else {}
         res = StudyResults(results, p, extra)
         verdict = study.verdict(res)
@@ -171,9 +170,10 @@ def run_study(
     return record
 
 
-def _request(v, base: Path, data: Path, out: Path, common: list[str], uri: str, experiment: str) -> LaunchRequest:
+def _request(v, base: Path, data: Path, out: Path, common: list[str], uri: str, experiment: str,
+             env: dict[str, str]) -> LaunchRequest:
     overrides = [*common, *v.overrides, f"tracking.tracking_uri={uri}", f"tracking.experiment={experiment}"]
-    return LaunchRequest(configs=[base], data=data, run_dir=out / v.name, overrides=overrides)
+    return LaunchRequest(configs=[base], data=data, run_dir=out / v.name, overrides=overrides, env=dict(env))
 
 
 def _run_variant(study: Study, v, req: LaunchRequest, done: dict[str, Any] | None, uri: str, experiment: str,
