@@ -3,7 +3,8 @@
     python -m lightning_modules.tune CONFIG --data PREPARED_DIR --out RUN_DIR [--set k=v ...]
 
 Writes RUN_DIR/tuned.yaml (an overlay config: `data.batch_size`, `optim.lr`,
-`optim.reference_batch`) and RUN_DIR/figures/lr_find.png. The LR is found at the tuned
+`optim.reference_batch`), RUN_DIR/figures/lr_find.png and RUN_DIR/lr_find.json (the sweep; the pick
+is read from its raw losses by `lr_range`, not Lightning's suggestion). The LR is found at the tuned
 per-device batch, so the overlay sets `reference_batch` to it: a DDP job then scales the LR
 linearly to its effective batch. Tuning is single-device by necessity (`scale_batch_size`
 refuses distributed strategies; `lr_find` only runs in fit).
@@ -15,6 +16,7 @@ times (bounded by the data); it is meant for GPUs.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import asdict
@@ -76,20 +78,7 @@ def tune(
         dm.batch_size = found["batch_size"]
         log.info("tune: batch size per device %d", found["batch_size"])
     if find_lr:
-        finder = tuner.lr_find(module, datamodule=dm, min_lr=min_lr, max_lr=max_lr, num_training=lr_steps,
-                               early_stop_threshold=None, update_attr=False)
-        suggestion = finder.suggestion() if finder is not None else None
-        if suggestion is not None and suggestion > 0:
-            found["lr"] = float(suggestion)
-        else:
-            log.warning("tune: lr_find gave no suggestion; keeping optim.lr=%s", cfg.optim.lr)
-        if finder is not None:
-            fig = finder.plot(suggest=suggestion is not None)
-            (run_dir / "figures").mkdir(exist_ok=True)
-            fig.savefig(run_dir / "figures" / "lr_find.png", dpi=100)
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
+        found.update(_find_lr(tuner, module, dm, run_dir, min_lr=min_lr, max_lr=max_lr, steps=lr_steps))
         log.info("tune: learning rate %.3g at batch %d", found["lr"], found["batch_size"])
     overlay = {
         "data": {"batch_size": found["batch_size"]},
@@ -122,3 +111,26 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _find_lr(tuner, module, dm, run_dir: Path, *, min_lr: float, max_lr: float,
+             steps: int) -> dict[str, Any]:
+    """Lightning's LR sweep; the pick comes from our reading of its raw losses (see lr_range)."""
+    from lightning_modules import lr_range
+
+    with lr_range.recording_losses(module) as losses:
+        finder = tuner.lr_find(module, datamodule=dm, min_lr=min_lr, max_lr=max_lr, num_training=steps,
+                               early_stop_threshold=None, update_attr=False)
+    if finder is None:
+        raise VisionflowError("tune: the LR finder did not run (no training steps?)")
+    lrs = list(finder.results["lr"])
+    try:
+        s = lr_range.suggest(lrs, losses)
+    except ValueError as exc:
+        raise VisionflowError(f"tune: LR range test over {len(losses)} steps gave no suggestion: {exc}") from exc
+    (run_dir / "figures").mkdir(exist_ok=True)
+    lr_range.plot(lrs, losses, s, run_dir / "figures" / "lr_find.png")
+    (run_dir / "lr_find.json").write_text(json.dumps(
+        {"lr": lrs, "loss": losses, "smoothed": s.smoothed, "suggested_lr": s.lr, "lr_min_loss": s.lr_min_loss,
+         "lightning_suggestion": finder.suggestion()}, default=float))
+    return {"lr": s.lr, "lr_min_loss": s.lr_min_loss}

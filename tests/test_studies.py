@@ -26,7 +26,8 @@ REQUIRED = {
     "vanishing_gradient": [f"{v}.{k}" for v in ("sigmoid", "tanh", "relu", "relu_bn", "residual")
                            for k in ("init_first_over_last", "trained_first_over_last")],
     "degradation": ["plain18.final_train_loss", "plain34.final_train_loss", "resnet18.final_train_loss",
-                    "resnet34.final_train_loss", "plain.deep_over_shallow", "residual.deep_over_shallow", "reproduced"],
+                    "resnet34.final_train_loss", "plain.deep_over_shallow", "residual.deep_over_shallow",
+                    "plain.deeper_trains_worse", "resnet34_over_plain34"],
     "dropout": [f"p{p}.{k}" for p in ("0", "0.2", "0.5") for k in ("acc_gap", "best_val_acc1", "iterations_to_converge")]
                + ["claim_less_overfitting", "claim_more_iterations"],
     "batch_lr": ["b4.seconds_per_epoch", "b8-fixed.final_val_acc1", "b8-scaled.final_val_acc1",
@@ -131,6 +132,14 @@ def test_verdicts_are_computed_from_the_runs(studies):
     assert new["numbers"]["plain34.final_train_loss"] == pytest.approx(3 * old["plain34.final_train_loss"])
     assert new["numbers"]["plain.deep_over_shallow"] == pytest.approx(3 * old["plain.deep_over_shallow"])
     assert new["numbers"]["plain.deeper_trains_worse"] == 1.0 and "plain34" in new["text"]
+    # "Degrades" is decided on the share of the shallow net's progress the deep one makes.
+    for deep_losses, degrades in (([2.3, 2.25], 1.0), ([2.3, 1.2], 0.0)):
+        curves = copy.deepcopy(res)
+        for name, losses in (("plain18", [2.3, 1.0]), ("plain34", deep_losses)):
+            curves.get(name).result["history"] = [{"epoch": i, "train_loss": x} for i, x in enumerate(losses)]
+        numbers = deg.verdict(curves)["numbers"]
+        assert numbers["plain.deep_progress_vs_shallow"] == pytest.approx((2.3 - deep_losses[1]) / 1.3)
+        assert numbers["plain.degrades"] == degrades
 
     drop = get_study("dropout")
     res = _results(root, "dropout")

@@ -203,6 +203,11 @@ def test_tune_writes_an_overlay_config(tiny_prepared_imagenet: Path, tmp_path: P
     doc = yaml.safe_load(path.read_text())
     assert doc["data"]["batch_size"] == tuned["batch_size"] >= 4
     assert doc["optim"]["lr"] > 0 and doc["optim"]["reference_batch"] == tuned["batch_size"]
+    # The pick is read from the raw loss of every step of the sweep (not Lightning's biased smoothing).
+    sweep = json.loads((tmp_path / "run" / "lr_find.json").read_text())
+    assert len(sweep["loss"]) == len(sweep["lr"]) == 12
+    assert doc["optim"]["lr"] == pytest.approx(sweep["lr_min_loss"] / 10)
+    assert (tmp_path / "run" / "figures" / "lr_find.png").is_file()
     overlaid = load_config([SMOKE, path])
     assert overlaid.data.batch_size == tuned["batch_size"]
     # `train --tune` reuses RUN_DIR/tuned.yaml; its values win over --set and are stored in config.yaml.

@@ -77,9 +77,12 @@ def tune_step(ctx: dict[str, Any]) -> dict[str, Any]:
                   scale_batch=what == "batch", find_lr=what == "lr",
                   max_batch_trials=int(params["max_batch_trials"]), lr_steps=lr_steps)
         found[what] = yaml.safe_load((run_dir / "tuned.yaml").read_text()) or {}
-    files = [tune_dir / "batch" / "tuned.yaml", tune_dir / "lr" / "tuned.yaml", tune_dir / "lr" / "figures" / "lr_find.png"]
+    sweep = tune_dir / "lr" / "lr_find.json"
+    files = [tune_dir / "batch" / "tuned.yaml", tune_dir / "lr" / "tuned.yaml", tune_dir / "lr" / "figures" / "lr_find.png",
+             sweep]
     return {"tuned_batch": found["batch"].get("data", {}).get("batch_size"),
-            "tuned_lr": found["lr"].get("optim", {}).get("lr"), "tuned_lr_batch": ref,
+            "tuned_lr": found["lr"].get("optim", {}).get("lr"), "tuned_lr_batch": ref, "lr_steps": lr_steps,
+            "lr_min_loss": json.loads(sweep.read_text()).get("lr_min_loss") if sweep.is_file() else None,
             "artifacts": [str(p) for p in files if p.is_file()]}
 
 
@@ -150,12 +153,15 @@ def verdict(results: StudyResults) -> dict:
     tb, tl = results.extra.get("tuned_batch"), results.extra.get("tuned_lr")
     numbers["tuner.batch_size"] = None if tb is None else float(tb)
     numbers["tuner.lr"] = tl
+    numbers["tuner.lr_min_loss"] = results.extra.get("lr_min_loss")
     if tb is not None or tl is not None:
         text.append(f"Batch-size finder: largest batch tried that fits {fmt(tb)} (on a CPU there is no "
                     "out-of-memory signal, so this is the limit of its doubling trials, not of memory); "
-                    f"LR finder's pick at batch {results.extra.get('tuned_lr_batch', p['reference_batch'])}: {fmt(tl)} "
-                    f"(the study's LR there: {fmt(p['lr'])}, {fmt(ratio(p['lr'], tl))}x the pick; the finder's "
-                    "loss curve is in the parent run's study/extra/lr_find.png).")
+                    f"LR finder ({results.extra.get('lr_steps', p['lr_steps'])}-step sweep at batch "
+                    f"{results.extra.get('tuned_lr_batch', p['reference_batch'])}): training loss lowest at LR "
+                    f"{fmt(results.extra.get('lr_min_loss'))}, suggestion a tenth of it, {fmt(tl)} (the study's LR "
+                    f"there, {fmt(p['lr'])}, is {fmt(ratio(p['lr'], tl))}x the suggestion; the sweep is in the parent "
+                    "run's study/extra/lr_find.png).")
     return {"numbers": numbers, "text": " ".join(text) + failed_note(results)}
 
 
@@ -198,7 +204,7 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     extra=tune_step,
-    params={"batch_sizes": [16, 32, 64, 128], "reference_batch": 16, "lr": 0.02, "lr_steps": 60,
+    params={"batch_sizes": [16, 32, 64, 128], "reference_batch": 16, "lr": 0.02, "lr_steps": 100,
             "max_batch_trials": 4},
     sizes={"tiny": {"overrides": ["model.width=0.125", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                                   "trainer.limit_val_batches=1"],
