@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 export DATA_OPTIMIZER_CACHE_FOLDER := $(CURDIR)/.cache/litdata
 export MPLBACKEND := Agg
 
-.PHONY: run test install ui bench clean
+.PHONY: run studies test install ui bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m pipelines.main run
+
+# The hyperparameter search, the six studies and their report (about 20 CPU minutes at default size).
+studies: $(STAMP)
+	$(BIN)/python -m pipelines.main studies
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -50,6 +50,29 @@ def run(root: Path, arch: str, detector: str = "yolov3") -> int:
     return 0 if result.success else 1
 
 
+def studies(root: Path) -> int:
+    """The `studies` job (search, the six studies, the report) on the prepared sets, through Dagster."""
+    import dagster as dg
+
+    from lightning_modules.data.bootstrap import ensure_default_data
+    from pipelines.definitions import defs
+
+    dagster_home(root)
+    print(f"data version: {ensure_default_data(root)}")
+    with dg.DagsterInstance.get() as instance:
+        if not all((root / "prepared" / name / "manifest.json").is_file() for name in ("imagenet", "transfer")):
+            defs.resolve_job_def("observe_raw_data").execute_in_process(instance=instance)
+            result = defs.resolve_job_def("data").execute_in_process(instance=instance, raise_on_error=False)
+            _print_summary(result, "data")
+            if not result.success:
+                return 1
+        result = defs.resolve_job_def("studies").execute_in_process(instance=instance, raise_on_error=False)
+        _print_summary(result, "studies")
+    report = root / "runs" / "studies" / "studies_report.md"
+    print(f"\nThe report: {report} (and the studies_report asset in `make ui`).")
+    return 0 if result.success else 1
+
+
 def _print_summary(result, job: str = "main") -> None:
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
@@ -85,7 +108,8 @@ def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="python -m pipelines.main")
-    p.add_argument("command", choices=["run", "ui"])
+    p.add_argument("command", choices=["run", "studies", "ui"],
+                   help="run: the main chain then the detector; studies: the search, studies and their report")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--arch", default="resnet18", help="backbone to pretrain (a pretrained_backbone partition)")
@@ -93,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     root = project_root()
     os.chdir(root)
-    return run(root, a.arch, a.detector) if a.command == "run" else ui(root, a.port, a.mlflow_port)
+    if a.command == "run":
+        return run(root, a.arch, a.detector)
+    return studies(root) if a.command == "studies" else ui(root, a.port, a.mlflow_port)
 
 
 if __name__ == "__main__":

@@ -221,3 +221,17 @@ def test_deep_nets_have_18_weight_layers_and_swap_only_the_activation():
     plain_bn = build_model("deep_plain_bn", num_classes=5, width=0.125)
     shapes = lambda m: [tuple(p.shape) for p in m.parameters() if p.ndim > 1]  # noqa: E731
     assert shapes(res) == shapes(plain_bn)  # parameter-free shortcuts: the same weight layers
+
+
+def test_report_takes_the_latest_verdict_of_each_study(tmp_path):
+    import os
+
+    from lightning_modules.studies.report import load_verdicts
+
+    for i, folder in enumerate(("dropout/default", "dropout/default-1a2b3c4d", "epochs")):
+        path = tmp_path / folder / "verdict.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"study": folder.split("/")[0], "text": folder}))
+        os.utime(path, (1000 + i, 1000 + (5 - i if folder == "dropout/default" else i)))
+    found = {v["study"]: v["text"] for v in load_verdicts(tmp_path)}
+    assert found == {"dropout": "dropout/default", "epochs": "epochs"}  # the newest file, not the last listed

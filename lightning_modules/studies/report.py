@@ -18,18 +18,24 @@ TRANSFER_LINE = "Transfer learning (pretrained vs scratch) is measured by the tr
 
 
 def load_verdicts(out_root: Path) -> list[dict[str, Any]]:
-    """Every study's verdict.json under OUT_ROOT (one folder per study), in the registry's order."""
+    """The latest verdict.json of every study under OUT_ROOT, in the registry's order.
+
+    A study's folder is OUT_ROOT/<study>/ (the CLI) or OUT_ROOT/<study>/<setting>/ (Dagster keeps one
+    per size and overrides, so a scaled-up run never collides with the default one); when a study has
+    several, the most recently written verdict wins.
+    """
     from lightning_modules.studies import STUDIES
     from lightning_modules.studies.runner import VERDICT_FILE
 
-    out_root = Path(out_root)
-    found = {}
-    for path in sorted(out_root.glob(f"*/{VERDICT_FILE}")):
+    found: dict[str, tuple[float, dict[str, Any]]] = {}
+    for path in Path(out_root).rglob(VERDICT_FILE):
         record = json.loads(path.read_text())
         record["_dir"] = path.parent
-        found[record.get("study", path.parent.name)] = record
+        name, mtime = record.get("study", path.parent.name), path.stat().st_mtime
+        if name not in found or mtime > found[name][0]:
+            found[name] = (mtime, record)
     order = [n for n in STUDIES if n in found] + sorted(n for n in found if n not in STUDIES)
-    return [found[n] for n in order]
+    return [found[n][1] for n in order]
 
 
 def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str | Path | None = None) -> str:

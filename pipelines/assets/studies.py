@@ -2,8 +2,9 @@
 
 Each study asset runs its variants through the training launcher (torchrun + Pipes, like every
 training stage), one MLflow run nested per variant under the study's parent run, then records the
-verdict computed from those runs and its plot. Study runs live in runs/studies/<study>/, so a
-rerun reuses finished variants and the report always finds the latest verdict of each study.
+verdict computed from those runs and its plot. Study runs live in runs/studies/<study>/<setting>/
+(size and overrides), so a rerun reuses finished variants, a scaled-up run trains in its own folder,
+and the report takes the latest verdict of each study.
 """
 
 from pathlib import Path
@@ -38,6 +39,16 @@ def studies_root(project: ProjectResource) -> Path:
     return project.path / "runs" / "studies"
 
 
+def study_folder(project: ProjectResource, study_name: str, config: StudyConfig) -> Path:
+    """runs/studies/<study>/<size>[-<hash of the overrides>]: each setting keeps its own finished jobs."""
+    import hashlib
+
+    setting = config.size
+    if config.overrides:
+        setting += "-" + hashlib.sha1("\n".join(config.overrides).encode()).hexdigest()[:8]
+    return studies_root(project) / study_name / setting
+
+
 def _launch_through(context: dg.AssetExecutionContext, launcher: TrainingLauncher, mlflow: MlflowResource):
     def launch(req: LaunchRequest) -> dict:
         spec = JobSpec(configs=[str(c) for c in req.configs], data=req.data, run_dir=req.run_dir,
@@ -59,7 +70,7 @@ def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
                mlflow: MlflowResource, launcher: TrainingLauncher) -> dg.MaterializeResult:
         from lightning_modules.studies import run_study
 
-        record = run_study(study_name, project.prepared(study.dataset), studies_root(project) / study_name,
+        record = run_study(study_name, project.prepared(study.dataset), study_folder(project, study_name, config),
                            launch=_launch_through(context, launcher, mlflow), tracking_uri=mlflow.uri(),
                            size=config.size, overrides=config.overrides)
         numbers = {k: float(v) for k, v in record["numbers"].items() if isinstance(v, (int, float)) and v == v}
