@@ -18,10 +18,11 @@ from lightning_modules.studies.base import (
     best,
     epochs_to,
     failed_note,
+    finish,
     last,
     pct,
-    save,
     setup_axes,
+    tiny,
 )
 
 BASE_ACTIVATION, BASE_LOSS = "relu", "cross_entropy"
@@ -116,11 +117,7 @@ def plot(results: StudyResults, path: Path) -> Path:
         if chance is not None:
             ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
         ax.set_title(f"{sweep} sweep: val top-1")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Activations (cross-entropy) and losses (ReLU)")
-    return save(fig, path)
+    return finish(fig, axes, path, "Activations (cross-entropy) and losses (ReLU)")
 
 
 STUDY = Study(
@@ -135,6 +132,5 @@ STUDY = Study(
     tolerate_failures=True,
     params={"activations": ["identity", "binary_step", "sigmoid", "tanh", "relu", "leaky_relu"],
             "losses": ["cross_entropy", "nll", "mse", "hinge", "soft_margin"]},
-    sizes={"tiny": {"overrides": ["model.width=0.125", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
-                                  "trainer.limit_val_batches=1", "data.batch_size=8"]}},
+    sizes=tiny(train_batches=1, epochs=2),
 )

@@ -193,6 +193,25 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def finish(fig, axes, path: Path, title: str, xlabel: str = "epoch", legend_size: int = 7) -> Path:
+    """The common end of a study plot: x label, grid and legend on every panel, title, save."""
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+def tiny(train_batches: int, epochs: int | None = None, *extra: str, batch: int | None = 8,
+         params: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """`Study.sizes` with the `tiny` size (tests): eighth-width nets, a few train batches, one val batch."""
+    overrides = ["model.width=0.125", f"trainer.limit_train_batches={train_batches}", "trainer.limit_val_batches=1"]
+    overrides += [f"trainer.max_epochs={epochs}"] if epochs is not None else []
+    overrides += [f"data.batch_size={batch}"] if batch is not None else []
+    return {"tiny": {"overrides": [*overrides, *extra], **({"params": params} if params else {})}}
+
+
 def failed_note(results: StudyResults) -> str:
     bad = [v for v in results.variants if not v.ok]
     if not bad:

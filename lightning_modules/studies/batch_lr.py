@@ -33,6 +33,7 @@ from lightning_modules.studies.base import (
     ratio,
     save,
     setup_axes,
+    tiny,
 )
 
 log = logging.getLogger("visionflow")
@@ -206,7 +207,6 @@ STUDY = Study(
     extra=tune_step,
     params={"batch_sizes": [16, 32, 64, 128], "reference_batch": 16, "lr": 0.02, "lr_steps": 100,
             "max_batch_trials": 4},
-    sizes={"tiny": {"overrides": ["model.width=0.125", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                                  "trainer.limit_val_batches=1"],
-                    "params": {"batch_sizes": [4, 8], "reference_batch": 4, "lr_steps": 5, "max_batch_trials": 1}}},
+    sizes=tiny(train_batches=2, epochs=1, batch=None,  # the study sets the batch per variant
+               params={"batch_sizes": [4, 8], "reference_batch": 4, "lr_steps": 5, "max_batch_trials": 1}),
 )

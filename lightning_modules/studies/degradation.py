@@ -20,13 +20,14 @@ from lightning_modules.studies.base import (
     Variant,
     best,
     failed_note,
+    finish,
     fmt,
     last,
     pct,
     ratio,
-    save,
     setup_axes,
     signed_pct,
+    tiny,
 )
 
 MODELS = ("plain18", "plain34", "resnet18", "resnet34")
@@ -111,12 +112,7 @@ def plot(results: StudyResults, path: Path) -> Path:
         axes[1].plot(epochs, v.curve("val_acc1"), color=color, ls=ls, marker="o", ms=3, label=v.name)
     axes[0].set_title("training loss (epoch mean)")
     axes[1].set_title("validation top-1")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Degradation: plain vs residual, 18 vs 34 layers")
-    return save(fig, path)
+    return finish(fig, axes, path, "Degradation: plain vs residual, 18 vs 34 layers", legend_size=9)
 
 
 STUDY = Study(
@@ -129,6 +125,5 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     params={"tolerance": 0.02, "progress_floor": 0.5},
-    sizes={"tiny": {"overrides": ["model.width=0.125", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
-                                  "trainer.limit_val_batches=1", "data.batch_size=8"]}},
+    sizes=tiny(train_batches=2, epochs=2),
 )

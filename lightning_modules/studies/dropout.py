@@ -22,11 +22,12 @@ from lightning_modules.studies.base import (
     best,
     epochs_to,
     failed_note,
+    finish,
     fmt,
     last,
     pct,
-    save,
     setup_axes,
+    tiny,
 )
 
 
@@ -97,12 +98,7 @@ def plot(results: StudyResults, path: Path) -> Path:
         axes[1].plot(epochs, v.curve("val_loss"), color=color, marker="o", ms=3, label=f"{v.name} val")
     axes[0].set_title("top-1 (dashed: train, with dropout active)")
     axes[1].set_title("loss")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Dropout on a small training set")
-    return save(fig, path)
+    return finish(fig, axes, path, "Dropout on a small training set")
 
 
 STUDY = Study(
@@ -115,6 +111,5 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     params={"p": [0.0, 0.2, 0.5], "converge_fraction": 0.9},
-    sizes={"tiny": {"overrides": ["model.width=0.125", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
-                                  "trainer.limit_val_batches=1", "data.batch_size=8"]}},
+    sizes=tiny(train_batches=1, epochs=2),
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_modules.studies.base import Study, StudyResults, Variant, failed_note, fmt, pct, save, setup_axes
+from lightning_modules.studies.base import Study, StudyResults, Variant, failed_note, finish, fmt, pct, setup_axes, tiny
 
 
 def variants(params: dict) -> list[Variant]:
@@ -104,12 +104,7 @@ def plot(results: StudyResults, path: Path) -> Path:
                 ax.axvline(stop, color="red", ls=":", label=f"early stopping (patience {patience})")
     axes[0].set_title("loss")
     axes[1].set_title("top-1")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Epochs: underfitting -> optimum -> overfitting")
-    return save(fig, path)
+    return finish(fig, axes, path, "Epochs: underfitting -> optimum -> overfitting", legend_size=8)
 
 
 STUDY = Study(
@@ -122,7 +117,5 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     params={"epochs": 30, "patience": 5},
-    sizes={"tiny": {"overrides": ["model.width=0.125", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-                                  "data.batch_size=8"],
-                    "params": {"epochs": 3, "patience": 1}}},
+    sizes=tiny(train_batches=1, params={"epochs": 3, "patience": 1}),
 )

@@ -23,6 +23,7 @@ from lightning_modules.studies.base import (
     ratio,
     save,
     setup_axes,
+    tiny,
 )
 
 VARIANTS = {
@@ -119,7 +120,5 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     params={"variants": list(VARIANTS), "vanish_below": 1e-2},
-    sizes={"tiny": {"overrides": ["model.width=0.125", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-                                  "trainer.limit_val_batches=1", "data.batch_size=8",
-                                  "trainer.grad_monitor_every_n_steps=2"]}},
+    sizes=tiny(3, 1, "trainer.grad_monitor_every_n_steps=2"),
 )
