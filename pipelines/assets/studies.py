@@ -77,7 +77,7 @@ def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
         plot = Path(record["plot_path"])
         return dg.MaterializeResult(metadata={
             "verdict": dg.MetadataValue.md(record["text"]),
-            **{k: round(v, 5) for k, v in numbers.items()},
+            **{k: float(f"{v:.4g}") for k, v in numbers.items()},  # 4 significant digits: ratios reach 1e-10
             "plot": metadata.image(plot, study_name) if plot.is_file() else "no plot",
             "variants": dg.MetadataValue.json([{k: v[k] for k in ("name", "ok", "mlflow_run_id")}
                                                for v in record["variants"]]),
