@@ -89,6 +89,33 @@ def tune(
     return found
 
 
+
+def _find_lr(tuner, module, dm, run_dir: Path, *, min_lr: float, max_lr: float,
+             steps: int) -> dict[str, Any]:
+    """Lightning's LR sweep; the pick comes from our reading of its raw losses (see lr_range)."""
+    from lightning_modules import lr_range
+
+    with lr_range.recording_losses(module) as losses:
+        finder = tuner.lr_find(module, datamodule=dm, min_lr=min_lr, max_lr=max_lr, num_training=steps,
+                               early_stop_threshold=None, update_attr=False)
+    if finder is None:
+        raise VisionflowError("tune: the LR finder did not run (no training steps?)")
+    lrs = list(finder.results["lr"])
+    k = len(losses) // max(1, len(lrs))
+    if k > 1 and len(losses) == k * len(lrs):  # gradient accumulation: k micro-batches per LR step
+        losses = [sum(losses[i:i + k]) / k for i in range(0, len(losses), k)]
+    try:
+        s = lr_range.suggest(lrs, losses)
+    except ValueError as exc:
+        raise VisionflowError(f"tune: LR range test over {len(losses)} steps gave no suggestion: {exc}") from exc
+    (run_dir / "figures").mkdir(exist_ok=True)
+    lr_range.plot(lrs, losses, s, run_dir / "figures" / "lr_find.png")
+    (run_dir / "lr_find.json").write_text(json.dumps(
+        {"lr": lrs, "loss": losses, "smoothed": s.smoothed, "suggested_lr": s.lr, "lr_min_loss": s.lr_min_loss,
+         "lightning_suggestion": finder.suggestion()}, default=float))
+    return {"lr": s.lr, "lr_min_loss": s.lr_min_loss}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lightning_modules.tune", description=__doc__.split("\n\n")[0])
     p.add_argument("config", nargs="+", type=Path)
@@ -112,25 +139,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def _find_lr(tuner, module, dm, run_dir: Path, *, min_lr: float, max_lr: float,
-             steps: int) -> dict[str, Any]:
-    """Lightning's LR sweep; the pick comes from our reading of its raw losses (see lr_range)."""
-    from lightning_modules import lr_range
-
-    with lr_range.recording_losses(module) as losses:
-        finder = tuner.lr_find(module, datamodule=dm, min_lr=min_lr, max_lr=max_lr, num_training=steps,
-                               early_stop_threshold=None, update_attr=False)
-    if finder is None:
-        raise VisionflowError("tune: the LR finder did not run (no training steps?)")
-    lrs = list(finder.results["lr"])
-    try:
-        s = lr_range.suggest(lrs, losses)
-    except ValueError as exc:
-        raise VisionflowError(f"tune: LR range test over {len(losses)} steps gave no suggestion: {exc}") from exc
-    (run_dir / "figures").mkdir(exist_ok=True)
-    lr_range.plot(lrs, losses, s, run_dir / "figures" / "lr_find.png")
-    (run_dir / "lr_find.json").write_text(json.dumps(
-        {"lr": lrs, "loss": losses, "smoothed": s.smoothed, "suggested_lr": s.lr, "lr_min_loss": s.lr_min_loss,
-         "lightning_suggestion": finder.suggestion()}, default=float))
-    return {"lr": s.lr, "lr_min_loss": s.lr_min_loss}
