@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from lightning_modules.errors import ConfigError
@@ -235,3 +236,42 @@ def test_report_takes_the_latest_verdict_of_each_study(tmp_path):
         os.utime(path, (1000 + i, 1000 + (5 - i if folder == "dropout/default" else i)))
     found = {v["study"]: v["text"] for v in load_verdicts(tmp_path)}
     assert found == {"dropout": "dropout/default", "epochs": "epochs"}  # the newest file, not the last listed
+
+
+def test_seeds_repeat_every_variant_and_the_verdict_uses_the_mean(tiny_prepared_imagenet, prepared_transfer,
+                                                                   mlflow_uri, tmp_path):
+    import statistics
+
+    from lightning_modules.studies.seeds import merge
+
+    out = tmp_path / "dropout"
+    record = run_study("dropout", prepared_transfer, out, launch=inprocess_launch, tracking_uri=mlflow_uri,
+                       size="tiny", params={"p": [0.0, 0.5], "seeds": [0, 1]}, env={"VISIONFLOW_THREADS": "1"})
+    assert [v["name"] for v in record["variants"]] == ["p0-s0", "p0-s1", "p0.5-s0", "p0.5-s1"]
+    runs = {n: json.loads((out / n / "result.json").read_text()) for n in ("p0-s0", "p0-s1")}
+    assert yaml.safe_load((out / "p0-s1" / "config.yaml").read_text())["trainer"]["seed"] == 1
+    finals = [r["history"][-1]["train_loss"] for r in runs.values()]
+    assert finals[0] != finals[1]  # another seed is another run
+    accs = [r["history"][-1]["val_acc1"] for r in runs.values()]
+    assert record["numbers"]["p0.val_acc1_std_over_seeds"] == pytest.approx(statistics.stdev(accs))
+    assert record["numbers"]["seeds"] == 2 and "means over 2 seeds" in record["text"]
+    # The study's own numbers come from the per-epoch mean of the seeds' histories.
+    res = _results(out.parent, "dropout")
+    variants = get_study("dropout").variants({"p": [0.0, 0.5]})
+    merged = {v.name: v for v in merge(variants, res.variants, [0, 1])}
+    assert merged["p0"].curve("train_loss")[-1] == pytest.approx(statistics.fmean(finals))
+    assert record["numbers"]["p0.final_train_acc1"] == pytest.approx(
+        statistics.fmean(r["history"][-1]["train_acc1"] for r in runs.values()))
+
+
+def test_seeds_parameter_is_checked():
+    from lightning_modules.studies.seeds import expand, seeds_of
+
+    assert seeds_of({}) == [] and seeds_of({"seeds": 3}) == [3]
+    with pytest.raises(ConfigError, match="repeated"):
+        seeds_of({"seeds": [1, 1]})
+    with pytest.raises(ConfigError, match="integers"):
+        seeds_of({"seeds": ["a"]})
+    v = get_study("dropout").variants({"p": [0.5]})
+    assert expand(v, []) == v
+    assert [(x.name, x.overrides[-1]) for x in expand(v, [7])] == [("p0.5-s7", "trainer.seed=7")]

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="default", choices=("default", "tiny"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="job override for every variant")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="study parameter (YAML value), e.g. p=[0,0.5] or batch_sizes=[16,64]")
+                   help="study parameter (YAML value), e.g. p=[0,0.5], batch_sizes=[16,64], or seeds=[0,1,2] (any "
+                        "study: each variant once per seed, verdicts on the mean curves)")
     p.add_argument("--launcher", default="subprocess", choices=("subprocess", "inprocess"),
                    help="inprocess: train in this process (saves the interpreter start-up per job)")
     p.add_argument("--threads", type=int, default=None,
@@ -82,7 +83,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     root = (args.out or runs_dir() / "studies").resolve()
     data = args.data or prepared_dir()
     for name in names:
-        known = STUDIES[name].params
+        known = [*STUDIES[name].params, "seeds"]  # seeds: every study can repeat its variants
         unknown = [k for k in params if k not in known]
         if unknown and args.name != "all":
             raise ConfigError(f"--param {', '.join(unknown)}: unknown for study {name} (known: {', '.join(known)})")

@@ -28,6 +28,7 @@ from lightning_modules.experiments import (
     subprocess_launch,
 )
 from lightning_modules.studies.base import SIZES, Study, StudyResults, VariantResult
+from lightning_modules.studies.seeds import expand, merge, seeds_of, spread
 
 log = logging.getLogger("visionflow")
 
@@ -133,7 +134,9 @@ def run_study(
     uri = tracking.resolve_uri(tracking_uri)
     tracking.ensure_store(uri)
     p = study.params_for(size, params)
-    variants = study.variants(p)
+    seeds = seeds_of(p)
+    base_variants = study.variants(p)
+    variants = expand(base_variants, seeds)  # one job per (variant, seed) when `seeds` is given
     common = [*study.size_overrides(size), *overrides]
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
@@ -155,8 +158,10 @@ def run_study(
         ctx = {"study": study.name, "out": out, "data": data, "configs": [base], "overrides": common, "params": p,
                "size": size, "env": env or {}}
         extra = study.extra(ctx) if study.extra else {}
-        res = StudyResults(results, p, extra)
+        res = StudyResults(merge(base_variants, results, seeds), p, extra)
         verdict = study.verdict(res)
+        numbers, text = spread(base_variants, results, seeds)
+        verdict = {**verdict, "numbers": {**verdict["numbers"], **numbers}, "text": verdict["text"] + text}
         plot_path = study.plot(res, out / f"{study.name}.png")
         record = _record(study, size, p, verdict, plot_path, results, parent, uri, experiment, data, extra,
                          time.monotonic() - start)

@@ -33,6 +33,8 @@ class StudyConfig(dg.Config):
     size: str = Field("default", description="default: a few CPU minutes on the embedded data; tiny: seconds (tests)")
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for every job, e.g. "
                                  "trainer.max_epochs=30 to scale the study up")
+    seeds: list[int] = Field(default_factory=list, description="run every variant once per seed; the verdict "
+                             "uses the mean curves and reports the spread across seeds ([] = one run each)")
 
 
 def studies_root(project: ProjectResource) -> Path:
@@ -44,8 +46,9 @@ def study_folder(project: ProjectResource, study_name: str, config: StudyConfig)
     import hashlib
 
     setting = config.size
-    if config.overrides:
-        setting += "-" + hashlib.sha1("\n".join(config.overrides).encode()).hexdigest()[:8]
+    if config.overrides or config.seeds:
+        key = "\n".join([*config.overrides, *([f"seeds={config.seeds}"] if config.seeds else [])])
+        setting += "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
     return studies_root(project) / study_name / setting
 
 
@@ -72,7 +75,8 @@ def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
 
         record = run_study(study_name, project.prepared(study.dataset), study_folder(project, study_name, config),
                            launch=_launch_through(context, launcher, mlflow), tracking_uri=mlflow.uri(),
-                           size=config.size, overrides=config.overrides)
+                           size=config.size, overrides=config.overrides,
+                           params={"seeds": config.seeds} if config.seeds else None)
         numbers = {k: float(v) for k, v in record["numbers"].items() if isinstance(v, (int, float)) and v == v}
         plot = Path(record["plot_path"])
         return dg.MaterializeResult(metadata={
