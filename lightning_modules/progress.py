@@ -16,6 +16,18 @@ T = TypeVar("T")
 log = logging.getLogger("visionflow")
 
 
+def log_to_stderr(fmt: str = "%(asctime)s %(levelname)s %(message)s", filter: logging.Filter | None = None) -> None:
+    """Send the `visionflow` logger's INFO lines to stderr, unless the process already set up logging."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    if filter is not None:
+        handler.addFilter(filter)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def track(items: Iterable[T], description: str, total: int | None = None, log_every: float = 10.0) -> Iterator[T]:
     """Yield from `items`, showing a Rich progress bar on a TTY and logging every `log_every` seconds."""
     if total is None and hasattr(items, "__len__"):

@@ -50,6 +50,7 @@ from lightning_modules.experiments import (
     parent_run,
     subprocess_launch,
 )
+from lightning_modules.progress import log_to_stderr
 
 log = logging.getLogger("visionflow")
 
@@ -871,7 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    _setup_logging()
+    log_to_stderr()
     try:
         cfg = load_search_config(args.config)
         summary = run_search(cfg, args.data, args.out, tracking_uri=args.tracking_uri)
@@ -888,15 +889,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best: trial {summary['best_trial']} {summary['metric']}={summary['best_value']:.4f} "
               f"-> {summary['best_config']}\n{Path(summary['best_config']).read_text()}")
     return 0
-
-
-def _setup_logging() -> None:
-    logger = logging.getLogger("visionflow")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

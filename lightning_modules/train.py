@@ -443,13 +443,9 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _setup_logging() -> None:
-    logger = logging.getLogger("visionflow")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [rank %(rank)s] %(message)s"))
-        handler.addFilter(_RankFilter())
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    from lightning_modules.progress import log_to_stderr
+
+    log_to_stderr("%(asctime)s %(levelname)s [rank %(rank)s] %(message)s", _RankFilter())
 
 
 class _RankFilter(logging.Filter):

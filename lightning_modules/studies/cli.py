@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from lightning_modules.errors import VisionflowError
+from lightning_modules.progress import log_to_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    _setup_logging()
+    log_to_stderr()
     try:
         return _dispatch(args)
     except VisionflowError as exc:
@@ -93,12 +93,3 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps({"study": name, "seconds": record["seconds"], "verdict": record["text"],
                           "plot": str(root / name / record["plot"])}))
     return 0
-
-
-def _setup_logging() -> None:
-    logger = logging.getLogger("visionflow")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
