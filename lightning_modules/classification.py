@@ -143,8 +143,9 @@ def input_normalization(model: dict[str, Any], data_mean, data_std) -> tuple[tup
     if model.get("torchvision_weights"):
         return IMAGENET_MEAN, IMAGENET_STD
     if model.get("pretrained_checkpoint") and Path(model["pretrained_checkpoint"]).is_file():
-        blob = torch.load(model["pretrained_checkpoint"], map_location="cpu", weights_only=False)
-        hp = blob.get("hyper_parameters") if isinstance(blob, dict) else None
+        from lightning_modules.checkpoints import load_checkpoint
+
+        hp = load_checkpoint(model["pretrained_checkpoint"], "model.pretrained_checkpoint").get("hyper_parameters")
         if hp and hp.get("mean") is not None and hp.get("std") is not None:
             return tuple(hp["mean"]), tuple(hp["std"])
     return tuple(data_mean), tuple(data_std)
@@ -161,14 +162,15 @@ def load_pretrained(model: nn.Module, path: str | Path, expect: dict[str, Any] |
     must be in the file with the same shape, else ConfigError. `expect` (this job's model config) is
     checked against the checkpoint's saved model settings first, so a mismatch names the setting.
     """
+    from lightning_modules.checkpoints import load_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "model.pretrained_checkpoint: file not found")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
+    blob = load_checkpoint(path, "model.pretrained_checkpoint")
+    state = blob.get("state_dict", blob)
     if not isinstance(state, dict):
         raise DataError(path, "model.pretrained_checkpoint: not a checkpoint or state dict")
-    saved = (blob.get("hyper_parameters") or {}).get("model") if isinstance(blob, dict) else None
+    hp = blob.get("hyper_parameters")
+    saved = hp.get("model") if isinstance(hp, dict) else None
     if expect and isinstance(saved, dict):
         differ = [f"{k}: checkpoint {saved.get(k)!r}, job {expect.get(k)!r}" for k in _ARCH_KEYS
                   if k in saved and saved.get(k) != expect.get(k)]

@@ -106,12 +106,10 @@ def _evaluate(a: argparse.Namespace) -> None:
 
 def _is_detector(checkpoint: Path) -> bool:
     """A detector checkpoint carries detection hyper-parameters (read without building anything)."""
-    import torch
+    from lightning_modules.checkpoints import load_checkpoint
 
-    if not checkpoint.is_file():
-        return False  # the evaluator names the missing file
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    return isinstance(blob, dict) and "detection" in (blob.get("hyper_parameters") or {})
+    hp = load_checkpoint(checkpoint).get("hyper_parameters")  # DataError naming a missing/damaged/unsafe file
+    return isinstance(hp, dict) and "detection" in hp
 
 
 def _predict(a: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ A job config is one YAML file (optionally followed by overlay files such as a ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -230,6 +231,7 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def validate(cfg: JobConfig, source: str) -> None:
+    _check_finite(to_dict(cfg), source)
     if cfg.task not in TASKS:
         raise ConfigError(f"{source}: task={cfg.task!r} is not one of {', '.join(TASKS)}")
     for (section, name), choices in _CHOICES.items():
@@ -292,6 +294,18 @@ def _validate_detection(cfg: JobConfig, source: str) -> None:
                        "detection.conf_threshold": d.conf_threshold, "detection.nms_iou": d.nms_iou}.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{source}: {key}={value!r} must be in [0, 1]")
+
+
+def _check_finite(d: Any, source: str, key: str = "") -> None:
+    """NaN and inf pass every `<= 0` test and then crash deep in torch: refuse them by name, up front."""
+    if isinstance(d, dict):
+        for k, v in d.items():
+            _check_finite(v, source, f"{key}.{k}" if key else str(k))
+    elif isinstance(d, (list, tuple)):
+        for i, v in enumerate(d):
+            _check_finite(v, source, f"{key}[{i}]")
+    elif isinstance(d, float) and not math.isfinite(d):
+        raise ConfigError(f"{source}: {key}={d!r} must be a finite number")
 
 
 # -- internals ---------------------------------------------------------------------------------

@@ -49,12 +49,12 @@ def load_classifier(checkpoint: str | Path) -> Classifier:
     """
     from lightning_modules.models import build_model
 
+    from lightning_modules.checkpoints import load_checkpoint
+
     path = Path(checkpoint)
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    hp = blob.get("hyper_parameters") if isinstance(blob, dict) else None
-    if not hp or "model" not in hp or "state_dict" not in blob:
+    blob = load_checkpoint(path)
+    hp = blob.get("hyper_parameters")
+    if not isinstance(hp, dict) or not isinstance(hp.get("model"), dict) or not isinstance(blob.get("state_dict"), dict):
         raise DataError(path, "not a visionflow training checkpoint (no hyper_parameters.model / state_dict)")
     m = hp["model"]
     backbone = build_model(m["name"], num_classes=hp["num_classes"], width=m.get("width", 1.0),

@@ -67,6 +67,15 @@ def lr_lambda(schedule: str, total_steps: int, steps_per_epoch: float, optim: di
     return f
 
 
+def onecycle_pct_start(pct: float, total: int) -> float:
+    """OneCycleLR's warm-up share, moved so both phases span at least half a step.
+
+    OneCycleLR divides by each phase's length in steps (pct * total - 1, then the rest); a warm-up
+    that rounds to zero steps (1 warm-up epoch of 1 step) divided by zero. Needs total >= 2.
+    """
+    return min(max(pct, 1.5 / total), (total - 0.5) / total)
+
+
 def configure_optimization(pl_module, model: nn.Module, o: dict[str, Any], lr: float) -> dict[str, Any]:
     """SGD or AdamW over `param_groups(model)` with a per-step schedule (what configure_optimizers returns)."""
     groups = param_groups(model, o.get("weight_decay", 0.0), lr=lr, body_lr_mult=o.get("body_lr_mult", 1.0))
@@ -80,11 +89,13 @@ def configure_optimization(pl_module, model: nn.Module, o: dict[str, Any], lr: f
     total = max(1, int(trainer.estimated_stepping_batches))
     epochs = max(1, trainer.max_epochs or 1)
     schedule = o.get("schedule", "cosine")
-    if schedule == "onecycle":
-        pct = o.get("warmup_epochs", 0.0) / epochs or 0.3
+    if schedule == "onecycle" and total >= 2:
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total, pct_start=min(max(pct, 1.0 / total), 0.99)
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total,
+            pct_start=onecycle_pct_start(o.get("warmup_epochs", 0.0) / epochs or 0.3, total),
         )
+    elif schedule == "onecycle":  # a single step has no cycle: that step runs at the peak LR
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, total, total / epochs, o))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

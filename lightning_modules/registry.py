@@ -7,8 +7,10 @@ decision is recorded as tags on the challenger's model version, including why it
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 ALIAS = "champion"
 SCORE_TAG = "test_acc1"
@@ -27,24 +29,72 @@ class Decision:
         return asdict(self)
 
 
-def log_and_register(uri: str, run_id: str, model, name: str, input_example=None) -> str:
-    """Log the torch model into the run and register it; returns the new version number.
+MODEL_DIR = "model"  # the run's artifact folder a registered version points to
+MODEL_FILE, SPEC_FILE = "model.ckpt", "model.json"
+FORMAT = "visionflow-checkpoint/1"
 
-    Pickle format: the loaded model is the same nn.Module class (pt2, MLflow's other format, is a
-    traced graph). `input_example` (a numpy batch) records the input signature.
+
+def log_and_register(uri: str, run_id: str, checkpoint: str | Path, name: str, *, kind: str,
+                     spec: dict | None = None) -> str:
+    """Store a checkpoint's weights and settings in the run and register them; returns the new version number.
+
+    No pickle: the version holds `model.ckpt` (only `hyper_parameters` and `state_dict`, loadable with
+    `weights_only=True`) and `model.json` (format, kind, input spec); our own code rebuilds the network
+    from them (`evaluate.load_classifier`, `detection.evaluation.load_predictor`). A registry artifact
+    swapped for a booby-trapped file is refused when loaded, never executed.
+    """
+    import tempfile
+
+    import torch
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from lightning_modules.checkpoints import load_checkpoint
+
+    blob = load_checkpoint(checkpoint)
+    client = MlflowClient(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({"hyper_parameters": blob.get("hyper_parameters"), "state_dict": blob.get("state_dict")},
+                   Path(tmp) / MODEL_FILE)
+        doc = {"format": FORMAT, "kind": kind, "checkpoint": str(checkpoint), **(spec or {})}
+        (Path(tmp) / SPEC_FILE).write_text(json.dumps(doc, indent=1, default=str))
+        client.log_artifacts(run_id, tmp, MODEL_DIR)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_DIR}"
+    return str(client.create_model_version(name, source=source, run_id=run_id).version)
+
+
+def download(uri: str, model_uri: str, kind: str | None = None) -> Path:
+    """The local `model.ckpt` of a registered version (`models:/name/3`, `models:/name@champion`).
+
+    DataError when the version is not in our format (e.g. registered by another tool) or of another kind.
     """
     import mlflow
-    import torch
-    import torchvision
+    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    # Explicit requirements: MLflow's inference of them imports and scans the environment (slow).
-    # Loading the pickled model also needs visionflow itself installed (its model classes).
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                        input_example=input_example, pip_requirements=requirements)
-    return str(mlflow.register_model(info.model_uri, name).version)
+    from lightning_modules.errors import DataError
+
+    client = MlflowClient(uri)  # this store's registry, whatever the process-wide MLflow settings are
+    name, sep, rest = model_uri.removeprefix("models:/").partition("/")
+    if sep:
+        version = rest
+    else:
+        name, _, alias = name.partition("@")
+        version = client.get_model_version_by_alias(name, alias).version
+    source = client.get_model_version_download_uri(name, str(version))
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri))
+    try:
+        doc = json.loads((folder / SPEC_FILE).read_text())
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise DataError(folder, f"{model_uri} is not a visionflow model (no {SPEC_FILE} with format {FORMAT})")
+    if kind is not None and doc.get("kind") != kind:
+        raise DataError(folder, f"{model_uri} is a {doc.get('kind')}, not a {kind}")
+    return folder / MODEL_FILE
 
 
 def champion(uri: str, name: str):

@@ -474,7 +474,10 @@ def _open(cfg: SearchConfig, data: Path, out: Path, launch: Launch, uri: str, ba
     study = optuna.create_study(storage=pruning.open_storage(storage_url), study_name=STUDY_NAME,
                                 sampler=sampler, pruner=pruning.build_pruner(cfg.pruner, cfg.pruner_args),
                                 direction=cfg.direction, load_if_exists=True)
-    identity = json.loads(json.dumps(cfg.identity()))  # as stored (tuples -> lists)
+    from lightning_modules.data.lineage import data_identity
+
+    # as stored (tuples -> lists); the data too: a rerun on re-prepared data is another search, not this one
+    identity = json.loads(json.dumps({**cfg.identity(), "data": data_identity(data)}))
     stored = study.user_attrs.get(STUDY_ATTR_SEARCH)
     if stored is None:
         study.set_user_attr(STUDY_ATTR_SEARCH, identity)

@@ -28,6 +28,8 @@ class Task:
     mode: str
     callbacks: Callable[[JobConfig], list] = lambda cfg: []
     distributed_sampler: bool = False  # litdata shards per rank itself; map-style sets need Lightning's sampler
+    # drops_last(images per rank, batch size): whether the train loader drops a last partial batch
+    drops_last: Callable[[int, int], bool] = lambda n, batch: True
 
 
 def _check_classification(data: Path):
@@ -90,7 +92,8 @@ TASKS: dict[str, Task] = {
     "classification": Task("classification", _check_classification, _build_classification, "val/loss", "min"),
     # YOLOv5's fitness: mostly mAP@0.5:0.95, a little mAP@0.5.
     "detection": Task("detection", _check_detection, _build_detection, "val/fitness", "max",
-                      callbacks=_detection_callbacks, distributed_sampler=True),
+                      callbacks=_detection_callbacks, distributed_sampler=True,
+                      drops_last=lambda n, batch: n >= 4 * batch),  # as DetectionDataModule.train_dataloader
 }
 
 

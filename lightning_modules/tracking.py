@@ -65,24 +65,6 @@ def git_sha(root: Path | None = None) -> str:
         return "unknown"
 
 
-def data_version(source_data_version: str | None, root: Path | None = None) -> str:
-    """The prepared data's source version, else the md5 in the repo's data.dvc, else "unknown"."""
-    root = root or project_root()
-    if source_data_version:
-        return str(source_data_version)
-    dvc_file = root / "data.dvc"
-    if dvc_file.is_file():
-        import yaml
-
-        try:
-            outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
-            if outs and outs[0].get("md5"):
-                return str(outs[0]["md5"])
-        except yaml.YAMLError:
-            pass
-    return "unknown"
-
-
 def open_run(uri: str, experiment: str, run_dir: Path, run_name: str | None, tags: dict[str, str],
              run_id: str | None = None) -> tuple[str, bool]:
     """The MLflow run of RUN_DIR: (run_id, created).

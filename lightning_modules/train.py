@@ -31,6 +31,7 @@ from typing import Any
 
 from lightning_modules import distributed as dist
 from lightning_modules.config import JobConfig, diff, dump_yaml, flatten, load_config, to_dict
+from lightning_modules.data.lineage import data_identity
 from lightning_modules.errors import ConfigError, DataError, VisionflowError
 
 log = logging.getLogger("visionflow")
@@ -176,9 +177,30 @@ def check_same_job(run_dir: Path, cfg: JobConfig, data: Path) -> None:
         )
     job_file = run_dir / JOB_FILE
     if job_file.is_file():
-        old = json.loads(job_file.read_text()).get("data")
+        job = json.loads(job_file.read_text())
+        old = job.get("data")
         if old and Path(old) != data.resolve():
             raise ConfigError(f"{job_file}: this run folder trained on {old}, not {data.resolve()}; use a new --out")
+        # Same path, other content (the set was prepared again from other data): a new job, not this one.
+        then, now = job.get("data_fingerprint"), data_identity(data)
+        if then != now:
+            raise ConfigError(f"{job_file}: this run folder trained on {old or data} as it was then (data "
+                              f"{then or 'of unknown content'}); the set there now is {now or 'of unknown content'}: "
+                              "use a new --out to train on it")
+
+
+def check_trains(task, built, cfg: JobConfig, data_dir: Path, world_size: int) -> None:
+    """A job whose training set makes no full batch would "finish" after zero steps: say so instead."""
+    n = built.extra.get("train_samples")
+    if not n or cfg.trainer.fast_dev_run:
+        return
+    per_rank = n // world_size
+    batch = cfg.data.batch_size
+    full = per_rank // batch if task.drops_last(per_rank, batch) else -(-per_rank // batch)
+    if full < 1:
+        raise DataError(data_dir, f"{n} training images over {world_size} rank(s) ({per_rank} per rank) make no full "
+                                  f"batch of data.batch_size={batch}, and partial batches are dropped: the job would "
+                                  f"train zero steps. Use data.batch_size <= {max(1, per_rank)}, fewer ranks, or more data")
 
 
 def relaunch_under_torchrun(args: argparse.Namespace, cfg: JobConfig) -> int:
@@ -218,6 +240,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
 
     from lightning_modules import tracking
     from lightning_modules.callbacks import EpochHistory, standard_callbacks
+    from lightning_modules.checkpoints import LAST, atomic_checkpoint_io, resume_checkpoint
     from lightning_modules.tasks import get_task
 
     t = cfg.trainer
@@ -244,11 +267,16 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         "effective_batch": effective, "lr_effective": lr, "devices": devices, "num_nodes": num_nodes,
         "world_size": devices * num_nodes, "threads_per_rank": threads, **built.extra,
     }
-    data_version = tracking.data_version(dm.info.source_data_version)
+    from lightning_modules.data.lineage import prepared_version
+
+    data_version = prepared_version(data_dir)  # what the prep recorded, never a guess from the repo
+    check_trains(task, built, cfg, data_dir, devices * num_nodes)
     if rank0 and not fast:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_once(run_dir / CONFIG_FILE, dump_yaml(cfg))
-        _write_once(run_dir / JOB_FILE, json.dumps({"data": str(data_dir.resolve()), "config_sources": sources}, indent=2))
+        _write_once(run_dir / JOB_FILE, json.dumps({"data": str(data_dir.resolve()), "data_version": data_version,
+                                                    "data_fingerprint": data_identity(data_dir),
+                                                    "config_sources": sources}, indent=2))
         tracking.ensure_store(uri)
         tags = {**cfg.tracking.tags, "git_sha": tracking.git_sha(), "data_version": data_version,
                 "data_dir": str(data_dir.resolve()), "run_dir": str(run_dir), "model": cfg.model.name,
@@ -303,19 +331,25 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=rank0 and not fast,
         use_distributed_sampler=task.distributed_sampler,
+        plugins=[atomic_checkpoint_io()],
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if last.is_file() and not fast else None
+    last = run_dir / "checkpoints" / LAST
+    resume = None if fast else resume_checkpoint(last.parent, rank0=rank0)
+    ckpt_path = str(resume) if resume else None
     if ckpt_path and rank0:
         log.info("resuming from %s", ckpt_path)
     start = time.monotonic()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        # weights_only: resuming never unpickles code, whoever wrote the file
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except VisionflowError as exc:
         if run_id:
             tracking.set_tag(uri, run_id, "error", str(exc))
         raise
     seconds = time.monotonic() - start
+    if trainer.global_step == 0 and not fast:
+        raise DataError(data_dir, "the job finished without a single training step (no training batch was "
+                                  "produced: check trainer.limit_train_batches, data.batch_size and the train split)")
     if not rank0:
         return {}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -34,6 +34,12 @@ class ProjectResource(dg.ConfigurableResource):
     def prepared(self, name: str) -> Path:
         return self.path / "prepared" / name
 
+    def prepared_version(self, name: str) -> str:
+        """The data version the prep of `name` recorded (DVC md5 of its source, else its content hash)."""
+        from lightning_modules.data.lineage import prepared_version
+
+        return prepared_version(self.prepared(name))
+
     def run_dir(self, context: dg.AssetExecutionContext) -> Path:
         """runs/<asset>/<partition>/<dagster run id>: a retry of the same Dagster run resumes in it."""
         partition = context.partition_key if context.has_partition_key else "all"

@@ -160,7 +160,7 @@ def test_job_trains_tracks_and_keeps_ema_weights(trained: Path, mlflow_uri: str)
     # (9 augmented steps are too few to show learning; test_detectors checks each loss decreases)
     assert all(r["train_loss"] == r["train_loss"] and r["train_loss"] > 0 for r in rows)
     # the best checkpoint holds the EMA weights; the raw ones are kept for resuming
-    ckpt = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)
     assert "current_model_state" in ckpt
     key = next(k for k in ckpt["state_dict"] if k.endswith("weight") and "conv" in k)
     assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def _litdata_cache(tmp_path, monkeypatch):
 def img(path: Path, colour=(128, 128, 128), size=(24, 20), mode="RGB", fmt="JPEG") -> Path:
     """A small solid image with a little noise (so JPEGs are realistic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(str(path).encode()))  # distinct noise per file: no duplicates
     arr = np.clip(np.array(colour)[None, None] + rng.integers(-8, 9, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
     Image.fromarray(arr).convert(mode).save(path, fmt)
     return path
@@ -85,8 +86,9 @@ def test_imagenet_layout_with_kaggle_val_csv(tmp_path):
     assert [c["name"] for c in m["classes"]] == NAMES
     assert [(c["index"], c["train"], c["val"]) for c in m["classes"]] == [(0, 5, 2), (1, 5, 2), (2, 5, 2)]
     assert m["totals"] == {"train": 15, "val": 6, "rejected": 0} and m["rejected"] == []
-    assert set(m) == {"kind", "format", "image_size", "classes", "totals", "rejected", "mean", "std", "source",
-                      "source_data_version", "created"}
+    assert set(m) == {"producer", "kind", "format", "image_size", "classes", "totals", "rejected", "mean", "std",
+                      "source", "source_data_version", "created", "duplicates", "content_hash", "data_version"}
+    assert m["data_version"] == "content:" + m["content_hash"][:16]  # no DVC version given: the content's own
     assert json.loads((out / "manifest.json").read_text()) == m
     val = read_split(out, "val")
     assert sorted(s["label"] for s in val) == [0, 0, 1, 1, 2, 2]
@@ -254,7 +256,7 @@ def test_mean_std_on_known_colours(tmp_path):
     for cls, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
         (src / cls).mkdir(parents=True)
         for i in range(4):  # PNG: lossless, so every pixel is exactly the colour
-            Image.new("RGB", (30, 20), colour).save(src / cls / f"{i}.png")
+            Image.new("RGB", (30 + i, 20), colour).save(src / cls / f"{i}.png")  # distinct files, same colour
     m = prep(src, tmp_path / "out", val_fraction=0.25)
     assert m["totals"] == {"train": 6, "val": 2, "rejected": 0}  # 3 red + 3 blue in train
     assert np.allclose(m["mean"], [0.5, 0.0, 0.5], atol=1e-4)
@@ -299,6 +301,7 @@ def test_staged_output_restores_after_error(tmp_path):
     out = tmp_path / "o"
     with staged_output(out) as stage:
         (stage / "x").write_text("1")
+        (stage / "manifest.json").write_text(json.dumps({"producer": "visionflow-prep"}))
     with pytest.raises(RuntimeError):
         with staged_output(out) as stage:
             (stage / "x").write_text("2")
@@ -350,7 +353,9 @@ def test_stale_swap_of_a_dead_run_is_restored(tmp_path):
     old = tmp_path / ".o.old-999999999"  # a run killed between its two renames (no such pid)
     old.mkdir()
     (old / "x").write_text("good")
+    (old / "manifest.json").write_text(json.dumps({"producer": "visionflow-prep"}))
     (tmp_path / ".o.staging-999999999").mkdir()
+    (tmp_path / ".o.staging-999999999" / ".visionflow-staging").touch()
     with pytest.raises(RuntimeError):
         with staged_output(out):
             raise RuntimeError("boom")

@@ -239,7 +239,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_into_the_same_mlflow_run(tiny_prep
             import torch
 
             try:
-                step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+                step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
             except Exception:  # noqa: BLE001 - being written
                 step = 0
             if step >= steps + 1:
@@ -250,7 +250,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_into_the_same_mlflow_run(tiny_prep
     proc.wait()
     import torch
 
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    killed_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < killed_at < epochs * steps
     run_id = (out / "mlflow_run_id").read_text().strip()
     assert not (out / "result.json").exists()

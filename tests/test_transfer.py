@@ -61,8 +61,8 @@ def test_frozen_body_keeps_pretrained_weights_in_a_handed_over_mlflow_run(
     assert run.data.params["optim.freeze_body_epochs"] == "1" and "val/acc1" in run.data.metrics
     assert len(client.search_runs([exp])) == 1
 
-    before = torch.load(pretrained, map_location="cpu", weights_only=False)["state_dict"]
-    after = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    before = torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"]
+    after = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     body_before, body_after = _body(before), _body(after)
     assert body_before.keys() == body_after.keys() and len(body_after) > 10
     changed = [k for k in body_after if not torch.equal(body_before[k], body_after[k])]
@@ -91,7 +91,7 @@ def test_unfrozen_body_trains_at_the_body_lr(pretrained: Path) -> None:
         assert in_body == {bool(g.get("body"))} and g["lr"] == pytest.approx(0.01 if g.get("body") else 0.1)
     assert sum(len(g["params"]) for g in groups) == len(list(module.model.parameters()))
     # Loaded: every body tensor equals the checkpoint's; the 3-class head is new.
-    saved = _body(torch.load(pretrained, map_location="cpu", weights_only=False)["state_dict"])
+    saved = _body(torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"])
     own = module.model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in saved.items())
     assert module.model.head.fc.out_features == 3

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_modules.data.files import inside, walk_files
 from lightning_modules.data.images import is_candidate, is_class_folder
 from lightning_modules.errors import DataError
 
@@ -42,6 +42,8 @@ class ClassificationSource:
     train: Labelled
     val: Labelled | None  # None: no val given, split it off train
     test: Labelled | None = None  # held-out test/<class>/ files, when the source has them
+    # (path, reason) of entries not used: symlinks out of the source, symlink loops (rejected by the prep)
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
 
 def discover(src: Path) -> ClassificationSource:
@@ -59,13 +61,14 @@ def discover(src: Path) -> ClassificationSource:
     folders = _class_folders(train_root)
     wnids = [f.name for f in folders]
     names = _class_names(wnids, [src, data_root])
-    train = [(path, label) for label, folder in enumerate(folders) for path in _class_files(folder)]
-    val = _val_files(val_root, wnids, [src, data_root]) if val_root is not None and val_root.is_dir() else None
+    files = _ClassFiles(src)
+    train = [(path, label) for label, folder in enumerate(folders) for path in files(folder)]
+    val = _val_files(val_root, wnids, [src, data_root], files) if val_root is not None and val_root.is_dir() else None
     test_root = data_root / "test" if layout != "imagefolder" else None
-    test = _test_files(test_root, wnids) if test_root is not None and test_root.is_dir() else None
+    test = _test_files(test_root, wnids, files) if test_root is not None and test_root.is_dir() else None
     log.info("%s: %s layout, %d classes, %d train files, %s val files, %s test files", src, layout, len(wnids),
              len(train), "no" if val is None else len(val), "no" if test is None else len(test))
-    return ClassificationSource(src, layout, wnids, names, train, val, test)
+    return ClassificationSource(src, layout, wnids, names, train, val, test, files.refused)
 
 
 def stratified_split(samples: Labelled, val_fraction: float, seed: int) -> tuple[Labelled, Labelled]:
@@ -94,15 +97,21 @@ def _class_folders(root: Path) -> list[Path]:
     return folders
 
 
-def _class_files(folder: Path) -> list[str]:
-    """Every candidate file under `folder` (recursively, like torchvision's ImageFolder), sorted."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [os.path.join(dirpath, f) for f in sorted(filenames) if is_candidate(Path(f))]
-    if not files:
-        raise DataError(folder, f"class folder '{folder.name}' is empty: it holds no image files")
-    return files
+class _ClassFiles:
+    """Lists a class folder's candidate files (recursively, like ImageFolder) without leaving the source;
+    collects what it refused (symlinks out of the source, loops) for the prep's rejected list."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.refused: list[tuple[str, str]] = []
+
+    def __call__(self, folder: Path) -> list[str]:
+        listing = walk_files(folder, self.root, keep=lambda name: is_candidate(Path(name)))
+        self.refused += listing.refused
+        if not listing.files:
+            raise DataError(folder, f"class folder '{folder.name}' is empty: it holds no image files"
+                            + (f" inside the source ({listing.refused[0][1]})" if listing.refused else ""))
+        return listing.files
 
 
 def _class_names(wnids: list[str], search: list[Path]) -> list[str]:
@@ -117,18 +126,21 @@ def _class_names(wnids: list[str], search: list[Path]) -> list[str]:
     return [names.get(w, w) for w in wnids]
 
 
-def _val_files(val_root: Path, wnids: list[str], search: list[Path]) -> Labelled | None:
+def _val_files(val_root: Path, wnids: list[str], search: list[Path], class_files: _ClassFiles) -> Labelled | None:
     index = {w: i for i, w in enumerate(wnids)}
     folders = sorted(p for p in val_root.iterdir() if is_class_folder(p))
     csv_path = _find(VAL_CSV, search + [val_root])
     loose = sorted(p for p in val_root.iterdir() if p.is_file() and is_candidate(p) and p != csv_path)
+    outside = [p for p in loose if not inside(p, class_files.root)]
+    class_files.refused += [(str(p), "symlink leads outside the source: not followed") for p in outside]
+    loose = [p for p in loose if p not in outside]
     if folders and loose:
         raise DataError(val_root, "val/ mixes class folders and loose files; use one or the other")
     if folders:  # torchvision / ImageFolder style val/<class>/
         unknown = [f.name for f in folders if f.name not in index]
         if unknown:
             raise DataError(val_root / unknown[0], f"val class folder '{unknown[0]}' has no matching train class folder")
-        return [(path, index[f.name]) for f in folders for path in _class_files(f)]
+        return [(path, index[f.name]) for f in folders for path in class_files(f)]
     if not loose:
         log.warning("%s is empty; splitting val off train instead", val_root)
         return None
@@ -147,7 +159,7 @@ def _val_files(val_root: Path, wnids: list[str], search: list[Path]) -> Labelled
     return out
 
 
-def _test_files(test_root: Path, wnids: list[str]) -> Labelled | None:
+def _test_files(test_root: Path, wnids: list[str], class_files: _ClassFiles) -> Labelled | None:
     """test/<class>/* (ImageFolder style); every folder must name a train class. None when empty."""
     index = {w: i for i, w in enumerate(wnids)}
     folders = sorted(p for p in test_root.iterdir() if is_class_folder(p))
@@ -157,7 +169,7 @@ def _test_files(test_root: Path, wnids: list[str]) -> Labelled | None:
     unknown = [f.name for f in folders if f.name not in index]
     if unknown:
         raise DataError(test_root / unknown[0], f"test class folder '{unknown[0]}' has no matching train class folder")
-    files = [(path, index[f.name]) for f in folders for path in _class_files(f)]
+    files = [(path, index[f.name]) for f in folders for path in class_files(f)]
     return files or None
 
 

@@ -28,7 +28,9 @@ import numpy as np
 from lightning_modules.data.classification_source import ClassificationSource, Labelled, discover, stratified_split
 from lightning_modules.data.images import BadImage, load_chw
 from lightning_modules.data.previews import save_grid
-from lightning_modules.data.staging import staged_output
+from lightning_modules.data.duplicates import dedupe, hash_files
+from lightning_modules.data.lineage import content_hash, data_version
+from lightning_modules.data.staging import PRODUCER, check_not_overlapping, staged_output
 from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.progress import track
 
@@ -57,6 +59,7 @@ def prep_classification(
     """
     _check_args(image_size, val_fraction, max_rejected_fraction, workers)
     src, out = Path(src).resolve(), Path(out).resolve()
+    check_not_overlapping(src, out)  # before reading anything: the swap would delete the source
     source = discover(src)
     if source.val is None:
         train, val = stratified_split(source.train, val_fraction, seed)
@@ -65,16 +68,26 @@ def prep_classification(
     # Shuffle once so every chunk mixes classes; litdata only shuffles chunk order and within a few chunks.
     random.Random(seed).shuffle(train)
     test = source.test or []
-    total = len(train) + len(val) + len(test)
+    total = len(train) + len(val) + len(test) + len(source.refused)
     budget = _RejectBudget(total, max_rejected_fraction)
+    for path, reason in source.refused:
+        budget.add(path, reason)
 
-    with staged_output(out) as stage, _pool(workers) as pool:
+    with staged_output(out, source=src) as stage, _pool(workers) as pool:
+        digests = hash_files([p for split in (train, val, test) for p, _ in split], pool)
+        unique = dedupe({"train": train, "val": val, "test": test}, digests, source.names)
+        for path, reason in unique.rejected:
+            budget.add(path, reason)
+        train, val, test = unique.splits["train"], unique.splits["val"], unique.splits["test"]
         train_split = _write_split(stage, "train", train, image_size, pool, budget, source)
         val_split = _write_split(stage, "val", val, image_size, pool, budget, source)
         test_split = _write_split(stage, "test", test, image_size, pool, budget, source) if test else None
         budget.check_final()
         _check_classes(source, train_split, val_split, src)
         manifest = _manifest(source, image_size, train_split, val_split, budget, source_data_version, test_split)
+        manifest["duplicates"] = unique.counts
+        content = _content_hash(source, image_size, {"train": train, "val": val, "test": test}, digests, budget)
+        manifest["content_hash"], manifest["data_version"] = content, data_version(source_data_version, content)
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _save_preview(train_split, source, stage / "preview.png")
     log.info("prepared %s -> %s: %d train, %d val, %d test, %d rejected", src, out, manifest["totals"]["train"],
@@ -322,6 +335,7 @@ def _manifest(source, image_size, train: _SplitResult, val: _SplitResult, budget
             c["test"] = int(test.counts[c["index"]])
         totals["test"] = test.total
     return {
+        "producer": PRODUCER,
         "kind": "classification",
         "format": "litdata",
         "image_size": image_size,
@@ -334,6 +348,15 @@ def _manifest(source, image_size, train: _SplitResult, val: _SplitResult, budget
         "source_data_version": source_data_version,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _content_hash(source: ClassificationSource, image_size: int, splits: dict[str, Labelled],
+                  digests: dict[str, str | None], budget: _RejectBudget) -> str:
+    """What the prepared set holds: each kept file's bytes, class and split, plus the size it was stored at."""
+    rejected = {r["path"] for r in budget.rejected}
+    lines = [f"{split}\t{source.wnids[label]}\t{digests.get(path)}" for split, items in splits.items()
+             for path, label in items if path not in rejected]
+    return content_hash([f"image_size\t{image_size}", *lines])
 
 
 def _save_preview(train: _SplitResult, source: ClassificationSource, path: Path) -> None:

@@ -77,7 +77,8 @@ def synthesize(
 
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        dirs = {name: stack.enter_context(staged_output(out / name)) for name in SETS}
+        # _refuse_foreign checked above that these folders are generated data (synth.json beside them).
+        dirs = {name: stack.enter_context(staged_output(out / name, may_replace=lambda _: True)) for name in SETS}
         pool = stack.enter_context(_pool(workers)) if workers > 1 else None
         run = partial(_run, pool=pool, seed=seed, workers=workers)
         summary = {

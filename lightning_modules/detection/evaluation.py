@@ -74,12 +74,12 @@ def load_predictor(checkpoint: str | Path) -> YoloPredictor:
     """The predictor of one of our detector checkpoints (EMA weights when training used EMA)."""
     from lightning_modules.detection.module import DetectionModule
 
+    from lightning_modules.checkpoints import load_checkpoint
+
     path = Path(checkpoint)
-    if not path.is_file():
-        raise DataError(path, "detector checkpoint not found")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    hp = blob.get("hyper_parameters") if isinstance(blob, dict) else None
-    if not hp or "detection" not in hp:
+    blob = load_checkpoint(path, "detector checkpoint")
+    hp = blob.get("hyper_parameters")
+    if not isinstance(hp, dict) or "detection" not in hp or not isinstance(blob.get("state_dict"), dict):
         raise DataError(path, "not a visionflow detector checkpoint (no detection hyper-parameters)")
     # The backbone's pretraining checkpoint is already inside these weights: do not read it again.
     module = DetectionModule(**{**hp, "model": {**hp["model"], "pretrained_checkpoint": None}})

@@ -28,7 +28,7 @@ from lightning_modules.experiments import (
     subprocess_launch,
 )
 from lightning_modules.studies.base import SIZES, Study, StudyResults, VariantResult
-from lightning_modules.studies.seeds import expand, merge, seeds_of, spread
+from lightning_modules.studies.seeds import expand, failures, merge, seeds_of, spread
 
 log = logging.getLogger("visionflow")
 
@@ -161,7 +161,10 @@ def run_study(
         res = StudyResults(merge(base_variants, results, seeds), p, extra)
         verdict = study.verdict(res)
         numbers, text = spread(base_variants, results, seeds)
-        verdict = {**verdict, "numbers": {**verdict["numbers"], **numbers}, "text": verdict["text"] + text}
+        n_failed, failed_text = failures(results)
+        numbers["failed_runs"] = float(n_failed)
+        verdict = {**verdict, "numbers": {**verdict["numbers"], **numbers},
+                   "text": failed_text + verdict["text"] + text, "complete": n_failed == 0}
         plot_path = study.plot(res, out / f"{study.name}.png")
         record = _record(study, size, p, verdict, plot_path, results, parent, uri, experiment, data, extra,
                          time.monotonic() - start)

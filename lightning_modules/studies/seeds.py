@@ -54,7 +54,9 @@ def merge(variants: list[Variant], results: list[VariantResult], seeds: list[int
             error = next((r.error for r in runs if r.error), "no seed finished")
             merged.append(VariantResult(v.name, dict(v.tags), runs[0].run_dir if runs else None, {}, error=error))
             continue
-        result = {**ok[0].result, "history": _mean_history([r.history for r in ok]), "seeds": [r.tags[SEED_TAG] for r in ok]}
+        failed = [r.tags.get(SEED_TAG, r.name) for r in runs if not r.ok]
+        result = {**ok[0].result, "history": _mean_history([r.history for r in ok]),
+                  "seeds": [r.tags[SEED_TAG] for r in ok], "failed_seeds": failed}
         # Per-run files (e.g. gradient_flow.jsonl) are read from the first seed's folder.
         merged.append(VariantResult(v.name, dict(v.tags), ok[0].run_dir, result))
     return merged
@@ -91,6 +93,16 @@ def spread(variants: list[Variant], results: list[VariantResult], seeds: list[in
         sd = numbers[f"{v.name}.val_acc1_std_over_seeds"]
         parts.append(f"{v.name} {'n/a' if sd is None else fmt(100 * sd, 2)}")
     numbers["seeds"] = float(len(seeds))
-    text = (f" Curves are means over {len(seeds)} seeds; standard deviation across seeds of the final val "
-            f"top-1 (points): " + ", ".join(parts) + ".")
+    text = (f" Curves are means over the seeds that finished (of {len(seeds)}); standard deviation across seeds "
+            f"of the final val top-1 (points): " + ", ".join(parts) + ".")
     return numbers, text
+
+
+def failures(results: list[VariantResult]) -> tuple[int, str]:
+    """How many runs failed, and a sentence saying which: a verdict never drops a failed seed silently."""
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return 0, ""
+    names = ", ".join(f"{r.name} ({(r.error or 'failed')[:80]})" for r in failed[:6])
+    return len(failed), (f"INCOMPLETE: {len(failed)} of {len(results)} runs failed: {names}; the figures below "
+                         "use only the runs that finished. ")

@@ -23,6 +23,7 @@ class ClassificationPrepConfig(dg.Config):
     image_size: int = Field(64, description="side of the stored square images (px)")
     val_fraction: float = Field(0.15, description="stratified val split when the source has no val/")
     max_rejected_fraction: float = Field(0.05, description="fail when more files than this are unusable")
+    rejected_warn_fraction: float = Field(0.01, description="check rejected_under_limit warns above this share")
     workers: int = Field(2, description="decode/validate processes")
     seed: int = 0
 
@@ -59,9 +60,9 @@ def _classification_asset(name: str, source: str, description: str):
             source_data_version=version,
         )
         return dg.MaterializeResult(
-            metadata=_classification_metadata(m, out, version),
-            check_results=checks.classification_results(m, config.max_rejected_fraction),
-            data_version=dg.DataVersion(f"{version}:{config.image_size}"),
+            metadata=_classification_metadata(m, out, m["data_version"]),
+            check_results=checks.classification_results(m, config.rejected_warn_fraction),
+            data_version=dg.DataVersion(m["content_hash"]),  # changes with any prepared byte, label or setting
         )
 
     return _asset
@@ -75,6 +76,7 @@ class DetectionPrepConfig(dg.Config):
     format: str = Field("yolo", description="label format of the source: yolo | coco | voc")
     val_fraction: float = 0.2
     max_rejected_fraction: float = Field(0.1, description="fail when more boxes than this are bad")
+    rejected_warn_fraction: float = Field(0.01, description="check detection_rejected_under_limit warns above this")
     anchor_image_size: int = Field(416, description="anchors are in pixels at this letterboxed size")
     bpr_floor: float = Field(0.95, description="anchors_bpr check: minimum best-possible recall")
     seed: int = 0
@@ -95,7 +97,7 @@ def prepared_detection(context: dg.AssetExecutionContext, config: DetectionPrepC
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(out)),
-            "data_version": version or "untracked",
+            "data_version": m.get("data_version") or version or "untracked",
             "classes": dg.MetadataValue.json(m["classes"]),
             "images": sum(c["images"] for c in counts.values()),
             "boxes": sum(c["boxes"] for c in counts.values()),
@@ -105,8 +107,8 @@ def prepared_detection(context: dg.AssetExecutionContext, config: DetectionPrepC
             "anchor_stats": dg.MetadataValue.json(m["anchor_stats"]),
             "samples_with_boxes": metadata.image(out / "preview.png", "samples with boxes"),
         },
-        check_results=checks.detection_results(m, config.max_rejected_fraction, config.bpr_floor),
-        data_version=dg.DataVersion(f"{version}:{config.format}"),
+        check_results=checks.detection_results(m, config.rejected_warn_fraction, config.bpr_floor),
+        data_version=dg.DataVersion(m.get("content_hash") or f"{version}:{config.format}"),
     )
 
 DATA_ASSETS = [raw_data, prepared_imagenet, prepared_transfer, prepared_detection]

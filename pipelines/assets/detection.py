@@ -84,7 +84,7 @@ class DetectionEvaluationConfig(dg.Config):
                 "samples; registers the detector and moves `champion` only when it beats the champion.",
 )
 def detection_evaluation(context: dg.AssetExecutionContext, config: DetectionEvaluationConfig,
-                         project: ProjectResource, dvc: DvcResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+                         project: ProjectResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     from lightning_modules import tracking
     from lightning_modules.detection import evaluation as ev
 
@@ -94,7 +94,8 @@ def detection_evaluation(context: dg.AssetExecutionContext, config: DetectionEva
     if not event:
         raise dg.Failure(f"yolo_detector[{version}] was never materialized")
     trained = {k: v.value for k, v in event[0].asset_materialization.metadata.items()}
-    data, out, data_version = project.prepared("detection"), project.run_dir(context), dvc.data_version() or "untracked"
+    data, out = project.prepared("detection"), project.run_dir(context)
+    data_version = project.prepared_version("detection")  # the scored data: the registry compares on it
     predictor = ev.load_predictor(trained["best_checkpoint"])
     res = ev.evaluate_predictor(predictor, data, split=config.split, out_dir=out)
     passed_floor, finite = res["map_50"] >= config.map50_floor, not res["nan"]
@@ -107,16 +108,14 @@ def detection_evaluation(context: dg.AssetExecutionContext, config: DetectionEva
     for path in [*res["figure_paths"], out / "metrics.json", out / "gt_coco.json", out / "pred_coco.json"]:
         tracking.log_artifact(uri, run_id, Path(path), "evaluation")
 
-    import numpy as np
-
-    version_no = registry.log_and_register(uri, run_id, predictor.cpu(), name, input_example=np.zeros(
-        (1, 3, predictor.image_size, predictor.image_size), dtype=np.uint8))
+    # The registered version holds weights + settings only (no pickle); load_predictor rebuilds the detector.
+    size = predictor.image_size
+    version_no = registry.log_and_register(uri, run_id, trained["best_checkpoint"], name, kind="detector",
+                                           spec={"input": [3, size, size], "dtype": "uint8",
+                                                 "classes": predictor.class_names, "data_version": data_version})
 
     def rescore(model_uri: str) -> float:
-        import mlflow as mlf
-
-        mlf.set_tracking_uri(uri)
-        champion = mlf.pytorch.load_model(model_uri)
+        champion = ev.load_predictor(registry.download(uri, model_uri, kind="detector"))
         return ev.evaluate_predictor(champion, data, split=config.split, out_dir=out / "champion")["map_50"]
 
     decision = registry.decide_and_promote(uri, name, version_no, score=res["map_50"], data_version=data_version,

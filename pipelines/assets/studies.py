@@ -42,14 +42,16 @@ def studies_root(project: ProjectResource) -> Path:
 
 
 def study_folder(project: ProjectResource, study_name: str, config: StudyConfig) -> Path:
-    """runs/studies/<study>/<size>[-<hash of the overrides>]: each setting keeps its own finished jobs."""
+    """runs/studies/<study>/<size>-<hash of data version and overrides>: each setting keeps its own finished
+    jobs, and new data (a new prepared version) trains anew instead of reusing jobs run on the old data."""
     import hashlib
 
-    setting = config.size
-    if config.overrides or config.seeds:
-        key = "\n".join([*config.overrides, *([f"seeds={config.seeds}"] if config.seeds else [])])
-        setting += "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
-    return studies_root(project) / study_name / setting
+    from lightning_modules.data.lineage import data_identity
+    from lightning_modules.studies import get_study
+
+    data = data_identity(project.prepared(get_study(study_name).dataset))
+    key = "\n".join([f"data={data}", *config.overrides, *([f"seeds={config.seeds}"] if config.seeds else [])])
+    return studies_root(project) / study_name / f"{config.size}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def _launch_through(context: dg.AssetExecutionContext, launcher: TrainingLauncher, mlflow: MlflowResource):

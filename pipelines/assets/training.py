@@ -35,8 +35,10 @@ def launch_job(context: dg.AssetExecutionContext, *, stage: str, config: TrainCo
                overrides: list[str], project: ProjectResource, dvc: DvcResource,
                mlflow: MlflowResource, launcher: TrainingLauncher, tags: dict | None = None) -> dg.MaterializeResult:
     """Create the MLflow run, launch the job, and turn what rank 0 reported into asset metadata."""
+    from lightning_modules.data.lineage import prepared_version
+
     run_dir = project.run_dir(context)
-    version = dvc.data_version()
+    version = prepared_version(data)  # the data this job reads, as its prep recorded it
     run_id = mlflow.start_run(context, stage, run_dir, version, tags)
     spec = JobSpec(
         configs=[str(project.path / f) for f in (config.config_file, *config.extra_config_files)], data=data,
