@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +321,259 @@ def test_synthetic_detection_set_preps_the_same_from_yolo_and_coco(tmp_path):
             assert r["labels"] == cs[name]["labels"], name
             np.testing.assert_allclose(np.reshape(r["boxes"], (-1, 4)), np.reshape(cs[name]["boxes"], (-1, 4)),
                                        atol=0.05, err_msg=name)
+
+
+# ---------------------------------------------------------------- hostile or broken inputs (outside review)
+
+
+def _png_claiming(path: Path, w: int, h: int) -> Path:
+    """A tiny valid PNG whose IHDR then claims w x h pixels (CRC fixed): only a decode would notice."""
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"  # 8-byte signature, 4-byte length, then the IHDR chunk
+    data[16:24] = struct.pack(">II", w, h)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _reasons(data_or_manifest) -> dict:
+    rejected = data_or_manifest["rejected"] if isinstance(data_or_manifest, dict) else \
+        [r.as_dict() for r in data_or_manifest.rejected]
+    return {(Path(r["path"]).name, r["line"]): r["reason"] for r in rejected}
+
+
+def test_huge_images_rejected_from_the_header(tmp_path):
+    root = write_yolo(tmp_path / "src", _big_scene())
+    _png_claiming(root / "images" / "train" / "bomb.png", 60000, 60000)  # PIL itself would raise
+    _png_claiming(root / "images" / "train" / "big.png", 13000, 13000)  # PIL would decode 1.15 GB
+    m = prep_detection(root, tmp_path / "out", max_rejected_fraction=0.5)
+    got = _reasons(m)
+    assert got[("big.png", None)] == ("image is 13000x13000 (169.0 MP), over the max_image_pixels limit "
+                                      "of 100 MP")
+    assert got[("bomb.png", None)].startswith("image is 60000x60000 (3600.0 MP), over")
+    assert m["counts"]["train"]["images"] == 7 and m["max_image_pixels"] == 100_000_000
+    # the limit is configurable: 64x48 = 3072 pixels passes at 4000, 72x48 does not
+    data = read_yolo(root, max_image_pixels=3100)
+    assert "over the max_image_pixels limit of 0.0031 MP" in _reasons(data)[("t1.jpg", None)]
+    with pytest.raises(ConfigError, match="max_image_pixels"):
+        prep_detection(root, tmp_path / "out2", max_image_pixels=0)
+
+
+def test_write_images_checks_the_header_before_decoding(tmp_path):
+    from lightning_modules.data.detection_prep import _write_images
+    from lightning_modules.data.detection_readers import DetectionSource, DetImage
+
+    big = _png_claiming(tmp_path / "big.png", 13000, 13000)
+    data = DetectionSource(classes=["cat"], images=[DetImage(big, 13000, 13000, [[0, 0, 5, 5]], [0], "train")],
+                           rejected=[])
+    written = _write_images(data, tmp_path / "stage")
+    assert data.images == [] and written.records["train"] == []
+    assert data.rejected[0].reason == ("image is 13000x13000 (169.0 MP), over the max_image_pixels limit of "
+                                       "100 MP (1 box dropped with it)")
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"nc": "five"}, "`nc`"),
+    ({"names": "cat dog"}, "`names` must be a list"),
+    ({"names": ["cat", {"x": 1}]}, "`names[1]`"),
+    ({"names": ["cat", True]}, "`names[1]` is the boolean"),
+    ({"names": {0: "cat", 1: None}}, "`names[1]`"),
+    ({"path": ["a", "b"]}, "`path`"),
+    ({"train": {"a": 1}}, "`train`"),
+    ({"val": 7}, "`val`"),
+    ({"train": None}, "`train`"),
+])
+def test_bad_data_yaml_is_data_error_naming_the_key(tmp_path, change, key):
+    root = write_yolo(tmp_path)
+    cfg = {**yaml.safe_load((root / "data.yaml").read_text()), **change}
+    (root / "data.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError, match=re.escape(key)) as e:
+        read_yolo(root)
+    assert e.value.path == str(root / "data.yaml")
+
+
+@pytest.mark.parametrize("categories, match", [
+    ([{"name": "cat"}], r"categories\[0\] has no `id`"),
+    ([{"id": 3, "name": "cat"}, {"id": "seven", "name": "dog"}], r"categories\[1\]: `id` must be an integer"),
+    ([{"id": 3, "name": "cat"}, {"id": 3, "name": "dog"}], r"categories\[1\]: id 3 is named 'dog' here but 'cat'"),
+    (["cat"], r"categories\[0\] is not an object"),
+    ({"3": "cat"}, "`categories` must be a list"),
+])
+def test_coco_bad_categories_are_data_errors(tmp_path, categories, match):
+    root = write_coco(tmp_path)
+    f = root / "annotations" / "instances_train.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "categories": categories}))
+    with pytest.raises(DataError, match=match) as e:
+        read_coco(root)
+    assert e.value.path == str(f)
+
+
+def test_coco_odd_entries_are_rejections(tmp_path):
+    root = write_coco(tmp_path)
+    f = root / "annotations" / "instances_train.json"
+    doc = json.loads(f.read_text())
+    doc["annotations"] += [5, [1, 2], {"image_id": 1, "category_id": 3.5, "bbox": [1, 1, 5, 5]}]
+    doc["images"] += [7, {"id": 9}, {"file_name": "b.jpg"}, {"id": [1], "file_name": "b.jpg"}]
+    f.write_text(json.dumps(doc))
+    data = read_coco(root)
+    got = {(r.line, r.reason) for r in data.rejected}
+    n = len(doc["annotations"])
+    assert (n - 3, f"annotations[{n - 3}] is not an object: '5'") in got
+    assert (n - 2, f"annotations[{n - 2}] is not an object: '[1, 2]'") in got
+    assert (n - 1, "malformed category_id 3.5 (image a.jpg)") in got  # not silently category 3
+    assert {(None, "images[2] is not an object: '7'"), (None, "images[3] has no `file_name` (got None)"),
+            (None, "images[4] has no usable `id` (got None)"), (None, "images[5] has no usable `id` (got [1])")} <= got
+    assert all(r.path == str(f) for r in data.rejected)
+    assert sorted(im.path.stem for im in data.images) == ["a", "b", "c"]
+    for key in ("images", "annotations"):
+        f.write_text(json.dumps({**doc, key: {"0": 1}}))
+        with pytest.raises(DataError, match=f"`{key}` must be a list"):
+            read_coco(root)
+
+
+def test_paths_leaving_the_dataset_root_are_never_read(tmp_path):
+    _image(tmp_path / "secret.jpg", 20, 20)  # outside every dataset root below
+    coco = write_coco(tmp_path / "coco")
+    f = coco / "annotations" / "instances_train.json"
+    doc = json.loads(f.read_text())
+    doc["images"] += [{"id": 20, "file_name": "../../../secret.jpg"}, {"id": 21, "file_name": str(tmp_path / "secret.jpg")}]
+    f.write_text(json.dumps(doc))
+    got = {r.reason for r in read_coco(coco).rejected}
+    assert f"images[2]: file_name '../../../secret.jpg' leaves the dataset root {coco}: not read" in got
+    assert f"images[3]: file_name '{tmp_path / 'secret.jpg'}' leaves the dataset root {coco}: not read" in got
+
+    voc = write_voc(tmp_path / "voc")
+    (voc / "Annotations" / "a.xml").write_text(_voc_xml("../../secret.jpg", 20, 20, [_voc_object("cat", 1, 1, 9, 9)]))
+    got = _reasons(read_voc(voc))
+    assert got[("a.xml", None)] == (f"<filename> '../../secret.jpg' leaves the dataset root {voc}: not read "
+                                    "(1 box dropped with it)")
+
+    yolo = write_yolo(tmp_path / "yolo")
+    (yolo / "train.txt").write_text("images/train/a.jpg\n../secret.jpg\n")
+    cfg = yaml.safe_load((yolo / "data.yaml").read_text())
+    (yolo / "data.yaml").write_text(yaml.safe_dump({**cfg, "train": "train.txt"}))
+    data = read_yolo(yolo)
+    assert _reasons(data)[("secret.jpg", None)] == f"image leaves the dataset root {yolo}: not read"
+    assert [im.path.name for im in data.images if im.split == "train"] == ["a.jpg"]
+    (yolo / "data.yaml").write_text(yaml.safe_dump({**cfg, "train": "../coco/images/train"}))
+    with pytest.raises(DataError, match="`train` entry '../coco/images/train' leaves the dataset root"):
+        read_yolo(yolo)
+    # `path` pointing elsewhere is the user's explicit choice: that folder is then the root
+    (yolo / "data.yaml").write_text(yaml.safe_dump({**cfg, "path": "../coco", "train": "images/train",
+                                                    "val": "images/val"}))
+    assert len(read_yolo(yolo).images) == 3
+
+
+def test_symlinks_out_of_the_root_rejected_and_loops_skipped(tmp_path, caplog):
+    _image(tmp_path / "outside" / "o.jpg", 20, 20)
+    root = write_yolo(tmp_path / "src")
+    train = root / "images" / "train"
+    (train / "link.jpg").symlink_to(tmp_path / "outside" / "o.jpg")
+    (train / "out").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (train / "loop").symlink_to(train, target_is_directory=True)  # a folder that contains itself
+    (root / "labels" / "train" / "b.txt").symlink_to(tmp_path / "outside" / "o.jpg")
+    with caplog.at_level("WARNING", logger="visionflow"):
+        data = read_yolo(root)
+    got = _reasons(data)
+    assert got[("link.jpg", None)].startswith(f"image is a symlink to {tmp_path / 'outside' / 'o.jpg'}, outside")
+    assert got[("out", None)].startswith(f"symlinked folder to {tmp_path / 'outside'}, outside the dataset root")
+    assert got[("b.txt", None)].startswith("label file is a symlink to")
+    assert "symlink loop" in caplog.text
+    assert sorted(im.path.name for im in data.images) == ["a.jpg", "c.jpg"]
+
+
+def test_duplicate_images_within_and_across_splits(tmp_path):
+    scene = _big_scene()
+    root = write_voc(tmp_path / "src", scene)
+    jpg = root / "JPEGImages"
+    (jpg / "t1_copy.jpg").write_bytes((jpg / "t1.jpg").read_bytes())  # same split, other name
+    (jpg / "a_leak.jpg").write_bytes((jpg / "t2.jpg").read_bytes())  # in val, and read before t2 (sorted stems)
+    (root / "Annotations" / "t1_copy.xml").write_text(_voc_xml("t1_copy.jpg", 72, 48, []))
+    (root / "Annotations" / "a_leak.xml").write_text(_voc_xml("a_leak.jpg", 80, 48, [_voc_object("cat", 1, 1, 9, 9)]))
+    sets = root / "ImageSets" / "Main"
+    (sets / "train.txt").write_text((sets / "train.txt").read_text() + "t1_copy\n")
+    (sets / "val.txt").write_text((sets / "val.txt").read_text() + "a_leak\n")
+    m = prep_detection(root, tmp_path / "out", fmt="voc", max_rejected_fraction=0.3)
+    got = _reasons(m)
+    assert got[("t1_copy.jpg", None)] == (f"duplicate of {jpg / 't1.jpg'} (train): the same image twice in one "
+                                          "split: the first copy is kept")
+    assert got[("a_leak.jpg", None)] == (f"duplicate of {jpg / 't2.jpg'} (train): held-out images must not be "
+                                         "seen in training (1 box dropped with it)")
+    assert m["duplicates"] == {"within_split": 1, "across_splits": 1}
+    val = json.loads((tmp_path / "out" / "val.json").read_text())
+    assert [r["image"] for r in val] == ["images/val/v0.png"]
+
+
+def test_per_file_failures_become_rejections(tmp_path, monkeypatch):
+    import lightning_modules.data.detection_readers as readers
+
+    root = write_yolo(tmp_path / "src", _big_scene())
+    (root / "labels" / "train" / "t0.txt").write_bytes(b"\xff\xfe\x00\x01 binary garbage\n")
+    corrupt = root / "images" / "train" / "t1.jpg"
+    noise = np.random.default_rng(0).integers(0, 255, (48, 72, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(corrupt)
+    corrupt.write_bytes(corrupt.read_bytes()[:-2000])  # header fine, data cut off
+    real = readers._read_yolo_labels
+
+    def flaky(label, *a):
+        if label.stem == "t2":
+            raise RuntimeError("boom")
+        return real(label, *a)
+
+    monkeypatch.setattr(readers, "_read_yolo_labels", flaky)
+    m = prep_detection(root, tmp_path / "out", max_rejected_fraction=0.5)
+    got = _reasons(m)
+    assert got[("t0.txt", None)].startswith("label file is not UTF-8 text (binary or another encoding)")
+    assert got[("t0.txt", None)].endswith("; its image is dropped")
+    assert got[("t2.jpg", None)] == "RuntimeError: boom"
+    assert got[("t1.jpg", None)].startswith("unreadable image: ") and got[("t1.jpg", None)].endswith(
+        "(3 boxes dropped with it)")
+    assert m["counts"]["train"]["images"] == 4
+
+
+def test_voc_odd_xml_structure_rejected(tmp_path):
+    root = write_voc(tmp_path)
+    (root / "Annotations" / "a.xml").write_text("<annotations><filename>a.jpg</filename></annotations>")
+    obj = _voc_object("dog", 5, 5, 25, 35)
+    (root / "Annotations" / "c.xml").write_text(_voc_xml("c.jpg", 50, 40, [f"<group>{obj}</group>"]))
+    (root / "Annotations" / "b.xml").write_bytes(b"\x00\xff not xml")
+    got = _reasons(read_voc(root))
+    assert got[("a.xml", None)] == "root element is <annotations>, not <annotation>: not a VOC annotation"
+    assert got[("c.xml", None)] == "1 <object> element(s) not directly under <annotation>: odd structure"
+    assert got[("b.xml", None)].startswith("missing or unreadable annotation: ")
+
+
+def test_unreadable_label_file_drops_its_image(tmp_path, monkeypatch):
+    root = write_yolo(tmp_path)
+    label = root / "labels" / "train" / "a.txt"
+    real = Path.read_bytes
+
+    def read_bytes(self):  # chmod 0 would not stop a test run as root
+        if self == label:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    data = read_yolo(root)
+    assert _reasons(data)[("a.txt", None)] == (f"unreadable label file: [Errno 13] Permission denied: '{label}'; "
+                                               "its image is dropped")
+    assert sorted(im.path.stem for im in data.images) == ["b", "c"]
+
+
+def test_manifest_lineage(tmp_path):
+    src = write_yolo(tmp_path / "src", _big_scene())
+    m = prep_detection(src, tmp_path / "a")
+    assert m["producer"] == "visionflow-prep"
+    assert len(m["content_hash"]) == 32 and m["data_version"] == "content:" + m["content_hash"][:16]
+    assert m["duplicates"] == {"within_split": 0, "across_splits": 0}
+    assert prep_detection(src, tmp_path / "a")["content_hash"] == m["content_hash"]  # stable
+    assert prep_detection(src, tmp_path / "b", source_data_version="v1")["data_version"] == "v1"
+    label = src / "labels" / "train" / "t0.txt"
+    label.write_text(label.read_text().replace("0 ", "1 ", 1))  # one label changed
+    changed = prep_detection(src, tmp_path / "a")["content_hash"]
+    assert changed != m["content_hash"]
+    _image(src / "images" / "train" / "t3.jpg", 88, 48, mode="L")  # same size, other pixels
+    assert prep_detection(src, tmp_path / "a")["content_hash"] != changed

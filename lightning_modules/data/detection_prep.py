@@ -1,22 +1,40 @@
 """Prepare a detection dataset (YOLO, COCO or VOC) into the one prepared form the trainers read.
 
 OUT/{split}.json, OUT/images/<split>/*.png (RGB), OUT/manifest.json (classes, counts, rejected boxes,
-YOLOv2/v3 anchors), OUT/preview.png. Built in a staging folder and swapped in on success.
+YOLOv2/v3 anchors, duplicates, content hash), OUT/preview.png. Built in a staging folder and swapped in on success.
+
+Each image is read once: its bytes are hashed (md5) and decoded from memory. The same bytes twice in a
+split keep the first copy; the same bytes in train and a held-out split keep the train copy, so that no
+validation or test image was seen in training.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from lightning_modules.data.anchors import ANCHOR_COUNTS, compute_anchors, letterbox_wh
-from lightning_modules.data.detection_readers import DetectionSource, DetImage, Rejection, read_detection
-from lightning_modules.data.staging import staged_output
+from lightning_modules.data.detection_readers import (
+    SPLITS,
+    DetectionSource,
+    DetImage,
+    Rejection,
+    dropped_with,
+    read_detection,
+    rejecting_errors,
+)
+from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImage, open_image
+from lightning_modules.data.lineage import content_hash as lineage_hash
+from lightning_modules.data.lineage import data_version
+from lightning_modules.data.staging import PRODUCER, staged_output
 from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.progress import track
 
@@ -34,26 +52,37 @@ def prep_detection(
     anchor_image_size: int = 416,
     seed: int = 0,
     source_data_version: str | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> dict:
-    """Read SRC in `fmt`, check every box, copy images as RGB PNG, compute anchors; returns the manifest."""
+    """Read SRC in `fmt`, check every box, copy images as RGB PNG, compute anchors; returns the manifest.
+
+    An image whose header claims more than `max_image_pixels` pixels is rejected before it is decoded.
+    """
     src, out = Path(src), Path(out)
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if anchor_image_size <= 0:
         raise ConfigError(f"anchor_image_size must be positive, got {anchor_image_size}")
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels <= 0:
+        raise ConfigError(f"max_image_pixels must be a positive integer, got {max_image_pixels!r}")
     if not src.exists():
         raise DataError(src, "detection source not found")
-    data = read_detection(src, fmt, val_fraction=val_fraction, seed=seed)
+    data = read_detection(src, fmt, val_fraction=val_fraction, seed=seed, max_image_pixels=max_image_pixels)
     if not data.images:
         raise DataError(src, f"no usable images found as a {fmt} dataset")
     _check_rejected(data, max_rejected_fraction, src)  # fail before copying anything
-    with staged_output(out) as stage:
-        records = _write_images(data, stage)
+    with staged_output(out, source=src) as stage:
+        written = _write_images(data, stage, max_image_pixels)
+        records = written.records
+        if not data.images:
+            raise DataError(src, f"no usable images left after decoding: {data.rejected[-1].reason}")
         _check_rejected(data, max_rejected_fraction, src)
         anchors, stats = _anchors(data.images, anchor_image_size, seed, src)
         background = Counter(im.split for im in data.images if im.background)
+        content_hash = _content_hash(records, written.md5, data.classes)
         manifest = {
             "kind": "detection",
+            "producer": PRODUCER,  # staging replaces only folders whose manifest says this
             "format": fmt,
             "classes": data.classes,
             "counts": {
@@ -65,11 +94,16 @@ def prep_detection(
                 for split, rows in records.items()
             },
             "rejected": [r.as_dict() for r in data.rejected],
+            "duplicates": written.duplicates,
             "anchors": anchors,
             "anchor_image_size": anchor_image_size,
             "anchor_stats": stats,
             "source": str(src),
             "source_data_version": source_data_version,
+            "content_hash": content_hash,
+            # what lineage (Dagster, MLflow) keys on: the DVC version when known, else what was prepared
+            "data_version": data_version(source_data_version, content_hash),
+            "max_image_pixels": max_image_pixels,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         for split, rows in records.items():
@@ -80,34 +114,89 @@ def prep_detection(
     return manifest
 
 
-def _write_images(data: DetectionSource, stage: Path) -> dict[str, list[dict]]:
-    """Copy each image as RGB PNG into stage/images/<split>/; an undecodable image becomes a rejection."""
-    from PIL import Image
+@dataclass
+class _Written:
+    records: dict[str, list[dict]]  # split -> rows of {split}.json
+    md5: dict[str, str]  # prepared image relpath -> md5 of the source file's bytes
+    duplicates: dict[str, int] = field(default_factory=lambda: {"within_split": 0, "across_splits": 0})
 
-    records: dict[str, list[dict]] = {"train": [], "val": []}  # both files always exist, maybe empty
+
+def _write_images(data: DetectionSource, stage: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> _Written:
+    """Copy each image as RGB PNG into stage/images/<split>/; a bad or duplicate image becomes a rejection.
+
+    Train comes first, so that of the same image in train and val/test the train copy is the one kept.
+    """
+    written = _Written(records={"train": [], "val": []}, md5={})  # both files always exist, maybe empty
     used: set[str] = set()
+    first: dict[str, DetImage] = {}  # md5 -> the copy kept
     kept: list[DetImage] = []
-    for im in track(data.images, "copying detection images"):
+    ordered = sorted(data.images, key=lambda im: SPLITS.index(im.split))  # stable: source order within a split
+    for im in track(ordered, "copying detection images"):
+        rgb = None
+        with rejecting_errors(data.rejected, im.path):  # anything odd about this one file: a rejection
+            raw = im.path.read_bytes()  # the one read: hashed here, decoded from memory below
+            digest = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+            if digest in first:
+                _reject_duplicate(data, written, im, first[digest])
+                continue
+            rgb = _decode_rgb(raw, max_pixels, im, data.rejected)
+        if rgb is None:
+            continue
         name = _unique_name(im, used)
         dest = stage / "images" / im.split / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with Image.open(im.path) as pil:
-                _to_rgb(pil).save(dest, format="PNG")
-        except (OSError, ValueError) as e:  # truncated or corrupt data past the header
-            data.rejected.append(Rejection(str(im.path), None, f"unreadable image: {e}"))
-            continue
+        rgb.save(dest, format="PNG")  # outside the guard: a full disk is no reason to blame the image
+        first[digest] = im  # only a copy that decoded: a second copy of a corrupt file is reported as corrupt
         kept.append(im)
-        records.setdefault(im.split, []).append({
-            "image": f"images/{im.split}/{name}",
-            "width": im.width,
-            "height": im.height,
-            "boxes": [[round(v, 3) for v in b] for b in im.boxes],
-            "labels": list(im.labels),
-            "difficult": list(im.difficult) or [False] * len(im.boxes),
-        })
+        written.md5[f"images/{im.split}/{name}"] = digest
+        written.records.setdefault(im.split, []).append(_record(im, name))
     data.images = kept
-    return records
+    return written
+
+
+def _decode_rgb(raw: bytes, max_pixels: int, im: DetImage, rejected: list[Rejection]):
+    """The image in `raw` as RGB (header checked before decoding), or None after recording why not."""
+    try:
+        with open_image(io.BytesIO(raw), max_pixels) as pil:
+            return _to_rgb(pil)
+    except BadImage as e:
+        reason = str(e)
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data past the header
+        reason = f"unreadable image: {e}"
+    rejected.append(Rejection(str(im.path), None, reason + dropped_with(len(im.boxes))))
+    return None
+
+
+def _reject_duplicate(data: DetectionSource, written: _Written, im: DetImage, kept: DetImage) -> None:
+    """Reject a later copy of an image already kept (same bytes), naming the copy kept."""
+    if kept.split == im.split:
+        written.duplicates["within_split"] += 1
+        why = "the same image twice in one split: the first copy is kept"
+    else:
+        written.duplicates["across_splits"] += 1
+        why = ("held-out images must not be seen in training" if kept.split == "train"
+               else "an image may be in only one held-out split")
+    data.rejected.append(Rejection(str(im.path), None, f"duplicate of {kept.path} ({kept.split}): {why}"
+                                                       f"{dropped_with(len(im.boxes))}"))
+
+
+def _record(im: DetImage, name: str) -> dict:
+    return {
+        "image": f"images/{im.split}/{name}",
+        "width": im.width,
+        "height": im.height,
+        "boxes": [[round(v, 3) for v in b] for b in im.boxes],
+        "labels": list(im.labels),
+        "difficult": list(im.difficult) or [False] * len(im.boxes),
+    }
+
+
+def _content_hash(records: dict[str, list[dict]], md5: dict[str, str], classes: list[str]) -> str:
+    """md5 over what was prepared: per image its split, name, source bytes' md5, boxes, labels and difficult
+    flags, plus the class list. Any change of pixels, labels, split or classes changes it."""
+    lines = [f"{split}\t{r['image']}\t{md5[r['image']]}\t{json.dumps([r['boxes'], r['labels'], r['difficult']])}"
+             for split, rows in records.items() for r in rows]
+    return lineage_hash([*lines, "classes\t" + json.dumps(classes)])
 
 
 def _unique_name(im: DetImage, used: set[str]) -> str:
@@ -123,7 +212,7 @@ def _unique_name(im: DetImage, used: set[str]) -> str:
 
 def _to_rgb(pil):
     """RGB from any PIL mode; 16-bit and float greyscale are rescaled rather than clipped."""
-    if pil.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+    if pil.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         from PIL import Image
 
         a = np.asarray(pil, dtype=np.float64)

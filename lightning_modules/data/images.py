@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # OS clutter that is never a sample; anything else in a class folder is checked and, if bad, rejected.
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+
+# Our own limit on width * height, checked from the header before any pixel is decoded. Far above real photos
+# (a 61 MP camera frame passes) and far below what takes the machine down (13000x13000 RGB is 0.5 GB decoded).
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+
+# PIL's own guard (Image.MAX_IMAGE_PIXELS) is a module global: we switch it off while reading a header so that
+# our limit alone decides, under a lock so two threads can never restore each other's value wrongly.
+_PIL_GUARD_LOCK = threading.Lock()
 
 
 class BadImage(Exception):
@@ -26,29 +38,64 @@ def is_class_folder(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith((".", "__"))
 
 
-def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+def too_many_pixels(size: tuple[int, int], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str | None:
+    """The reason an image of `size` (width, height) is refused, or None when it is within `max_pixels`."""
+    w, h = size
+    if w * h <= max_pixels:
+        return None
+    return (f"image is {w}x{h} ({w * h / 1e6:.1f} MP), over the max_image_pixels limit of "
+            f"{max_pixels / 1e6:g} MP")
+
+
+@contextmanager
+def open_image(source: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+    """Open an image reading only its header; raise BadImage when it has more than `max_pixels` pixels.
+
+    Nothing is decoded yet (call `.load()` or convert inside the block), so a 60000x60000 "decompression bomb"
+    costs a few bytes of reading. Missing or unrecognised files raise OSError (UnidentifiedImageError).
+    """
+    with _PIL_GUARD_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            img = Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with img:
+        reason = too_many_pixels(img.size, max_pixels)
+        if reason:
+            raise BadImage(reason)
+        with warnings.catch_warnings():
+            # Our limit was checked above; PIL re-checks some formats while decoding (TIFF tiles) and would
+            # only warn about a size we already accepted.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield img
+
+
+def open_rgb(path: str | Path, draft_size: int | None = None, *,
+             max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Fully decode `path` into an RGB image, or raise BadImage with the reason.
 
     `draft_size` lets the JPEG decoder downscale by 1/2..1/8 while decoding (much faster) as long as the
     shorter side stays >= draft_size. The whole file is still read, so truncation is still caught.
+    An image over `max_pixels` (width * height, from the header) is refused before it is decoded.
     """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise BadImage("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if draft_size is not None and img.format == "JPEG":
-                    img.draft("RGB", (draft_size, draft_size))
-                img.load()  # forces a full decode: truncated files raise here
-                return to_rgb(_upright(img))
+        with open_image(path, max_pixels) as img:
+            if draft_size is not None and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()  # forces a full decode: truncated files raise here
+            return to_rgb(_upright(img))
     except BadImage:
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image (format not recognised)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImage(f"image too large: {e}") from None
+    except Image.DecompressionBombError as e:
+        # Only when max_pixels is set above twice PIL's own limit: PIL still refuses some decodes itself.
+        raise BadImage(f"image too large for the decoder: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # PIL reports truncation and corrupt data as OSError ("image file is truncated", "broken data stream").
         raise BadImage(f"corrupt or truncated: {e}") from None
@@ -91,7 +138,7 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=3.0)
 
 
-def load_chw(path: str | Path, size: int) -> np.ndarray:
+def load_chw(path: str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode, convert to RGB, resize+centre-crop: a uint8 array [3, size, size]. Raises BadImage."""
-    img = resize_center_crop(open_rgb(path, draft_size=size), size)
+    img = resize_center_crop(open_rgb(path, draft_size=size, max_pixels=max_pixels), size)
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
