@@ -508,7 +508,7 @@ def test_duplicate_images_within_and_across_splits(tmp_path):
 
 
 def test_per_file_failures_become_rejections(tmp_path, monkeypatch):
-    import lightning_modules.data.detection_readers as readers
+    import lightning_modules.data.detection_readers.yolo as readers
 
     root = write_yolo(tmp_path / "src", _big_scene())
     (root / "labels" / "train" / "t0.txt").write_bytes(b"\xff\xfe\x00\x01 binary garbage\n")
