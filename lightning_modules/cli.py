@@ -28,12 +28,13 @@ def _synth(a: argparse.Namespace) -> None:
 
 
 def _data_version_of(src: Path) -> str | None:
-    from lightning_modules.data.versioning import read_data_version
+    from lightning_modules.data.versioning import workspace_version
     from lightning_modules.paths import data_dir, project_root
 
-    # Only data inside the DVC-tracked folder has a DVC version.
+    # Only data inside the DVC-tracked folder, unchanged since `dvc add`, has a DVC version; any
+    # other data is versioned by the prep's own content hash.
     if src.resolve().is_relative_to(data_dir().resolve()):
-        return read_data_version(project_root() / "data.dvc")
+        return workspace_version(project_root())
     return None
 
 
@@ -43,7 +44,7 @@ def _prep_imagenet(a: argparse.Namespace) -> None:
     m = prep_classification(
         Path(a.src), Path(a.out), image_size=a.size, val_fraction=a.val_fraction,
         max_rejected_fraction=a.max_rejected, workers=a.workers, seed=a.seed,
-        source_data_version=_data_version_of(Path(a.src)),
+        source_data_version=_data_version_of(Path(a.src)), max_image_pixels=a.max_image_pixels,
     )
     print(json.dumps({"out": a.out, "totals": m["totals"], "classes": len(m["classes"]),
                       "rejected": m["rejected"][:20], "mean": m["mean"], "std": m["std"]}, indent=2))
@@ -55,7 +56,7 @@ def _prep_detection(a: argparse.Namespace) -> None:
     m = prep_detection(
         Path(a.src), Path(a.out), fmt=a.format, val_fraction=a.val_fraction,
         max_rejected_fraction=a.max_rejected, anchor_image_size=a.anchor_size, seed=a.seed,
-        source_data_version=_data_version_of(Path(a.src)),
+        source_data_version=_data_version_of(Path(a.src)), max_image_pixels=a.max_image_pixels,
     )
     print(json.dumps({k: m[k] for k in ("classes", "counts", "anchors", "anchor_stats")}, indent=2)
           + f"\nrejected labels: {len(m['rejected'])}")
@@ -136,6 +137,13 @@ def _train(a: argparse.Namespace, rest: list[str]) -> int:
     return train_main(rest)
 
 
+def _max_pixels_option(s: argparse.ArgumentParser) -> None:
+    from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS
+
+    s.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="reject images whose header claims more pixels (checked before decoding; default 100 MP)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visionflow", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="group", required=True)
@@ -167,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-rejected", type=float, default=0.05)
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
+    _max_pixels_option(s)
     s.set_defaults(fn=_prep_imagenet)
 
     s = data.add_parser("prep-detection", help="read YOLO/COCO/VOC labels, check boxes, compute anchors")
@@ -177,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-rejected", type=float, default=0.1)
     s.add_argument("--anchor-size", type=int, default=416)
     s.add_argument("--seed", type=int, default=0)
+    _max_pixels_option(s)
     s.set_defaults(fn=_prep_detection)
 
     s = data.add_parser("version", help="DVC: show the data version, init, add, push, pull, status")

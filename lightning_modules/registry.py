@@ -110,15 +110,20 @@ def champion(uri: str, name: str):
 
 def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_version: str,
                        rescore: Callable[[str], float], gates_passed: bool = True,
-                       score_tag: str = SCORE_TAG) -> Decision:
-    """Move `champion` to `version` if it beats the current champion on `data_version`'s test split.
+                       score_tag: str = SCORE_TAG, scored_on: str | None = None) -> Decision:
+    """Move `champion` to `version` if it beats the current champion on the same test data.
 
-    rescore(model_uri) -> score of another model on the challenger's test split.
+    data_version: the lineage of the data (tagged). scored_on: what identifies the exact test set the
+    score was computed on (default: data_version; the assets pass the prepared set's content hash, so
+    a set prepared again at another size is not "the same data"). The champion's stored score is
+    trusted only when it was scored on that same set; otherwise rescore(model_uri) scores it again.
     """
     from mlflow.tracking import MlflowClient
 
+    scored_on = scored_on or data_version
     client = MlflowClient(uri)
     client.set_model_version_tag(name, version, "data_version", data_version)
+    client.set_model_version_tag(name, version, "scored_on", scored_on)
     client.set_model_version_tag(name, version, score_tag, repr(float(score)))  # full precision: ties stay ties
     current = champion(uri, name)
     if not gates_passed:
@@ -127,7 +132,7 @@ def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_
     elif current is None:
         decision = Decision(True, version, "no champion yet", score)
     else:
-        same_data = current.tags.get("data_version") == data_version
+        same_data = current.tags.get("scored_on", current.tags.get("data_version")) == scored_on
         champ_score = float(current.tags[score_tag]) if same_data and score_tag in current.tags \
             else rescore(f"models:/{name}/{current.version}")
         how = "same data version" if same_data else f"champion re-scored on data {data_version}"

@@ -52,7 +52,12 @@ class DvcResource(dg.ConfigurableResource):
     root: str = str(project_root())
 
     def data_version(self) -> str | None:
+        """The committed version (data.dvc): what the sensor and the raw_data observation follow."""
         return versioning.read_data_version(Path(self.root) / "data.dvc")
+
+    def workspace_version(self) -> str | None:
+        """The committed version if data/ on disk still matches it, else None (the prep then versions by content)."""
+        return versioning.workspace_version(Path(self.root))
 
     def add_and_push(self) -> str:
         version = versioning.add(Path(self.root))

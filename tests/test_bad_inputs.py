@@ -325,6 +325,16 @@ def _link_out(src: Path, ctx: Ctx) -> None:
     (src / "cat" / "borrowed.png").symlink_to(png(ctx.tmp / "elsewhere" / "x.png", noise=5))
 
 
+def _dvc_cache_links(src: Path, ctx: Ctx) -> None:
+    """DVC with `cache.type symlink`: the tracked files are links into the repository's .dvc/cache."""
+    cache = ctx.tmp / ".dvc" / "cache" / "files" / "md5" / "ab"
+    cache.mkdir(parents=True)
+    for f in sorted((src / "dog").iterdir()):
+        target = cache / hashlib.md5(f.read_bytes()).hexdigest()
+        f.rename(target)
+        f.symlink_to(target)
+
+
 def _two_classes(src: Path, ctx: Ctx) -> None:
     shutil.copyfile(src / "cat" / "cat_0.png", src / "dog" / "dog_same.png")
 
@@ -505,6 +515,8 @@ ROWS = [
     # sources that lie about their content
     Row("symlink-loop-in-a-class-folder", _classification(_loop), "rejected", r"symlink loop", _check_totals(30)),
     Row("symlink-out-of-the-source", _classification(_link_out), "rejected", r"borrowed\.png.*outside the source"),
+    Row("dvc-symlink-cache-links-are-the-data", _classification(_dvc_cache_links), "ok", "all 30 files read",
+        _check_totals(30)),
     Row("same-image-in-two-classes", _classification(_two_classes), "rejected", r"under two classes",
         _check_two_rejected),
     Row("same-image-in-train-and-val", _classification(_train_and_val), "rejected",

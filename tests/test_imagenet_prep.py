@@ -87,7 +87,8 @@ def test_imagenet_layout_with_kaggle_val_csv(tmp_path):
     assert [(c["index"], c["train"], c["val"]) for c in m["classes"]] == [(0, 5, 2), (1, 5, 2), (2, 5, 2)]
     assert m["totals"] == {"train": 15, "val": 6, "rejected": 0} and m["rejected"] == []
     assert set(m) == {"producer", "kind", "format", "image_size", "classes", "totals", "rejected", "mean", "std",
-                      "source", "source_data_version", "created", "duplicates", "content_hash", "data_version"}
+                      "source", "source_data_version", "created", "duplicates", "content_hash", "data_version",
+                      "max_image_pixels"}
     assert m["data_version"] == "content:" + m["content_hash"][:16]  # no DVC version given: the content's own
     assert json.loads((out / "manifest.json").read_text()) == m
     val = read_split(out, "val")

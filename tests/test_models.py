@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from lightning_modules.errors import ConfigError
+from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.models import MODEL_REGISTRY, Backbone, DropoutConfig, build_model, load_torchvision_weights
 from lightning_modules.models.resnet import PlainBlock
 from lightning_modules.models.summary import format_summary, summarize
@@ -94,7 +94,7 @@ def test_mismatched_weights_and_models_without_torchvision_raise(tmp_path):
         load_torchvision_weights(build_model("resnet34", width=1.0), tv.state_dict())
     with pytest.raises(ConfigError, match="no torchvision counterpart"):
         load_torchvision_weights(build_model("darknet19", width=0.25), tv.state_dict())
-    with pytest.raises(ConfigError, match="no such weights file"):
+    with pytest.raises(DataError, match="missing.pth: model.torchvision_weights file not found"):
         load_torchvision_weights(build_model("resnet18", width=0.25), tmp_path / "missing.pth")
 
 

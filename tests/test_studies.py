@@ -124,7 +124,9 @@ def test_verdicts_are_computed_from_the_runs(studies):
     root, records = studies
     deg = get_study("degradation")
     res = _results(root, "degradation")
-    assert deg.verdict(res)["numbers"] == records["degradation"]["numbers"]  # same runs, same verdict
+    recorded = dict(records["degradation"]["numbers"])
+    assert recorded.pop("failed_runs") == 0 and records["degradation"]["complete"] is True
+    assert deg.verdict(res)["numbers"] == recorded  # same runs, same verdict
     changed = copy.deepcopy(res)
     for row in changed.get("plain34").result["history"]:
         row["train_loss"] = row["train_loss"] * 3
@@ -254,7 +256,8 @@ def test_seeds_repeat_every_variant_and_the_verdict_uses_the_mean(tiny_prepared_
     assert finals[0] != finals[1]  # another seed is another run
     accs = [r["history"][-1]["val_acc1"] for r in runs.values()]
     assert record["numbers"]["p0.val_acc1_std_over_seeds"] == pytest.approx(statistics.stdev(accs))
-    assert record["numbers"]["seeds"] == 2 and "means over 2 seeds" in record["text"]
+    assert record["numbers"]["seeds"] == 2 and "seeds that finished (of 2)" in record["text"]
+    assert record["numbers"]["failed_runs"] == 0 and not record["text"].startswith("INCOMPLETE")
     # The study's own numbers come from the per-epoch mean of the seeds' histories.
     res = _results(out.parent, "dropout")
     variants = get_study("dropout").variants({"p": [0.0, 0.5]})
@@ -275,3 +278,18 @@ def test_seeds_parameter_is_checked():
     v = get_study("dropout").variants({"p": [0.5]})
     assert expand(v, []) == v
     assert [(x.name, x.overrides[-1]) for x in expand(v, [7])] == [("p0.5-s7", "trainer.seed=7")]
+
+
+def test_a_failed_seed_is_reported_never_dropped(tmp_path: Path) -> None:
+    from lightning_modules.studies.base import Variant, VariantResult
+    from lightning_modules.studies.seeds import expand, failures, merge
+
+    history = [{"epoch": 1, "val_acc1": 0.5, "train_loss": 1.0}]
+    base = [Variant("p0", (), {})]
+    runs = expand(base, [0, 1, 2])
+    results = [VariantResult(v.name, dict(v.tags), tmp_path, {"status": "finished", "history": history})
+               for v in runs[:2]] + [VariantResult(runs[2].name, dict(runs[2].tags), tmp_path, {}, error="OOM killed")]
+    merged = merge(base, results, [0, 1, 2])
+    assert merged[0].result["seeds"] == ["0", "1"] and merged[0].result["failed_seeds"] == ["2"]
+    n, text = failures(results)
+    assert n == 1 and text.startswith("INCOMPLETE: 1 of 3 runs failed: p0-s2 (OOM killed)")

@@ -23,8 +23,17 @@ class Listing:
 
 
 def inside(path: str | Path, root: Path) -> bool:
-    """True when `path`'s real location (links resolved) lies under `root`'s real location."""
-    return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
+    """True when `path`'s real location (links resolved) lies under `root`, or in the DVC cache of the
+    repository holding `root` (DVC's `cache.type symlink` turns tracked files into links there)."""
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(r) for r in _allowed(Path(os.path.realpath(root))))
+
+
+def _allowed(root: Path) -> list[Path]:
+    for folder in (root, *root.parents):
+        if (folder / ".dvc").is_dir():
+            return [root, Path(os.path.realpath(folder / ".dvc" / "cache"))]
+    return [root]
 
 
 def walk_files(folder: Path, root: Path, keep=lambda name: True) -> Listing:

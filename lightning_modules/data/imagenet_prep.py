@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_modules.data.classification_source import ClassificationSource, Labelled, discover, stratified_split
-from lightning_modules.data.images import BadImage, load_chw
+from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImage, load_chw
 from lightning_modules.data.previews import save_grid
 from lightning_modules.data.duplicates import dedupe, hash_files
 from lightning_modules.data.lineage import content_hash, data_version
@@ -51,6 +51,7 @@ def prep_classification(
     workers: int = 1,
     seed: int = 0,
     source_data_version: str | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> dict:
     """Check, resize (shorter side, centre crop) and write `src` as litdata splits under `out`; returns the manifest.
 
@@ -58,6 +59,8 @@ def prep_classification(
     a failed run leaves a previous `out` untouched.
     """
     _check_args(image_size, val_fraction, max_rejected_fraction, workers)
+    if max_image_pixels <= 0:
+        raise ConfigError(f"max_image_pixels must be > 0, got {max_image_pixels}")
     src, out = Path(src).resolve(), Path(out).resolve()
     check_not_overlapping(src, out)  # before reading anything: the swap would delete the source
     source = discover(src)
@@ -79,13 +82,13 @@ def prep_classification(
         for path, reason in unique.rejected:
             budget.add(path, reason)
         train, val, test = unique.splits["train"], unique.splits["val"], unique.splits["test"]
-        train_split = _write_split(stage, "train", train, image_size, pool, budget, source)
-        val_split = _write_split(stage, "val", val, image_size, pool, budget, source)
-        test_split = _write_split(stage, "test", test, image_size, pool, budget, source) if test else None
+        train_split = _write_split(stage, "train", train, image_size, pool, budget, source, max_image_pixels)
+        val_split = _write_split(stage, "val", val, image_size, pool, budget, source, max_image_pixels)
+        test_split = _write_split(stage, "test", test, image_size, pool, budget, source, max_image_pixels) if test else None
         budget.check_final()
         _check_classes(source, train_split, val_split, src)
         manifest = _manifest(source, image_size, train_split, val_split, budget, source_data_version, test_split)
-        manifest["duplicates"] = unique.counts
+        manifest["duplicates"], manifest["max_image_pixels"] = unique.counts, max_image_pixels
         content = _content_hash(source, image_size, {"train": train, "val": val, "test": test}, digests, budget)
         manifest["content_hash"], manifest["data_version"] = content, data_version(source_data_version, content)
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -131,7 +134,7 @@ class _ChunkResult:
     spares: list[tuple[np.ndarray, int]]
 
 
-def _write_chunk(task: _ChunkTask, num_classes: int) -> _ChunkResult:
+def _write_chunk(task: _ChunkTask, num_classes: int, max_pixels: int) -> _ChunkResult:
     """Decode the task's files and write them as one litdata chunk plus a `{index}.index.json` for the merge."""
     import torch
     from litdata.streaming.writer import BinaryWriter
@@ -143,7 +146,7 @@ def _write_chunk(task: _ChunkTask, num_classes: int) -> _ChunkResult:
     n = 0
     for path, label in task.items:
         try:
-            chw = load_chw(path, task.image_size)
+            chw = load_chw(path, task.image_size, max_pixels=max_pixels)
         except BadImage as e:
             res.rejected.append((path, str(e)))
             continue
@@ -267,6 +270,7 @@ def _write_split(
     pool: ProcessPoolExecutor | None,
     budget: _RejectBudget,
     source: ClassificationSource,
+    max_pixels: int,
 ) -> _SplitResult:
     from litdata.streaming.writer import BinaryWriter
 
@@ -276,7 +280,7 @@ def _write_split(
     size = chunk_size_for(len(items), 3 * image_size * image_size)
     tasks = [_ChunkTask(k, items[i : i + size], image_size, size, folder, parts, split == "train" and k < 4)
              for k, i in enumerate(range(0, len(items), size))]
-    work = partial(_write_chunk, num_classes=len(source.wnids))
+    work = partial(_write_chunk, num_classes=len(source.wnids), max_pixels=max_pixels)
     # Results in task order, so the manifest and preview do not depend on `workers`.
     results = pool.map(work, tasks) if pool is not None else map(work, tasks)
     result, written = _SplitResult(counts=np.zeros(len(source.wnids), np.int64)), 0

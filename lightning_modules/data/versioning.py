@@ -111,6 +111,25 @@ def pull(root: Path) -> None:
             repo.close()
 
 
+def workspace_version(root: Path, target: str = "data") -> str | None:
+    """The md5 in `<target>.dvc` if the folder on disk still matches it (`dvc status` clean), else None.
+
+    A prep records this as its source's version: after an edit that was not `dvc add`ed, the md5 in the
+    file describes other data than the prep reads, and recording it would be a false lineage.
+    """
+    root = Path(root)
+    version = read_data_version(root / f"{target}.dvc")
+    if version is None or not (root / ".dvc").is_dir():
+        return None
+    with _write_lock(root):
+        repo = _repo(root)
+        try:
+            changed = repo.status(targets=[str(root / f"{target}.dvc")])
+        finally:
+            repo.close()
+    return None if changed else version
+
+
 def status(root: Path) -> dict:
     """Local changes (`dvc status`) and what the remote lacks (`dvc status --cloud`)."""
     repo = _repo(Path(root))

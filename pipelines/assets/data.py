@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from lightning_modules.data.detection_prep import prep_detection
+from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from lightning_modules.data.imagenet_prep import prep_classification
 from pipelines import checks, metadata
 from pipelines.resources import DvcResource, ProjectResource
@@ -26,6 +27,8 @@ class ClassificationPrepConfig(dg.Config):
     rejected_warn_fraction: float = Field(0.01, description="check rejected_under_limit warns above this share")
     workers: int = Field(2, description="decode/validate processes")
     seed: int = 0
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, description="reject images whose header claims more "
+                                  "pixels (checked before any decoding)")
 
 def _classification_metadata(m: dict, out, version) -> dict:
     names = [c["name"] or c["wnid"] for c in m["classes"]]
@@ -51,13 +54,13 @@ def _classification_asset(name: str, source: str, description: str):
     )
     def _asset(context: dg.AssetExecutionContext, config: ClassificationPrepConfig,
                project: ProjectResource, dvc: DvcResource) -> dg.MaterializeResult:
-        version = dvc.data_version()
+        version = dvc.workspace_version()  # None if data/ changed since `dvc add`
         out = project.prepared(source)
         context.log.info(f"preparing {project.raw(source)} -> {out} (data version {version})")
         m = prep_classification(
             project.raw(source), out, image_size=config.image_size, val_fraction=config.val_fraction,
             max_rejected_fraction=config.max_rejected_fraction, workers=config.workers, seed=config.seed,
-            source_data_version=version,
+            source_data_version=version, max_image_pixels=config.max_image_pixels,
         )
         return dg.MaterializeResult(
             metadata=_classification_metadata(m, out, m["data_version"]),
@@ -80,18 +83,20 @@ class DetectionPrepConfig(dg.Config):
     anchor_image_size: int = Field(416, description="anchors are in pixels at this letterboxed size")
     bpr_floor: float = Field(0.95, description="anchors_bpr check: minimum best-possible recall")
     seed: int = 0
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, description="reject images whose header claims more "
+                                  "pixels (checked before any decoding)")
 
 @dg.asset(group_name=GROUP, deps=[raw_data],
           description="Detection set: boxes checked, one internal form, k-means anchors for YOLOv2/v3.",
           check_specs=checks.specs("prepared_detection", checks.DETECTION_CHECKS))
 def prepared_detection(context: dg.AssetExecutionContext, config: DetectionPrepConfig,
                        project: ProjectResource, dvc: DvcResource) -> dg.MaterializeResult:
-    version = dvc.data_version()
+    version = dvc.workspace_version()  # None if data/ changed since `dvc add`
     out = project.prepared("detection")
     m = prep_detection(
         project.raw("detection"), out, fmt=config.format, val_fraction=config.val_fraction,
         max_rejected_fraction=config.max_rejected_fraction, anchor_image_size=config.anchor_image_size,
-        seed=config.seed, source_data_version=version,
+        seed=config.seed, source_data_version=version, max_image_pixels=config.max_image_pixels,
     )
     counts = m["counts"]
     return dg.MaterializeResult(

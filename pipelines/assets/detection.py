@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from lightning_modules import registry
+from lightning_modules.data.lineage import data_identity
 from pipelines import metadata
 from pipelines.assets.evaluation import latest_metadata
 from pipelines.assets.training import (ARCHITECTURES, RESUMING_RETRY, TrainConfig, _model_overrides, launch_job,
@@ -119,6 +120,7 @@ def detection_evaluation(context: dg.AssetExecutionContext, config: DetectionEva
         return ev.evaluate_predictor(champion, data, split=config.split, out_dir=out / "champion")["map_50"]
 
     decision = registry.decide_and_promote(uri, name, version_no, score=res["map_50"], data_version=data_version,
+                                           scored_on=data_identity(data) or data_version,
                                            rescore=rescore, gates_passed=passed_floor and finite,
                                            score_tag=f"{config.split}_map_50")
     tracking.set_tag(uri, run_id, "promotion", decision.reason)

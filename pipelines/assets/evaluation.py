@@ -8,7 +8,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from lightning_modules import registry, transfer_report as report
+from lightning_modules import registry
+from lightning_modules import transfer_report as report
+from lightning_modules.data.lineage import data_identity
 from pipelines import metadata
 from pipelines.assets.training import scratch_baseline, transfer_finetuned
 from pipelines.resources import MlflowResource, ProjectResource
@@ -103,6 +105,7 @@ def classification_evaluation(context: dg.AssetExecutionContext, config: Evaluat
 
     decision = registry.decide_and_promote(uri, config.model_name, version_no, score=res["top1"],
                                            data_version=version, rescore=rescore,
+                                           scored_on=data_identity(data) or version,
                                            gates_passed=passed_floor and finite)
     tracking.set_tag(uri, run_id, "promotion", decision.reason)
     from mlflow.tracking import MlflowClient

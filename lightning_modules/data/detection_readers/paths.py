@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from lightning_modules.data.detection_readers.common import IMAGE_SUFFIXES, Rejection
+from lightning_modules.data.files import inside
 
 log = logging.getLogger("visionflow")
 
@@ -24,7 +25,7 @@ def outside_root(path: Path, root: Path) -> str | None:
     if not is_within(os.path.abspath(path), os.path.abspath(root)):
         return f"leaves the dataset root {root}"
     real = os.path.realpath(path)
-    if not is_within(real, os.path.realpath(root)):
+    if not inside(path, root):  # (links into the DVC cache of the repository are the data itself)
         return f"is a symlink to {real}, outside the dataset root {root}"
     return None
 
@@ -38,7 +39,6 @@ def list_images(folder: Path, root: Path) -> tuple[list[Path], list[Rejection]]:
     """
     found: list[Path] = []
     problems: list[Rejection] = []
-    root_real = os.path.realpath(root)
     listed = {os.path.realpath(folder)}
 
     def unreadable(e: OSError) -> None:  # os.walk would otherwise skip an unreadable folder without a word
@@ -49,7 +49,7 @@ def list_images(folder: Path, root: Path) -> tuple[list[Path], list[Rejection]]:
         for d in sorted(dirnames):
             full = Path(dirpath) / d
             real = os.path.realpath(full)
-            if not is_within(real, root_real):
+            if not inside(full, root):
                 problems.append(Rejection(str(full), None, f"symlinked folder to {real}, outside the dataset "
                                                            f"root {root}: not read"))
             elif real in listed:
