@@ -123,6 +123,9 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
         # compute() gathers the counts of every rank (a collective: all ranks call it).
         self.last_confusion = self.val_confusion.compute().cpu()
         self.val_confusion.reset()
+        if not self.trainer.sanity_checking:
+            # How many images this validation saw, all ranks together: under DDP it must be the whole split.
+            self.log("val/images", float(self.last_confusion.sum()), on_epoch=True, sync_dist=False)
 
     # -- fine-tuning (BodyFreezing) and optimisation --------------------------------------------
 

@@ -102,14 +102,17 @@ class ClassificationDataModule(L.LightningDataModule):
                 transform=TrainTransform(self.image_size, self.cfg.augment, self.cfg.crop_scale_min),
             )
         if self.val_ds is None and stage in (None, "fit", "validate"):
-            self.val_ds = open_split(self.prepared_dir, "val", shuffle=False, transform=EvalTransform(self.image_size))
+            # drop_last=False: litdata drops to whole batches per rank by default under DDP, which left a small
+            # val set with zero batches per rank (Lightning then stops: "zero length").
+            self.val_ds = open_split(self.prepared_dir, "val", shuffle=False, drop_last=False,
+                                     transform=EvalTransform(self.image_size))
 
-    def _loader(self, ds, drop_last: bool):
+    def _loader(self, ds, drop_last: bool, batch_size: int | None = None):
         from litdata import StreamingDataLoader
 
         return StreamingDataLoader(
             ds,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             num_workers=self.cfg.num_workers,
             collate_fn=collate,
             drop_last=drop_last,
@@ -121,4 +124,8 @@ class ClassificationDataModule(L.LightningDataModule):
         return self._loader(self.train_ds, drop_last=True)
 
     def val_dataloader(self):
-        return self._loader(self.val_ds, drop_last=False)
+        # litdata deals whole batches to the ranks and the leftover to the last one: with a batch larger than
+        # a rank's share, rank 0 got nothing and Lightning stopped. Every val image is still seen exactly once.
+        world = self.trainer.world_size if self.trainer is not None else 1
+        share = max(1, (self.info.counts.get("val") or 0) // world)
+        return self._loader(self.val_ds, drop_last=False, batch_size=min(self.batch_size, share))

@@ -28,8 +28,9 @@ class Task:
     mode: str
     callbacks: Callable[[JobConfig], list] = lambda cfg: []
     distributed_sampler: bool = False  # litdata shards per rank itself; map-style sets need Lightning's sampler
-    # drops_last(images per rank, batch size): whether the train loader drops a last partial batch
-    drops_last: Callable[[int, int], bool] = lambda n, batch: True
+    # train_batches(images, batch size, ranks): training batches per rank and epoch. litdata deals whole
+    # batches to the ranks and drops the rest (drop_last), the default here.
+    train_batches: Callable[[int, int, int], int] = lambda n, batch, world: (n // batch) // world
 
 
 def _check_classification(data: Path):
@@ -88,12 +89,19 @@ def _detection_callbacks(cfg: JobConfig) -> list:
     return [RampedEMA(cfg.detection.ema_decay, cfg.detection.ema_tau)]
 
 
+def _detection_train_batches(n: int, batch: int, world: int) -> int:
+    """Lightning's DistributedSampler pads each rank to ceil(n / world); DetectionDataModule drops a last
+    partial batch only when that loses little (n >= 4 batches)."""
+    per_rank = -(-n // world)
+    return per_rank // batch if n >= 4 * batch else -(-per_rank // batch)
+
+
 TASKS: dict[str, Task] = {
     "classification": Task("classification", _check_classification, _build_classification, "val/loss", "min"),
     # YOLOv5's fitness: mostly mAP@0.5:0.95, a little mAP@0.5.
     "detection": Task("detection", _check_detection, _build_detection, "val/fitness", "max",
                       callbacks=_detection_callbacks, distributed_sampler=True,
-                      drops_last=lambda n, batch: n >= 4 * batch),  # as DetectionDataModule.train_dataloader
+                      train_batches=_detection_train_batches),
 }
 
 

@@ -191,16 +191,18 @@ def check_same_job(run_dir: Path, cfg: JobConfig, data: Path) -> None:
 
 def check_trains(task, built, cfg: JobConfig, data_dir: Path, world_size: int) -> None:
     """A job whose training set makes no full batch would "finish" after zero steps: say so instead."""
-    n = built.extra.get("train_samples")
+    n, n_val = built.extra.get("train_samples"), built.extra.get("val_samples")
     if not n or cfg.trainer.fast_dev_run:
         return
-    per_rank = n // world_size
     batch = cfg.data.batch_size
-    full = per_rank // batch if task.drops_last(per_rank, batch) else -(-per_rank // batch)
-    if full < 1:
+    if task.train_batches(n, batch, world_size) < 1:
+        per_rank = n // world_size
         raise DataError(data_dir, f"{n} training images over {world_size} rank(s) ({per_rank} per rank) make no full "
                                   f"batch of data.batch_size={batch}, and partial batches are dropped: the job would "
                                   f"train zero steps. Use data.batch_size <= {max(1, per_rank)}, fewer ranks, or more data")
+    if n_val is not None and n_val < world_size:
+        raise DataError(data_dir, f"{n_val} validation images cannot give each of {world_size} ranks one: use fewer "
+                                  "ranks or more validation data")
 
 
 def relaunch_under_torchrun(args: argparse.Namespace, cfg: JobConfig) -> int:

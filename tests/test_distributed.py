@@ -122,14 +122,18 @@ def _check_one_mlflow_run(uri: str, experiment: str, out: Path, steps: int) -> d
 
 def test_torchrun_ddp_two_ranks_logs_one_mlflow_run(tiny_prepared_imagenet: Path, tmp_path: Path,
                                                     mlflow_uri: str) -> None:
-    out, batch, epochs = tmp_path / "ddp", 8, 2
+    # batch 12: more than each rank's share of the 16 val images (8), which once left rank 0 with no val batch
+    out, batch, epochs = tmp_path / "ddp", 12, 2
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "lightning_modules.train", *_job_args(tiny_prepared_imagenet, out, mlflow_uri, "test-ddp", batch, epochs)]
     done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    steps = epochs * TRAIN_SAMPLES // (2 * batch)  # each rank reads half the data
+    steps = epochs * ((TRAIN_SAMPLES // batch) // 2)  # litdata deals whole batches to the ranks
     run = _check_one_mlflow_run(mlflow_uri, "test-ddp", out, steps)
     assert run.data.params["devices"] == "2" and run.data.params["effective_batch"] == str(2 * batch)
+    # validation split between the ranks still covers every val image exactly once
+    val_images = json.loads((tiny_prepared_imagenet / "manifest.json").read_text())["totals"]["val"]
+    assert run.data.metrics["val/images"] == val_images
     assert run.data.params["threads_per_rank"] == str(max(1, dist.cpu_count() // 2))
 
 
