@@ -10,7 +10,6 @@ from pydantic import Field
 from lightning_modules import registry
 from lightning_modules.data.lineage import data_identity
 from pipelines import metadata
-from pipelines.assets.evaluation import latest_metadata
 from pipelines.assets.training import (ARCHITECTURES, RESUMING_RETRY, TrainConfig, _model_overrides, launch_job,
                                        pretrained_backbone, pretrained_run)
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher

@@ -62,8 +62,9 @@ def transfer_report(context: dg.AssetExecutionContext, config: ReportConfig, pro
 
 class EvaluationConfig(dg.Config):
     split: str = Field("test", description="held-out split of prepared_transfer; never used for model selection")
-    accuracy_floor: float = Field(0.5, description="quality gate: minimum top-1 on the held-out split (the default "
-                                  "chain measures well above it; a model that learned nothing stays below)")
+    # The default chain measured 0.56 test top-1 on its 5 classes; from scratch, 0.22 (chance 0.20).
+    accuracy_floor: float = Field(0.4, description="quality gate: minimum top-1 on the held-out split (the default "
+                                  "chain measures 0.56; a model that learned nothing stays near chance)")
     margin_over_chance: float = Field(0.2, description="the gate is also at least chance (1/classes) + this margin")
     model_name: str = Field("visionflow-classifier", description="registered model name in MLflow")
 
