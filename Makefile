@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 export DATA_OPTIMIZER_CACHE_FOLDER := $(CURDIR)/.cache/litdata
 export MPLBACKEND := Agg
 
-.PHONY: run studies test install ui bench clean
+.PHONY: run studies test test-fast lint install ui bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,8 +26,18 @@ run: $(STAMP)
 studies: $(STAMP)
 	$(BIN)/python -m pipelines.main studies
 
-test: $(STAMP)
+# Everything, what CI runs (.ci/run): lint, types, then every test including the slow ones (~8 min).
+test: lint
 	$(BIN)/python -m pytest -q tests
+
+# The quick lane while working (~1.5 min): no training jobs, torchrun, SIGKILL, daemon or chain tests.
+test-fast: lint
+	$(BIN)/python -m pytest -q tests -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check lightning_modules pipelines tests bench
+	$(BIN)/ruff format --check lightning_modules pipelines tests bench
+	$(BIN)/mypy
 
 ui: $(STAMP)
 	$(BIN)/python -m pipelines.main ui

@@ -80,8 +80,18 @@ def run(tmp: Path, images: int, epochs: int, rounds: int, prep_rounds: int) -> d
     classes = 10
     per_class = max(2, round(images * 0.85 / classes))
     val_per_class = max(1, images // classes - per_class)
-    synthesize(tmp / "raw", classes=classes, per_class=per_class, val_per_class=val_per_class, transfer_classes=2,
-               transfer_per_class=2, transfer_val_per_class=1, det_train=1, det_val=1, workers=2)
+    synthesize(
+        tmp / "raw",
+        classes=classes,
+        per_class=per_class,
+        val_per_class=val_per_class,
+        transfer_classes=2,
+        transfer_per_class=2,
+        transfer_val_per_class=1,
+        det_train=1,
+        det_val=1,
+        workers=2,
+    )
     src = tmp / "raw" / "imagenet"
     files = [p for p in src.rglob("*") if p.is_file() and p.suffix in (".JPEG", ".jpg", ".png")]
     for p in files:  # warm the page cache so the first timed run is not penalised
@@ -139,8 +149,9 @@ def prepared_loader(prepared: Path, mode: str, workers: int, size: int, scale_mi
 
     transform = TrainTransform(size, True, scale_min) if mode == "train" else EvalTransform(size)
     dataset = open_split(prepared, "train", shuffle=True, seed=0, transform=transform)
-    return StreamingDataLoader(dataset, batch_size=BATCH, num_workers=workers, collate_fn=collate,
-                               persistent_workers=False)
+    return StreamingDataLoader(
+        dataset, batch_size=BATCH, num_workers=workers, collate_fn=collate, persistent_workers=False
+    )
 
 
 def imagefolder_loader(train_dir: Path, mode: str, workers: int, size: int, scale_min: float):
@@ -154,8 +165,9 @@ def imagefolder_loader(train_dir: Path, mode: str, workers: int, size: int, scal
     else:  # what prep does once: resize the shorter side, centre crop
         ops = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     dataset = datasets.ImageFolder(str(train_dir), transform=v2.Compose([*ops, v2.PILToTensor()]))
-    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
-                                       persistent_workers=False)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=False
+    )
 
 
 def loader_rate(loader, epochs: int, size: int) -> tuple[float, int]:
@@ -194,8 +206,14 @@ def print_report(result: dict) -> None:
     prep = {int(w): [n_files / t for t in ts] for w, ts in result["prep_seconds"].items()}
     best1, best2 = max(prep[1]), max(prep[2])
     for w, best in ((1, best1), (2, best2)):
-        rows.append((f"prep, {w} process{'es' if w > 1 else ''} ({n_files} files), fastest",
-                     f"{best:.0f}", f"{min(prep[w]):.0f}-{max(prep[w]):.0f}", f"{best / best1:.1f}x"))
+        rows.append(
+            (
+                f"prep, {w} process{'es' if w > 1 else ''} ({n_files} files), fastest",
+                f"{best:.0f}",
+                f"{min(prep[w]):.0f}-{max(prep[w]):.0f}",
+                f"{best / best1:.1f}x",
+            )
+        )
     what = {
         "train": (f"RandomResizedCrop({size}, scale=({smin}, 1)) + flip", "TrainTransform"),
         "decode-only": (f"Resize({size}) + CenterCrop({size})", "EvalTransform, no-op"),
@@ -208,7 +226,10 @@ def print_report(result: dict) -> None:
                     name, ratio = f"{mode}: ImageFolder+PIL, {what[mode][0]} ({w}w)", "1.0x"
                 else:
                     s_med, s_lo, s_hi = speedup(result, mode, w)
-                    name, ratio = f"{mode}: prepared litdata, {what[mode][1]} ({w}w)", f"{s_med:.1f}x ({s_lo:.1f}-{s_hi:.1f})"
+                    name, ratio = (
+                        f"{mode}: prepared litdata, {what[mode][1]} ({w}w)",
+                        f"{s_med:.1f}x ({s_lo:.1f}-{s_hi:.1f})",
+                    )
                 rows.append((name, f"{med:.0f}", f"{lo:.0f}-{hi:.0f}", ratio))
 
     heads = ("measurement", "images/s", "min-max", "ratio (min-max)")
@@ -224,11 +245,15 @@ def print_report(result: dict) -> None:
     a = result["args"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"(loader: {result['train_images']} train images, batch {result['batch']}, uint8 [3,{size},{size}] on both "
-          f"sides; median over {a['rounds']} alternating rounds of {a['epochs']} epoch(s) after a warm-up epoch; "
-          f"prep: fastest of {a['prep_rounds']})")
-    print(f"({cores} CPU cores, load average {load:.1f}; prep bar: >= 1.5x with 2 processes; "
-          f"loader bar: >= 5x, train, 2 workers)")
+    print(
+        f"(loader: {result['train_images']} train images, batch {result['batch']}, uint8 [3,{size},{size}] on both "
+        f"sides; median over {a['rounds']} alternating rounds of {a['epochs']} epoch(s) after a warm-up epoch; "
+        f"prep: fastest of {a['prep_rounds']})"
+    )
+    print(
+        f"({cores} CPU cores, load average {load:.1f}; prep bar: >= 1.5x with 2 processes; "
+        f"loader bar: >= 5x, train, 2 workers)"
+    )
     print(f"prep speedup with 2 processes: {best2 / best1:.1f}x")
     print(f"decode-only speedup vs ImageFolder: {speedup(result, 'decode-only', 2)[0]:.1f}x")
     print(f"loader speedup vs ImageFolder: {speedup(result, 'train', 2)[0]:.1f}x")

@@ -117,12 +117,18 @@ def measure(name: str, setup: str, args) -> dict:
         sync()
         rates.append(args.steps * args.batch / (time.perf_counter() - t0))
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-    del model, opt, step_model, x, y
+    model = opt = step_model = x = y = None  # free the GPU memory before the next setup (step() closes over them)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    return {"model": name, "setup": setup, "images_per_s": statistics.median(rates), "rounds": rates,
-            "warmup_s": round(warmup_s, 1), "max_mem_gib": round(mem, 2)}
+    return {
+        "model": name,
+        "setup": setup,
+        "images_per_s": statistics.median(rates),
+        "rounds": rates,
+        "warmup_s": round(warmup_s, 1),
+        "max_mem_gib": round(mem, 2),
+    }
 
 
 def main() -> int:
@@ -162,8 +168,10 @@ def main() -> int:
                 r["mfu"] = r["achieved_tflops"] / peak if peak else None
             rows.append(r)
             print(json.dumps(r), flush=True)
-    print(f"\n{name}, torch {torch.__version__}, {args.size} px, batch {args.batch}, peak bf16 "
-          f"{peak or '?'} TFLOP/s; median of {args.repeats} x {args.steps} steps")
+    print(
+        f"\n{name}, torch {torch.__version__}, {args.size} px, batch {args.batch}, peak bf16 "
+        f"{peak or '?'} TFLOP/s; median of {args.repeats} x {args.steps} steps"
+    )
     print(f"{'model':10s} {'setup':28s} {'img/s':>9s} {'TFLOP/s':>8s} {'MFU':>6s} {'vs fp32':>8s} {'mem GiB':>8s}")
     base = {r["model"]: r.get("images_per_s") for r in rows if r["setup"] == "fp32"}
     for r in rows:
@@ -172,11 +180,19 @@ def main() -> int:
             continue
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "?"
         speed = r["images_per_s"] / base[r["model"]] if base.get(r["model"]) else float("nan")
-        print(f"{r['model']:10s} {r['setup']:28s} {r['images_per_s']:9.0f} {r['achieved_tflops']:8.1f} {mfu:>6s} "
-              f"{speed:8.2f} {r['max_mem_gib']:8.1f}")
+        print(
+            f"{r['model']:10s} {r['setup']:28s} {r['images_per_s']:9.0f} {r['achieved_tflops']:8.1f} {mfu:>6s} "
+            f"{speed:8.2f} {r['max_mem_gib']:8.1f}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    out = {"device": name, "torch": torch.__version__, "peak_bf16_tflops": peak, "size": args.size,
-           "batch": args.batch, "rows": rows}
+    out = {
+        "device": name,
+        "torch": torch.__version__,
+        "peak_bf16_tflops": peak,
+        "size": args.size,
+        "batch": args.batch,
+        "rows": rows,
+    }
     (args.out / "gpu_training.json").write_text(json.dumps(out, indent=2))
     print(f"written: {args.out / 'gpu_training.json'}")
     return 0

@@ -35,8 +35,17 @@ def _project(work: Path) -> Path:
         shutil.rmtree(project, ignore_errors=True)
         project.mkdir(parents=True)
         subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-        synthesize(project / "data", classes=5, per_class=40, val_per_class=8, transfer_classes=2,
-                   transfer_per_class=4, transfer_val_per_class=2, det_train=8, det_val=4)
+        synthesize(
+            project / "data",
+            classes=5,
+            per_class=40,
+            val_per_class=8,
+            transfer_classes=2,
+            transfer_per_class=4,
+            transfer_val_per_class=2,
+            det_train=8,
+            det_val=4,
+        )
         versioning.init(project, str(work / "remote"))
         versioning.add(project)
         prep_classification(project / "data" / "imagenet", project / "prepared" / "imagenet", image_size=32)
@@ -51,15 +60,41 @@ def _timed(cmd: list[str]) -> float:
 
 def direct(project: Path, out: Path) -> float:
     sets = [a for o in OVERRIDES for a in ("--set", o)]
-    return _timed([sys.executable, "-m", "lightning_modules.train", str(CONFIG), "--data",
-                   str(project / "prepared" / "imagenet"), "--out", str(out), *sets])
+    return _timed(
+        [
+            sys.executable,
+            "-m",
+            "lightning_modules.train",
+            str(CONFIG),
+            "--data",
+            str(project / "prepared" / "imagenet"),
+            "--out",
+            str(out),
+            *sets,
+        ]
+    )
 
 
 def torchrun(project: Path, out: Path) -> float:
     sets = [a for o in OVERRIDES for a in ("--set", o)]
-    return _timed([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-                   "-m", "lightning_modules.train", str(CONFIG), "--data", str(project / "prepared" / "imagenet"),
-                   "--out", str(out), *sets])
+    return _timed(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "1",
+            "-m",
+            "lightning_modules.train",
+            str(CONFIG),
+            "--data",
+            str(project / "prepared" / "imagenet"),
+            "--out",
+            str(out),
+            *sets,
+        ]
+    )
 
 
 def dagster(project: Path, instance) -> float:
@@ -68,13 +103,21 @@ def dagster(project: Path, instance) -> float:
     from pipelines.assets.training import pretrained_backbone
     from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
 
-    resources = {"project": ProjectResource(root=str(project)), "dvc": DvcResource(root=str(project)),
-                 "mlflow": MlflowResource(tracking_uri=f"sqlite:///{project / 'mlflow.db'}"),
-                 "launcher": TrainingLauncher()}
+    resources = {
+        "project": ProjectResource(root=str(project)),
+        "dvc": DvcResource(root=str(project)),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{project / 'mlflow.db'}"),
+        "launcher": TrainingLauncher(),
+    }
     config = {"config_file": str(CONFIG), "overrides": OVERRIDES}
     start = time.perf_counter()
-    result = dg.materialize([pretrained_backbone], partition_key="resnet18", instance=instance, resources=resources,
-                            run_config={"ops": {"pretrained_backbone": {"config": config}}})
+    result = dg.materialize(
+        [pretrained_backbone],
+        partition_key="resnet18",
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"pretrained_backbone": {"config": config}}},
+    )
     seconds = time.perf_counter() - start
     assert result.success
     return seconds
@@ -100,8 +143,11 @@ def main() -> None:
     base = best["direct"]
     print(f"{'one-epoch stage, best of ' + str(a.rounds):44s} {'seconds':>8s} {'overhead s':>10s} {'ratio':>6s}")
     print("-" * 72)
-    labels = {"direct": "python -m lightning_modules.train", "torchrun": "torchrun (1 rank) + job",
-              "dagster": "Dagster asset: MLflow run + Pipes + torchrun"}
+    labels = {
+        "direct": "python -m lightning_modules.train",
+        "torchrun": "torchrun (1 rank) + job",
+        "dagster": "Dagster asset: MLflow run + Pipes + torchrun",
+    }
     for key, label in labels.items():
         print(f"{label:44s} {best[key]:8.1f} {best[key] - base:10.1f} {best[key] / base:6.2f}x")
     print(f"launch overhead per stage (Dagster vs direct): {best['dagster'] - base:.1f} s (bar: <= 15 s)")

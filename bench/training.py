@@ -40,8 +40,18 @@ def ensure_data(size: int) -> Path:
     raw, prepared = OUT / "train-bench-raw", OUT / f"train-bench-prepared-{size}"
     if not (prepared / "manifest.json").is_file():
         if not (raw / "synth.json").is_file():
-            synthesize(raw, classes=10, per_class=170, val_per_class=4, transfer_classes=2, transfer_per_class=2,
-                       transfer_val_per_class=1, det_train=1, det_val=1, workers=2)
+            synthesize(
+                raw,
+                classes=10,
+                per_class=170,
+                val_per_class=4,
+                transfer_classes=2,
+                transfer_per_class=2,
+                transfer_val_per_class=1,
+                det_train=1,
+                det_val=1,
+                workers=2,
+            )
         prep_classification(raw / "imagenet", prepared, image_size=size, workers=2)
     return prepared
 
@@ -49,12 +59,25 @@ def ensure_data(size: int) -> Path:
 def job_config(args):
     from lightning_modules.config import load_config
 
-    return load_config(REPO / "configs" / "smoke-classify.yaml", [
-        "model.name=resnet18", "model.width=1.0", "model.small_input=false", f"data.batch_size={args.batch}",
-        "data.num_workers=0", "data.augment=false", f"data.image_size={args.size}", "optim.name=sgd",
-        "optim.lr=0.01", "optim.weight_decay=1e-4", "optim.schedule=constant", "optim.warmup_epochs=0",
-        "loss.name=cross_entropy", "loss.label_smoothing=0.0",
-    ])
+    return load_config(
+        REPO / "configs" / "smoke-classify.yaml",
+        [
+            "model.name=resnet18",
+            "model.width=1.0",
+            "model.small_input=false",
+            f"data.batch_size={args.batch}",
+            "data.num_workers=0",
+            "data.augment=false",
+            f"data.image_size={args.size}",
+            "optim.name=sgd",
+            "optim.lr=0.01",
+            "optim.weight_decay=1e-4",
+            "optim.schedule=constant",
+            "optim.warmup_epochs=0",
+            "loss.name=cross_entropy",
+            "loss.label_smoothing=0.0",
+        ],
+    )
 
 
 def _module_and_data(cfg, data: Path):
@@ -62,8 +85,14 @@ def _module_and_data(cfg, data: Path):
     from lightning_modules.datamodule import ClassificationDataModule
 
     dm = ClassificationDataModule(data, cfg.data, seed=0)
-    module = ClassificationModule(model=asdict(cfg.model), optim=asdict(cfg.optim), loss=asdict(cfg.loss),
-                                  num_classes=dm.num_classes, mean=dm.info.mean, std=dm.info.std)
+    module = ClassificationModule(
+        model=asdict(cfg.model),
+        optim=asdict(cfg.optim),
+        loss=asdict(cfg.loss),
+        num_classes=dm.num_classes,
+        mean=dm.info.mean,
+        std=dm.info.std,
+    )
     return module, dm
 
 
@@ -80,14 +109,33 @@ def run_lightning(cfg, data: Path, warmup: int, steps: int, devices: int = 1) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     # The job's per-step callbacks (NaN guard, LR monitor, gradient flow every 50 steps); checkpoint
     # writes are left out: in a job they happen every N steps, not in a 20-step window.
-    callbacks = [c for c in standard_callbacks(run_dir, checkpoint_every_n_steps=10_000, early_stopping_patience=None,
-                                               grad_monitor_every_n_steps=50, nan_guard=True, check_grads=True)
-                 if type(c).__name__ != "ModelCheckpoint"]
+    callbacks = [
+        c
+        for c in standard_callbacks(
+            run_dir,
+            checkpoint_every_n_steps=10_000,
+            early_stopping_patience=None,
+            grad_monitor_every_n_steps=50,
+            nan_guard=True,
+            check_grads=True,
+        )
+        if type(c).__name__ != "ModelCheckpoint"
+    ]
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", precision="32",
-        max_steps=warmup + steps, limit_val_batches=0, num_sanity_val_steps=0, logger=SilentLogger(),
-        callbacks=[*callbacks, timer], enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, use_distributed_sampler=False, default_root_dir=str(run_dir),
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        precision="32",
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=SilentLogger(),
+        callbacks=[*callbacks, timer],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
     )
     trainer.fit(module, datamodule=dm)
     world = devices
@@ -166,8 +214,9 @@ def ddp_worker(args) -> None:
     from lightning_modules import distributed as dist
 
     dist.set_threads()
-    ips = run_lightning(job_config(args), Path(args.data), args.warmup, args.steps,
-                        devices=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    ips = run_lightning(
+        job_config(args), Path(args.data), args.warmup, args.steps, devices=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    )
     if dist.is_global_zero():
         Path(args.result).write_text(json.dumps({"images_per_s": ips}))
 
@@ -176,10 +225,27 @@ def ddp_round(args, data: Path, ranks: int) -> float:
     result = OUT / f"train-bench-ddp-{ranks}.json"
     result.unlink(missing_ok=True)
     env = {**os.environ, "VISIONFLOW_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-           str(Path(__file__).resolve()), "--ddp-worker", "--data", str(data), "--result", str(result),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
-           "--size", str(args.size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        str(Path(__file__).resolve()),
+        "--ddp-worker",
+        "--data",
+        str(data),
+        "--result",
+        str(result),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--size",
+        str(args.size),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun with {ranks} ranks failed:\n{done.stderr[-3000:]}")
@@ -231,12 +297,23 @@ def main() -> int:
     fwd, train_flops = flops_per_image(cfg, args.size)
 
     t0 = time.time()
-    light, plain = abba(lambda: run_lightning(cfg, data, args.warmup, args.steps),
-                        lambda: run_plain(cfg, data, args.warmup, args.steps), args.cycles)
+    light, plain = abba(
+        lambda: run_lightning(cfg, data, args.warmup, args.steps),
+        lambda: run_plain(cfg, data, args.warmup, args.steps),
+        args.cycles,
+    )
     rows = {"lightning": statistics.median(light), "plain": statistics.median(plain)}
-    results = {"model": "resnet18", "image_size": args.size, "batch": args.batch, "steps": args.steps,
-               "threads": threads, "torch": torch.__version__, "rounds": {"lightning": light, "plain": plain},
-               "flops_forward_per_image": fwd, "flops_train_per_image": train_flops}
+    results = {
+        "model": "resnet18",
+        "image_size": args.size,
+        "batch": args.batch,
+        "steps": args.steps,
+        "threads": threads,
+        "torch": torch.__version__,
+        "rounds": {"lightning": light, "plain": plain},
+        "flops_forward_per_image": fwd,
+        "flops_train_per_image": train_flops,
+    }
     ddp = None
     if not args.skip_ddp:
         one, two = abba(lambda: ddp_round(args, data, 1), lambda: ddp_round(args, data, 2), max(1, args.cycles // 2))
@@ -245,20 +322,34 @@ def main() -> int:
     results["seconds"] = round(time.time() - t0, 1)
 
     gf = train_flops / 1e9
-    print(f"\nResNet-18 at {args.size} px, batch {args.batch}, {args.steps} steps after {args.warmup} warmup, "
-          f"median of {2 * args.cycles} rounds (ABBA); {fwd / 1e9:.3f} GFLOP/img forward, {gf:.3f} fwd+bwd")
+    print(
+        f"\nResNet-18 at {args.size} px, batch {args.batch}, {args.steps} steps after {args.warmup} warmup, "
+        f"median of {2 * args.cycles} rounds (ABBA); {fwd / 1e9:.3f} GFLOP/img forward, {gf:.3f} fwd+bwd"
+    )
     print(f"{'setup':34s} {'img/s':>8s} {'GFLOP/s':>8s}  ratio")
-    print(f"{'plain PyTorch loop (' + str(threads) + ' threads)':34s} {rows['plain']:8.1f} {rows['plain'] * gf:8.1f}  1.000")
+    print(
+        f"{'plain PyTorch loop (' + str(threads) + ' threads)':34s} {rows['plain']:8.1f} "
+        f"{rows['plain'] * gf:8.1f}  1.000"
+    )
     ratio = rows["lightning"] / rows["plain"]
-    print(f"{'Lightning job (' + str(threads) + ' threads)':34s} {rows['lightning']:8.1f} {rows['lightning'] * gf:8.1f}  "
-          f"{ratio:.3f}  (bar >= 0.97: {'PASS' if ratio >= 0.97 else 'FAIL'})")
-    results.update({"lightning_images_per_s": rows["lightning"], "plain_images_per_s": rows["plain"],
-                    "lightning_over_plain": ratio})
+    print(
+        f"{'Lightning job (' + str(threads) + ' threads)':34s} {rows['lightning']:8.1f} {rows['lightning'] * gf:8.1f}  "
+        f"{ratio:.3f}  (bar >= 0.97: {'PASS' if ratio >= 0.97 else 'FAIL'})"
+    )
+    results.update(
+        {
+            "lightning_images_per_s": rows["lightning"],
+            "plain_images_per_s": rows["plain"],
+            "lightning_over_plain": ratio,
+        }
+    )
     if ddp:
         eff = ddp["2x1"] / (2 * ddp["1x1"])
         print(f"{'DDP 1 rank x 1 thread (torchrun)':34s} {ddp['1x1']:8.1f} {ddp['1x1'] * gf:8.1f}  1.000")
-        print(f"{'DDP 2 ranks x 1 thread (torchrun)':34s} {ddp['2x1']:8.1f} {ddp['2x1'] * gf:8.1f}  "
-              f"{ddp['2x1'] / ddp['1x1']:.3f}  efficiency {eff:.3f} (bar >= 0.90: {'PASS' if eff >= 0.9 else 'FAIL'})")
+        print(
+            f"{'DDP 2 ranks x 1 thread (torchrun)':34s} {ddp['2x1']:8.1f} {ddp['2x1'] * gf:8.1f}  "
+            f"{ddp['2x1'] / ddp['1x1']:.3f}  efficiency {eff:.3f} (bar >= 0.90: {'PASS' if eff >= 0.9 else 'FAIL'})"
+        )
         results.update({"ddp_1x1_images_per_s": ddp["1x1"], "ddp_2x1_images_per_s": ddp["2x1"], "ddp_efficiency": eff})
     (OUT / "training.json").write_text(json.dumps(results, indent=2))
     print(f"rounds: {json.dumps(results['rounds'])}\nwritten: {OUT / 'training.json'}")

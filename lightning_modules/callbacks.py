@@ -95,8 +95,13 @@ class GradientFlowMonitor(L.Callback):
         fig, ax = plt.subplots(figsize=(10, 4.5))
         cmap = plt.get_cmap("viridis")
         for i, r in enumerate(records):
-            ax.plot(range(len(r["norms"])), r["norms"], color=cmap(i / max(1, len(records) - 1)), alpha=0.8,
-                    label=f"step {r['step']}" if i in (0, len(records) - 1) else None)
+            ax.plot(
+                range(len(r["norms"])),
+                r["norms"],
+                color=cmap(i / max(1, len(records) - 1)),
+                alpha=0.8,
+                label=f"step {r['step']}" if i in (0, len(records) - 1) else None,
+            )
         names = records[-1]["layers"]
         ax.set_yscale("log")
         ax.set_xlabel("layer (input -> output)")
@@ -220,8 +225,13 @@ class EpochHistory(L.Callback):
         m = _scalars(trainer.callback_metrics)
         row = self._row(trainer)
         row.update(train_loss=m.get("train/loss"), train_acc1=m.get("train/acc1"))
-        row.update({k.replace("/", "_"): v for k, v in m.items()
-                    if k.startswith("train/") and k not in ("train/lr", "train/input_size")})
+        row.update(
+            {
+                k.replace("/", "_"): v
+                for k, v in m.items()
+                if k.startswith("train/") and k not in ("train/lr", "train/input_size")
+            }
+        )
         # Metrics a module logs in its own on_validation_epoch_end (detection mAP) arrive after the
         # callbacks' hook above; by the end of the training epoch they are there.
         if not trainer.sanity_checking and any(k.startswith("val/") for k in m):
@@ -232,8 +242,10 @@ class EpochHistory(L.Callback):
 
     def _row(self, trainer) -> dict[str, Any]:
         epoch = trainer.current_epoch + 1
-        row = self.rows.setdefault(epoch, {"epoch": epoch, "train_loss": None, "val_loss": None,
-                                           "val_acc1": None, "val_acc5": None, "lr": None})
+        row = self.rows.setdefault(
+            epoch,
+            {"epoch": epoch, "train_loss": None, "val_loss": None, "val_acc1": None, "val_acc5": None, "lr": None},
+        )
         if trainer.optimizers:
             groups = trainer.optimizers[0].param_groups
             row["lr"] = float(groups[0]["lr"])
@@ -254,8 +266,9 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
 
 
-def checkpoint_callbacks(run_dir: str | Path, every_n_steps: int, monitor: str = "val/loss",
-                         mode: str = "min") -> list[L.Callback]:
+def checkpoint_callbacks(
+    run_dir: str | Path, every_n_steps: int, monitor: str = "val/loss", mode: str = "min"
+) -> list[L.Callback]:
     """Best-by-`monitor` and last.ckpt, both in the fixed folder RUN_DIR/checkpoints.
 
     A fixed folder matters: resuming looks for last.ckpt there, whatever the MLflow run id.
@@ -266,11 +279,21 @@ def checkpoint_callbacks(run_dir: str | Path, every_n_steps: int, monitor: str =
 
     folder = Path(run_dir) / "checkpoints"
     best = ModelCheckpoint(
-        dirpath=folder, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True,
-        auto_insert_metric_name=False, enable_version_counter=False,
+        dirpath=folder,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
     periodic = ModelCheckpoint(
-        dirpath=folder, filename="periodic", save_top_k=0, save_last=True, every_n_train_steps=every_n_steps,
+        dirpath=folder,
+        filename="periodic",
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=every_n_steps,
         enable_version_counter=False,
     )
     return [best, periodic]

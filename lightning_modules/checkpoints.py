@@ -36,11 +36,15 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise DataError(path, f"refused to load this {what}: it holds Python objects other than weights and plain "
-                              f"values, and loading those could run code ({first})") from None
+        raise DataError(
+            path,
+            f"refused to load this {what}: it holds Python objects other than weights and plain "
+            f"values, and loading those could run code ({first})",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - zip, EOF, storage errors: all mean "this file is damaged"
-        raise DataError(path, f"not a readable {what}: truncated or corrupt ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from None
+        raise DataError(
+            path, f"not a readable {what}: truncated or corrupt ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     if not isinstance(blob, dict):
         raise DataError(path, f"not a {what}: expected a dict of weights and settings, found {type(blob).__name__}")
     return blob
@@ -70,9 +74,12 @@ def resume_checkpoint(folder: Path, *, rank0: bool = True) -> Path | None:
             if rank0:  # keep the damaged file for inspection, out of the way of the next rotation
                 os.replace(last, folder / "last-damaged.ckpt")
             return previous
-        raise DataError(last, f"cannot resume: {problem}, and there is no earlier good checkpoint ({PREVIOUS}). "
-                              "Move this file aside (or delete it) to start the run over in this folder, or "
-                              "use a new --out")
+        raise DataError(
+            last,
+            f"cannot resume: {problem}, and there is no earlier good checkpoint ({PREVIOUS}). "
+            "Move this file aside (or delete it) to start the run over in this folder, or "
+            "use a new --out",
+        )
     if previous.is_file() and readable(previous) is None:
         log.warning("%s missing (the job died while replacing it); resuming from %s", last, previous)
         return previous

@@ -11,10 +11,14 @@ import torch
 from torch import nn
 
 from lightning_modules.errors import ConfigError, DataError
+from lightning_modules.optim import (  # noqa: F401  (lr_lambda, param_groups: re-exported)
+    BodyFreezing,
+    configure_optimization,
+    lr_lambda,
+    param_groups,
+)
 
 log = logging.getLogger("visionflow")
-
-from lightning_modules.optim import BodyFreezing, configure_optimization, lr_lambda, param_groups  # noqa: F401  (re-exported)
 
 
 class ClassificationModule(BodyFreezing, L.LightningModule):
@@ -59,7 +63,9 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
             from lightning_modules.models.backbone import load_torchvision_weights
 
             load_torchvision_weights(self.model, model["torchvision_weights"])
-        self.criterion = build_loss(loss["name"], num_classes=num_classes, label_smoothing=loss.get("label_smoothing", 0.0))
+        self.criterion = build_loss(
+            loss["name"], num_classes=num_classes, label_smoothing=loss.get("label_smoothing", 0.0)
+        )
         self.lr = lr if lr is not None else optim["lr"]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
@@ -103,7 +109,9 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
         acc1.update(logits.detach(), labels)
         acc5.update(logits.detach(), labels)
         n = labels.shape[0]
-        self.log(f"{split}/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True, batch_size=n, prog_bar=True)
+        self.log(
+            f"{split}/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True, batch_size=n, prog_bar=True
+        )
         self.log(f"{split}/acc1", acc1, on_step=False, on_epoch=True, batch_size=n, prog_bar=split == "val")
         self.log(f"{split}/acc5", acc5, on_step=False, on_epoch=True, batch_size=n)
         if split == "val":
@@ -175,24 +183,42 @@ def load_pretrained(model: nn.Module, path: str | Path, expect: dict[str, Any] |
     hp = blob.get("hyper_parameters")
     saved = hp.get("model") if isinstance(hp, dict) else None
     if expect and isinstance(saved, dict):
-        differ = [f"{k}: checkpoint {saved.get(k)!r}, job {expect.get(k)!r}" for k in _ARCH_KEYS
-                  if k in saved and saved.get(k) != expect.get(k)]
+        differ = [
+            f"{k}: checkpoint {saved.get(k)!r}, job {expect.get(k)!r}"
+            for k in _ARCH_KEYS
+            if k in saved and saved.get(k) != expect.get(k)
+        ]
         if differ:
-            raise ConfigError(f"{path}: model.pretrained_checkpoint was trained with another architecture "
-                              f"({'; '.join(differ)}); set the job's model.* to match")
+            raise ConfigError(
+                f"{path}: model.pretrained_checkpoint was trained with another architecture "
+                f"({'; '.join(differ)}); set the job's model.* to match"
+            )
         for k in ("small_input", "activation"):
             if k in saved and saved.get(k) != expect.get(k):
-                log.warning("%s: model.%s differs (checkpoint %r, job %r); loading the weights anyway",
-                            path, k, saved.get(k), expect.get(k))
+                log.warning(
+                    "%s: model.%s differs (checkpoint %r, job %r); loading the weights anyway",
+                    path,
+                    k,
+                    saved.get(k),
+                    expect.get(k),
+                )
     state = {k.removeprefix("model."): v for k, v in state.items() if torch.is_tensor(v)}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.fc.")}
     missing = [k for k in own if k not in state]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in state and state[k].shape != own[k].shape]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or mismatched:
-        problems = [f"missing {missing[:4]}" if missing else "", f"shape mismatch {mismatched[:4]}" if mismatched else ""]
-        raise ConfigError(f"{path}: does not fit model {getattr(model, 'name', type(model).__name__)} "
-                          f"({'; '.join(p for p in problems if p)}): wrong architecture or width?")
+        problems = [
+            f"missing {missing[:4]}" if missing else "",
+            f"shape mismatch {mismatched[:4]}" if mismatched else "",
+        ]
+        raise ConfigError(
+            f"{path}: does not fit model {getattr(model, 'name', type(model).__name__)} "
+            f"({'; '.join(p for p in problems if p)}): wrong architecture or width?"
+        )
     model.load_state_dict({k: state[k] for k in own}, strict=False)
     log.info("%s: loaded %d tensors; classifier head.fc starts fresh", path, len(own))
     return {"loaded": sorted(own), "skipped": sorted(k for k in model.state_dict() if k not in own)}

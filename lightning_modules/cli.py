@@ -18,10 +18,18 @@ def _synth(a: argparse.Namespace) -> None:
     from lightning_modules.data.synth import synthesize
 
     summary = synthesize(
-        Path(a.out), classes=a.classes, per_class=a.per_class, val_per_class=a.val_per_class,
-        transfer_classes=a.transfer_classes, transfer_per_class=a.transfer_per_class,
-        transfer_val_per_class=a.transfer_val_per_class, det_train=a.det_train, det_val=a.det_val,
-        seed=a.seed, workers=a.workers, transfer_test_per_class=a.transfer_test_per_class,
+        Path(a.out),
+        classes=a.classes,
+        per_class=a.per_class,
+        val_per_class=a.val_per_class,
+        transfer_classes=a.transfer_classes,
+        transfer_per_class=a.transfer_per_class,
+        transfer_val_per_class=a.transfer_val_per_class,
+        det_train=a.det_train,
+        det_val=a.det_val,
+        seed=a.seed,
+        workers=a.workers,
+        transfer_test_per_class=a.transfer_test_per_class,
         test_per_class=a.test_per_class,
     )
     print(json.dumps(summary, indent=2, default=str))
@@ -42,24 +50,49 @@ def _prep_imagenet(a: argparse.Namespace) -> None:
     from lightning_modules.data.imagenet_prep import prep_classification
 
     m = prep_classification(
-        Path(a.src), Path(a.out), image_size=a.size, val_fraction=a.val_fraction,
-        max_rejected_fraction=a.max_rejected, workers=a.workers, seed=a.seed,
-        source_data_version=_data_version_of(Path(a.src)), max_image_pixels=a.max_image_pixels,
+        Path(a.src),
+        Path(a.out),
+        image_size=a.size,
+        val_fraction=a.val_fraction,
+        max_rejected_fraction=a.max_rejected,
+        workers=a.workers,
+        seed=a.seed,
+        source_data_version=_data_version_of(Path(a.src)),
+        max_image_pixels=a.max_image_pixels,
     )
-    print(json.dumps({"out": a.out, "totals": m["totals"], "classes": len(m["classes"]),
-                      "rejected": m["rejected"][:20], "mean": m["mean"], "std": m["std"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": a.out,
+                "totals": m["totals"],
+                "classes": len(m["classes"]),
+                "rejected": m["rejected"][:20],
+                "mean": m["mean"],
+                "std": m["std"],
+            },
+            indent=2,
+        )
+    )
 
 
 def _prep_detection(a: argparse.Namespace) -> None:
     from lightning_modules.data.detection_prep import prep_detection
 
     m = prep_detection(
-        Path(a.src), Path(a.out), fmt=a.format, val_fraction=a.val_fraction,
-        max_rejected_fraction=a.max_rejected, anchor_image_size=a.anchor_size, seed=a.seed,
-        source_data_version=_data_version_of(Path(a.src)), max_image_pixels=a.max_image_pixels,
+        Path(a.src),
+        Path(a.out),
+        fmt=a.format,
+        val_fraction=a.val_fraction,
+        max_rejected_fraction=a.max_rejected,
+        anchor_image_size=a.anchor_size,
+        seed=a.seed,
+        source_data_version=_data_version_of(Path(a.src)),
+        max_image_pixels=a.max_image_pixels,
     )
-    print(json.dumps({k: m[k] for k in ("classes", "counts", "anchors", "anchor_stats")}, indent=2)
-          + f"\nrejected labels: {len(m['rejected'])}")
+    print(
+        json.dumps({k: m[k] for k in ("classes", "counts", "anchors", "anchor_stats")}, indent=2)
+        + f"\nrejected labels: {len(m['rejected'])}"
+    )
 
 
 def _version(a: argparse.Namespace) -> None:
@@ -93,15 +126,21 @@ def _evaluate(a: argparse.Namespace) -> None:
         from lightning_modules.detection.evaluation import evaluate_checkpoint
         from lightning_modules.detection.metrics import format_table
 
-        result = evaluate_checkpoint(Path(a.checkpoint), Path(a.data), split=a.split or "val", out_dir=Path(a.out),
-                                     batch_size=min(a.batch_size, 16))
+        result = evaluate_checkpoint(
+            Path(a.checkpoint),
+            Path(a.data),
+            split=a.split or "val",
+            out_dir=Path(a.out),
+            batch_size=min(a.batch_size, 16),
+        )
         shown = {k: v for k, v in result.items() if k != "confusion_matrix"}
         print(json.dumps(shown, indent=2) if a.json else format_table(result))
         return
     from lightning_modules.evaluate import evaluate, format_result
 
-    result = evaluate(Path(a.checkpoint), Path(a.data), split=a.split or "test", out_dir=Path(a.out),
-                      batch_size=a.batch_size)
+    result = evaluate(
+        Path(a.checkpoint), Path(a.data), split=a.split or "test", out_dir=Path(a.out), batch_size=a.batch_size
+    )
     print(json.dumps(result, indent=2) if a.json else format_result(result))
 
 
@@ -140,8 +179,12 @@ def _train(a: argparse.Namespace, rest: list[str]) -> int:
 def _max_pixels_option(s: argparse.ArgumentParser) -> None:
     from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS
 
-    s.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help="reject images whose header claims more pixels (checked before decoding; default 100 MP)")
+    s.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="reject images whose header claims more pixels (checked before decoding; default 100 MP)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,10 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--transfer-classes", type=int, default=5)
     s.add_argument("--transfer-per-class", type=int, default=12)
     s.add_argument("--transfer-val-per-class", type=int, default=20)
-    s.add_argument("--transfer-test-per-class", type=int, default=20,
-                   help="held-out test images per transfer class (transfer/test/<class>/)")
-    s.add_argument("--test-per-class", type=int, default=0,
-                   help="held-out test images per ImageNet-style class (imagenet/test/<wnid>/; 0: none)")
+    s.add_argument(
+        "--transfer-test-per-class",
+        type=int,
+        default=20,
+        help="held-out test images per transfer class (transfer/test/<class>/)",
+    )
+    s.add_argument(
+        "--test-per-class",
+        type=int,
+        default=0,
+        help="held-out test images per ImageNet-style class (imagenet/test/<wnid>/; 0: none)",
+    )
     s.add_argument("--det-train", type=int, default=64)
     s.add_argument("--det-val", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
@@ -214,8 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a checkpoint")
     s.add_argument("checkpoint", help="a training checkpoint (RUN_DIR/checkpoints/best.ckpt)")
     s.add_argument("--data", required=True, help="prepared classification (or, for a detector, detection) folder")
-    s.add_argument("--split", default=None, choices=["test", "val", "train"],
-                   help="default test for a classifier (held out, never used for model selection); val for a detector")
+    s.add_argument(
+        "--split",
+        default=None,
+        choices=["test", "val", "train"],
+        help="default test for a classifier (held out, never used for model selection); val for a detector",
+    )
     s.add_argument("--out", required=True, help="folder for evaluation.json and the figures")
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -229,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the training config's)")
     s.set_defaults(fn=_predict)
 
-    s = sub.add_parser("search", help="hyperparameter search (same as python -m lightning_modules.search)",
-                       add_help=False)
+    s = sub.add_parser(
+        "search", help="hyperparameter search (same as python -m lightning_modules.search)", add_help=False
+    )
     s.set_defaults(fn=_search, passthrough=True)
 
     s = sub.add_parser("train", help="run a training job (same as python -m lightning_modules.train)", add_help=False)

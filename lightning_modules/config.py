@@ -262,8 +262,10 @@ def validate(cfg: JobConfig, source: str) -> None:
     if cfg.optim.warmup_epochs < 0 or cfg.optim.warmup_epochs > cfg.trainer.max_epochs:
         raise ConfigError(f"{source}: optim.warmup_epochs must be in [0, trainer.max_epochs]")
     if not 0 <= cfg.optim.freeze_body_epochs <= cfg.trainer.max_epochs:
-        raise ConfigError(f"{source}: optim.freeze_body_epochs={cfg.optim.freeze_body_epochs} must be in "
-                          f"[0, trainer.max_epochs={cfg.trainer.max_epochs}]")
+        raise ConfigError(
+            f"{source}: optim.freeze_body_epochs={cfg.optim.freeze_body_epochs} must be in "
+            f"[0, trainer.max_epochs={cfg.trainer.max_epochs}]"
+        )
     if cfg.optim.body_lr_mult < 0:
         raise ConfigError(f"{source}: optim.body_lr_mult={cfg.optim.body_lr_mult} must be >= 0")
     if cfg.task == "detection":
@@ -280,18 +282,28 @@ def _validate_detection(cfg: JobConfig, source: str) -> None:
     for s in d.multiscale or []:
         if not isinstance(s, int) or s <= 0 or s % 32:
             raise ConfigError(f"{source}: detection.multiscale={d.multiscale}: sizes must be positive multiples of 32")
-    if d.anchors is not None and (not all(isinstance(a, list) and len(a) == 2 for a in d.anchors)
-                                  or any(v <= 0 for a in d.anchors for v in a)):
+    if d.anchors is not None and (
+        not all(isinstance(a, list) and len(a) == 2 for a in d.anchors) or any(v <= 0 for a in d.anchors for v in a)
+    ):
         raise ConfigError(f"{source}: detection.anchors must be a list of positive [w, h] pairs")
     if d.ema_decay is not None and not 0.0 < d.ema_decay < 1.0:
         raise ConfigError(f"{source}: detection.ema_decay={d.ema_decay} must be in (0, 1) or null")
-    checks = {"detection.multiscale_every": d.multiscale_every, "detection.grid": d.grid, "detection.boxes": d.boxes,
-              "detection.max_det": d.max_det, "detection.ema_tau": d.ema_tau}
+    checks = {
+        "detection.multiscale_every": d.multiscale_every,
+        "detection.grid": d.grid,
+        "detection.boxes": d.boxes,
+        "detection.max_det": d.max_det,
+        "detection.ema_tau": d.ema_tau,
+    }
     for key, value in checks.items():
         if value <= 0:
             raise ConfigError(f"{source}: {key}={value!r} must be > 0")
-    for key, value in {"detection.mosaic_prob": d.mosaic_prob, "detection.flip": d.flip,
-                       "detection.conf_threshold": d.conf_threshold, "detection.nms_iou": d.nms_iou}.items():
+    for key, value in {
+        "detection.mosaic_prob": d.mosaic_prob,
+        "detection.flip": d.flip,
+        "detection.conf_threshold": d.conf_threshold,
+        "detection.nms_iou": d.nms_iou,
+    }.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{source}: {key}={value!r} must be in [0, 1]")
 
@@ -361,8 +373,10 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
                 return _coerce(value, opt, source, key)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{source}: {key}={value!r} has the wrong type (expected {_name(hint)})"
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else ConfigError(f"{source}: {key}={value!r} has the wrong type (expected {_name(hint)})")
         )
     if origin is dict or hint is dict:
         if not isinstance(value, dict):

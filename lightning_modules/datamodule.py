@@ -104,8 +104,9 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.val_ds is None and stage in (None, "fit", "validate"):
             # drop_last=False: litdata drops to whole batches per rank by default under DDP, which left a small
             # val set with zero batches per rank (Lightning then stops: "zero length").
-            self.val_ds = open_split(self.prepared_dir, "val", shuffle=False, drop_last=False,
-                                     transform=EvalTransform(self.image_size))
+            self.val_ds = open_split(
+                self.prepared_dir, "val", shuffle=False, drop_last=False, transform=EvalTransform(self.image_size)
+            )
 
     def _loader(self, ds, drop_last: bool, batch_size: int | None = None):
         from litdata import StreamingDataLoader

@@ -40,9 +40,7 @@ class WorldInfo:
 
 def under_torchrun() -> bool:
     """True in a process started by torchrun (it sets TORCHELASTIC_RUN_ID and WORLD_SIZE)."""
-    return "WORLD_SIZE" in os.environ and (
-        "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_WORLD_SIZE" in os.environ
-    )
+    return "WORLD_SIZE" in os.environ and ("TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_WORLD_SIZE" in os.environ)
 
 
 def global_rank() -> int:

@@ -47,20 +47,28 @@ def load_classifier(checkpoint: str | Path) -> Classifier:
 
     No pretrained file is read again (a transfer run's `model.pretrained_checkpoint` may be gone by now).
     """
-    from lightning_modules.models import build_model
-
     from lightning_modules.checkpoints import load_checkpoint
+    from lightning_modules.models import build_model
 
     path = Path(checkpoint)
     blob = load_checkpoint(path)
     hp = blob.get("hyper_parameters")
-    if not isinstance(hp, dict) or not isinstance(hp.get("model"), dict) or not isinstance(blob.get("state_dict"), dict):
+    if (
+        not isinstance(hp, dict)
+        or not isinstance(hp.get("model"), dict)
+        or not isinstance(blob.get("state_dict"), dict)
+    ):
         raise DataError(path, "not a visionflow training checkpoint (no hyper_parameters.model / state_dict)")
     m = hp["model"]
-    backbone = build_model(m["name"], num_classes=hp["num_classes"], width=m.get("width", 1.0),
-                           activation=m.get("activation"), dropout=m.get("dropout"),
-                           small_input=m.get("small_input", False))
-    state = {k[len("model."):]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}
+    backbone = build_model(
+        m["name"],
+        num_classes=hp["num_classes"],
+        width=m.get("width", 1.0),
+        activation=m.get("activation"),
+        dropout=m.get("dropout"),
+        small_input=m.get("small_input", False),
+    )
+    state = {k[len("model.") :]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}
     try:
         backbone.load_state_dict(state)
     except RuntimeError as exc:
@@ -69,19 +77,37 @@ def load_classifier(checkpoint: str | Path) -> Classifier:
     return model.eval()
 
 
-def evaluate(checkpoint: Path, prepared_dir: Path, *, split: str = "test", out_dir: Path,
-             batch_size: int = 128, image_size: int | None = None) -> dict[str, Any]:
+def evaluate(
+    checkpoint: Path,
+    prepared_dir: Path,
+    *,
+    split: str = "test",
+    out_dir: Path,
+    batch_size: int = 128,
+    image_size: int | None = None,
+) -> dict[str, Any]:
     """Top-1/top-5, per-class accuracy, mean loss and a confusion matrix of a checkpoint on one split."""
     model = load_classifier(checkpoint)
-    result = evaluate_module(model, prepared_dir, split=split, out_dir=out_dir, batch_size=batch_size,
-                             image_size=image_size, write=False)
+    result = evaluate_module(
+        model, prepared_dir, split=split, out_dir=out_dir, batch_size=batch_size, image_size=image_size, write=False
+    )
     result["checkpoint"] = str(Path(checkpoint).resolve())
     _write(result, Path(out_dir))
     return result
 
 
-def evaluate_module(model: nn.Module, prepared: Path, *, split: str = "test", out_dir: Path, batch_size: int = 128,
-                    image_size: int | None = None, mean=None, std=None, write: bool = True) -> dict[str, Any]:
+def evaluate_module(
+    model: nn.Module,
+    prepared: Path,
+    *,
+    split: str = "test",
+    out_dir: Path,
+    batch_size: int = 128,
+    image_size: int | None = None,
+    mean=None,
+    std=None,
+    write: bool = True,
+) -> dict[str, Any]:
     """Evaluate any classifier module (e.g. one loaded from the MLflow registry) on `prepared/split`.
 
     A `Classifier` gets uint8 images (it normalises itself); any other module gets images normalised
@@ -95,8 +121,10 @@ def evaluate_module(model: nn.Module, prepared: Path, *, split: str = "test", ou
     names = list(info.classes)
     own_names = getattr(model, "class_names", None)
     if own_names and list(own_names) != names and list(own_names) != list(info.wnids):
-        raise ConfigError(f"the model's classes ({', '.join(own_names[:5])}...) are not those of {prepared} "
-                          f"({', '.join(names[:5])}...): evaluate it on the set it was trained for")
+        raise ConfigError(
+            f"the model's classes ({', '.join(own_names[:5])}...) are not those of {prepared} "
+            f"({', '.join(names[:5])}...): evaluate it on the set it was trained for"
+        )
     self_normalising = isinstance(model, Classifier)
     scale_mean = torch.tensor(mean or info.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
     scale_std = torch.tensor(std or info.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
@@ -111,8 +139,10 @@ def evaluate_module(model: nn.Module, prepared: Path, *, split: str = "test", ou
             x = images if self_normalising else (images.float() - scale_mean) / scale_std
             logits = model(x).float()
             if logits.ndim != 2 or logits.shape[1] != k:
-                raise ConfigError(f"the model gives {tuple(logits.shape[1:])} outputs per image, {prepared} has "
-                                  f"{k} classes: evaluate it on the set it was trained for")
+                raise ConfigError(
+                    f"the model gives {tuple(logits.shape[1:])} outputs per image, {prepared} has "
+                    f"{k} classes: evaluate it on the set it was trained for"
+                )
             finite = torch.isfinite(logits).all(dim=1)
             nan = nan or not bool(finite.all())
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
@@ -123,8 +153,9 @@ def evaluate_module(model: nn.Module, prepared: Path, *, split: str = "test", ou
     if n == 0:
         raise DataError(prepared / split, "the split holds no images")
     per_class_n = confusion.sum(1)
-    per_class = {name: (float(confusion[i, i] / per_class_n[i]) if per_class_n[i] else None)
-                 for i, name in enumerate(names)}
+    per_class = {
+        name: (float(confusion[i, i] / per_class_n[i]) if per_class_n[i] else None) for i, name in enumerate(names)
+    }
     result = {
         "split": split,
         "prepared_dir": str(prepared.resolve()),
@@ -150,9 +181,12 @@ def _check_split(prepared: Path, split: str) -> None:
     if (prepared / split / "index.json").is_file():
         return
     if split == "test":
-        raise DataError(prepared / split, "no held-out test split here: the prepared source had no test/<class>/ "
-                                          "folder (`visionflow data synth` writes transfer/test; "
-                                          "--test-per-class N adds imagenet/test)")
+        raise DataError(
+            prepared / split,
+            "no held-out test split here: the prepared source had no test/<class>/ "
+            "folder (`visionflow data synth` writes transfer/test; "
+            "--test-per-class N adds imagenet/test)",
+        )
     raise DataError(prepared / split, f"no prepared '{split}' split here (index.json missing)")
 
 
@@ -176,8 +210,11 @@ def _figures(result: dict[str, Any], out_dir: Path) -> list[str]:
     from lightning_modules.tracking import confusion_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    made = [confusion_figure(result["confusion_matrix"], result["classes"], out_dir / "confusion_matrix.png",
-                             split=result["split"])]
+    made = [
+        confusion_figure(
+            result["confusion_matrix"], result["classes"], out_dir / "confusion_matrix.png", split=result["split"]
+        )
+    ]
     made.append(per_class_figure(result["per_class"], out_dir / "per_class_accuracy.png", result["split"]))
     return [str(p) for p in made]
 
@@ -212,8 +249,10 @@ def _write(result: dict[str, Any], out_dir: Path) -> None:
 
 
 def format_result(result: dict[str, Any]) -> str:
-    lines = [f"{result['split']}: {result['n']} images, top-1 {result['top1']:.4f}, top-{result['top5_k']} "
-             f"{result['top5']:.4f}, mean loss {result['mean_loss']:.4f}" + (", NON-FINITE LOGITS" if result["nan"] else "")]
+    lines = [
+        f"{result['split']}: {result['n']} images, top-1 {result['top1']:.4f}, top-{result['top5_k']} "
+        f"{result['top5']:.4f}, mean loss {result['mean_loss']:.4f}" + (", NON-FINITE LOGITS" if result["nan"] else "")
+    ]
     for name, acc in result["per_class"].items():
         lines.append(f"  {name:<32} {'-' if acc is None else f'{acc:.3f}'} ({result['per_class_n'][name]} images)")
     lines += [f"figures: {', '.join(result['figures'])}"]

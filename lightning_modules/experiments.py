@@ -79,8 +79,9 @@ def parent_run(uri: str, experiment: str, run_dir: Path, name: str, tags: dict[s
     return run_id
 
 
-def child_run(uri: str, experiment: str, parent_id: str, run_dir: Path, name: str,
-              tags: dict[str, str] | None = None) -> str:
+def child_run(
+    uri: str, experiment: str, parent_id: str, run_dir: Path, name: str, tags: dict[str, str] | None = None
+) -> str:
     """A run nested under `parent_id`, for one job whose folder is RUN_DIR (reopened on a rerun)."""
     from lightning_modules import tracking
 

@@ -49,7 +49,7 @@ def smooth(losses: list[float], window: int) -> list[float]:
     half = max(0, window // 2)
     out = []
     for i in range(len(losses)):
-        near = [x for x in losses[max(0, i - half): i + half + 1] if math.isfinite(x)]
+        near = [x for x in losses[max(0, i - half) : i + half + 1] if math.isfinite(x)]
         out.append(sum(near) / len(near) if near and math.isfinite(losses[i]) else math.nan)
     return out
 
@@ -72,8 +72,7 @@ class Suggestion:
     used: int  # points before the loss diverged
 
 
-def suggest(lrs: list[float], losses: list[float], window_fraction: float = 0.1,
-            divisor: float = 10.0) -> Suggestion:
+def suggest(lrs: list[float], losses: list[float], window_fraction: float = 0.1, divisor: float = 10.0) -> Suggestion:
     """The LR to use from a sweep's raw per-step `losses` at learning rates `lrs` (same length)."""
     n = min(len(lrs), len(losses))
     if n < 3:

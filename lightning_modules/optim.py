@@ -16,8 +16,9 @@ log = logging.getLogger("visionflow")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = None,
-                 body_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, *, lr: float | None = None, body_lr_mult: float = 1.0
+) -> list[dict[str, Any]]:
     """Weights with decay, norm parameters and biases without; with `body_lr_mult` != 1 the body's
     groups (model.body) come after the head's with lr x body_lr_mult and `"body": True`."""
     body = getattr(model, "body", None)
@@ -91,7 +92,9 @@ def configure_optimization(pl_module, model: nn.Module, o: dict[str, Any], lr: f
     schedule = o.get("schedule", "cosine")
     if schedule == "onecycle" and total >= 2:
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total,
+            opt,
+            max_lr=[g["lr"] for g in opt.param_groups],
+            total_steps=total,
             pct_start=onecycle_pct_start(o.get("warmup_epochs", 0.0) / epochs or 0.3, total),
         )
     elif schedule == "onecycle":  # a single step has no cycle: that step runs at the peak LR

@@ -24,9 +24,28 @@ log = logging.getLogger("visionflow")
 
 # Keys of the materialization's metadata (the Dagster side may rely on them).
 METADATA_KEYS = (
-    "status", "val_acc1", "val_acc5", "val_loss", "val_acc1_best", "val_acc1_final", "best_epoch", "epochs",
-    "global_step", "effective_batch", "lr_effective", "world_size", "best_checkpoint", "last_checkpoint", "run_dir",
-    "mlflow_run_id", "tracking_uri", "experiment", "history", "figures", "data_version", "fit_seconds",
+    "status",
+    "val_acc1",
+    "val_acc5",
+    "val_loss",
+    "val_acc1_best",
+    "val_acc1_final",
+    "best_epoch",
+    "epochs",
+    "global_step",
+    "effective_batch",
+    "lr_effective",
+    "world_size",
+    "best_checkpoint",
+    "last_checkpoint",
+    "run_dir",
+    "mlflow_run_id",
+    "tracking_uri",
+    "experiment",
+    "history",
+    "figures",
+    "data_version",
+    "fit_seconds",
 )
 _EPOCH_KEYS = ("train_loss", "val_loss", "val_acc1", "val_acc5", "val_map_50", "val_map", "lr")
 
@@ -89,8 +108,11 @@ def materialization_metadata(result: dict[str, Any]) -> dict[str, dict[str, Any]
         "data_version": md(result.get("data_version"), "text"),
         "fit_seconds": md(result.get("fit_seconds_this_attempt"), "float"),
         "task": md(result.get("task", "classification"), "text"),
-        **{k: md(v, "float") for k, v in best.items()  # the rest of the best epoch's validation (detection: mAP)
-           if k.startswith("val_") and k not in ("val_loss", "val_acc1", "val_acc5") and _finite(v)},
+        **{
+            k: md(v, "float")
+            for k, v in best.items()  # the rest of the best epoch's validation (detection: mAP)
+            if k.startswith("val_") and k not in ("val_loss", "val_acc1", "val_acc5") and _finite(v)
+        },
     }
 
 
@@ -108,7 +130,8 @@ class PipesReporter(JsonReporter):
         self.ctx.log.info(
             f"training: world size {info.get('world_size')} ({info.get('devices')} device(s) x "
             f"{info.get('num_nodes')} node(s), {info.get('threads_per_rank')} thread(s) per rank), effective "
-            f"batch {info.get('effective_batch')}, lr {info.get('lr_effective'):.4g}, run folder {info.get('run_dir')}, "
+            f"batch {info.get('effective_batch')}, lr {info.get('lr_effective'):.4g}, "
+            f"run folder {info.get('run_dir')}, "
             f"MLflow run {info.get('mlflow_run_id')}"
         )
 

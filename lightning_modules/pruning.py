@@ -123,9 +123,12 @@ class _Reporter:
         self.metric = attrs.get(STUDY_ATTR_METRIC, "val/loss")
         # RandomSampler: Trial() calls sampler.before_trial, a no-op for it (the search's sampler
         # has already chosen this trial's parameters).
-        study = optuna.load_study(study_name=study_name, storage=storage,
-                                  sampler=optuna.samplers.RandomSampler(),
-                                  pruner=build_pruner(spec["name"], spec.get("args")))
+        study = optuna.load_study(
+            study_name=study_name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),
+            pruner=build_pruner(spec["name"], spec.get("args")),
+        )
         self.trial = optuna.trial.Trial(study, trial_id)
 
     def report(self, value: float, epoch: int) -> bool:

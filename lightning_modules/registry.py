@@ -34,8 +34,9 @@ MODEL_FILE, SPEC_FILE = "model.ckpt", "model.json"
 FORMAT = "visionflow-checkpoint/1"
 
 
-def log_and_register(uri: str, run_id: str, checkpoint: str | Path, name: str, *, kind: str,
-                     spec: dict | None = None) -> str:
+def log_and_register(
+    uri: str, run_id: str, checkpoint: str | Path, name: str, *, kind: str, spec: dict | None = None
+) -> str:
     """Store a checkpoint's weights and settings in the run and register them; returns the new version number.
 
     No pickle: the version holds `model.ckpt` (only `hyper_parameters` and `state_dict`, loadable with
@@ -54,8 +55,10 @@ def log_and_register(uri: str, run_id: str, checkpoint: str | Path, name: str, *
     blob = load_checkpoint(checkpoint)
     client = MlflowClient(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save({"hyper_parameters": blob.get("hyper_parameters"), "state_dict": blob.get("state_dict")},
-                   Path(tmp) / MODEL_FILE)
+        torch.save(
+            {"hyper_parameters": blob.get("hyper_parameters"), "state_dict": blob.get("state_dict")},
+            Path(tmp) / MODEL_FILE,
+        )
         doc = {"format": FORMAT, "kind": kind, "checkpoint": str(checkpoint), **(spec or {})}
         (Path(tmp) / SPEC_FILE).write_text(json.dumps(doc, indent=1, default=str))
         client.log_artifacts(run_id, tmp, MODEL_DIR)
@@ -108,9 +111,18 @@ def champion(uri: str, name: str):
         return None
 
 
-def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_version: str,
-                       rescore: Callable[[str], float], gates_passed: bool = True,
-                       score_tag: str = SCORE_TAG, scored_on: str | None = None) -> Decision:
+def decide_and_promote(
+    uri: str,
+    name: str,
+    version: str,
+    *,
+    score: float,
+    data_version: str,
+    rescore: Callable[[str], float],
+    gates_passed: bool = True,
+    score_tag: str = SCORE_TAG,
+    scored_on: str | None = None,
+) -> Decision:
     """Move `champion` to `version` if it beats the current champion on the same test data.
 
     data_version: the lineage of the data (tagged). scored_on: what identifies the exact test set the
@@ -127,21 +139,35 @@ def decide_and_promote(uri: str, name: str, version: str, *, score: float, data_
     client.set_model_version_tag(name, version, score_tag, repr(float(score)))  # full precision: ties stay ties
     current = champion(uri, name)
     if not gates_passed:
-        decision = Decision(False, version, "quality gates failed", score,
-                            str(current.version) if current else None)
+        decision = Decision(False, version, "quality gates failed", score, str(current.version) if current else None)
     elif current is None:
         decision = Decision(True, version, "no champion yet", score)
     else:
         same_data = current.tags.get("scored_on", current.tags.get("data_version")) == scored_on
-        champ_score = float(current.tags[score_tag]) if same_data and score_tag in current.tags \
+        champ_score = (
+            float(current.tags[score_tag])
+            if same_data and score_tag in current.tags
             else rescore(f"models:/{name}/{current.version}")
+        )
         how = "same data version" if same_data else f"champion re-scored on data {data_version}"
         if score > champ_score:
-            decision = Decision(True, version, f"beats champion v{current.version} ({score:.4f} > {champ_score:.4f}, {how})",
-                                score, str(current.version), champ_score)
+            decision = Decision(
+                True,
+                version,
+                f"beats champion v{current.version} ({score:.4f} > {champ_score:.4f}, {how})",
+                score,
+                str(current.version),
+                champ_score,
+            )
         else:
-            decision = Decision(False, version, f"does not beat champion v{current.version} ({score:.4f} <= {champ_score:.4f}, {how})",
-                                score, str(current.version), champ_score)
+            decision = Decision(
+                False,
+                version,
+                f"does not beat champion v{current.version} ({score:.4f} <= {champ_score:.4f}, {how})",
+                score,
+                str(current.version),
+                champ_score,
+            )
     if decision.promoted:
         client.set_registered_model_alias(name, ALIAS, version)
     client.set_model_version_tag(name, version, "promotion", decision.reason)

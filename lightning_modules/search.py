@@ -161,8 +161,13 @@ class SearchConfig:
         return {
             "job": _without_tracking(to_dict(self.job_config())),
             "space": {k: dataclasses.asdict(p) for k, p in sorted(self.space.items())},
-            "sampler": self.sampler, "seed": self.seed, "pruner": self.pruner, "pruner_args": self.pruner_args,
-            "epochs_per_trial": self.epochs_per_trial, "metric": self.metric, "direction": self.direction,
+            "sampler": self.sampler,
+            "seed": self.seed,
+            "pruner": self.pruner,
+            "pruner_args": self.pruner_args,
+            "epochs_per_trial": self.epochs_per_trial,
+            "metric": self.metric,
+            "direction": self.direction,
             "experiment": self.experiment,
         }
 
@@ -199,9 +204,12 @@ def load_search_config(path: str | Path) -> SearchConfig:
     base = raw["base"] if isinstance(raw["base"], list) else [raw["base"]]
     if not isinstance(raw["space"], dict):
         raise ConfigError(f"{path}: 'space' must map job-config keys (e.g. optim.lr) to a list or {{low, high}}")
-    cfg = SearchConfig(base=[_find_base(b, path) for b in base],
-                       space={str(k): _param(str(k), v, path) for k, v in raw["space"].items()},
-                       source=path.resolve(), **kwargs)
+    cfg = SearchConfig(
+        base=[_find_base(b, path) for b in base],
+        space={str(k): _param(str(k), v, path) for k, v in raw["space"].items()},
+        source=path.resolve(),
+        **kwargs,
+    )
     cfg.name = cfg.name or path.stem
     if cfg.pruner_args is None:
         cfg.pruner_args = dict(pruning.PRUNER_DEFAULTS.get(cfg.pruner, {}))
@@ -238,7 +246,7 @@ def _find_base(name: Any, path: Path) -> Path:
     from lightning_modules.paths import project_root
 
     p = Path(str(name))
-    for candidate in ([p] if p.is_absolute() else [path.parent / p, project_root() / p]):
+    for candidate in [p] if p.is_absolute() else [path.parent / p, project_root() / p]:
         if candidate.is_file():
             return candidate.resolve()
     raise ConfigError(f"{path}: base: job config {name} not found (next to this file or in {project_root()})")
@@ -257,8 +265,9 @@ def _param(key: str, value: Any, path: Path) -> ParamSpec:
     if isinstance(value, dict):
         extra = sorted(set(value) - _RANGE_KEYS)
         if extra or "low" not in value or "high" not in value:
-            raise ConfigError(f"{where}: a range is {{low, high[, log][, step]}}"
-                              + (f"; unknown key '{extra[0]}'" if extra else ""))
+            raise ConfigError(
+                f"{where}: a range is {{low, high[, log][, step]}}" + (f"; unknown key '{extra[0]}'" if extra else "")
+            )
         low, high, step = (_number(value.get(k)) for k in ("low", "high", "step"))
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
             raise ConfigError(f"{where}: low and high must be numbers")
@@ -287,8 +296,12 @@ def _validate(cfg: SearchConfig) -> None:
         if ranges:
             raise ConfigError(f"{src}: space.{ranges[0]}: grid search needs a list of values, not a range")
         if cfg.n_trials and cfg.n_trials > cfg.grid_size:
-            log.warning("%s: n_trials=%d is more than the grid's %d points: running the grid once",
-                        src, cfg.n_trials, cfg.grid_size)
+            log.warning(
+                "%s: n_trials=%d is more than the grid's %d points: running the grid once",
+                src,
+                cfg.n_trials,
+                cfg.grid_size,
+            )
     try:
         cfg.job_config()
     except ConfigError as exc:
@@ -363,7 +376,7 @@ def _split_field(key: str) -> tuple[str, str]:
             return key, ""  # unknown: load_config names it
         cls = hints[part]
         if not dataclasses.is_dataclass(cls):
-            return ".".join(parts[: i + 1]), ".".join(parts[i + 1:])
+            return ".".join(parts[: i + 1]), ".".join(parts[i + 1 :])
     return key, ""
 
 
@@ -426,8 +439,9 @@ class _Context:
     stopping: threading.Event = field(default_factory=threading.Event)
 
 
-def run_search(cfg: SearchConfig, data: Path, out: Path, *, launch: Launch = subprocess_launch,
-               tracking_uri: str | None = None) -> dict[str, Any]:
+def run_search(
+    cfg: SearchConfig, data: Path, out: Path, *, launch: Launch = subprocess_launch, tracking_uri: str | None = None
+) -> dict[str, Any]:
     """Run (or continue) the search in OUT; returns the summary (also in OUT/trials.json, OUT/best.yaml).
 
     `launch` is called from up to `cfg.parallel` threads at once. A failed job marks its trial FAIL
@@ -471,9 +485,14 @@ def _open(cfg: SearchConfig, data: Path, out: Path, launch: Launch, uri: str, ba
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_url = f"sqlite:///{out / 'optuna.db'}"
     sampler = SAMPLERS[cfg.sampler](cfg.grid_space, cfg.seed)
-    study = optuna.create_study(storage=pruning.open_storage(storage_url), study_name=STUDY_NAME,
-                                sampler=sampler, pruner=pruning.build_pruner(cfg.pruner, cfg.pruner_args),
-                                direction=cfg.direction, load_if_exists=True)
+    study = optuna.create_study(
+        storage=pruning.open_storage(storage_url),
+        study_name=STUDY_NAME,
+        sampler=sampler,
+        pruner=pruning.build_pruner(cfg.pruner, cfg.pruner_args),
+        direction=cfg.direction,
+        load_if_exists=True,
+    )
     from lightning_modules.data.lineage import data_identity
 
     # as stored (tuples -> lists); the data too: a rerun on re-prepared data is another search, not this one
@@ -486,8 +505,13 @@ def _open(cfg: SearchConfig, data: Path, out: Path, launch: Launch, uri: str, ba
     elif stored != identity:
         changed = ", ".join(diff(stored, identity)[:8])
         raise ConfigError(f"{out}: this folder holds a different search ({changed} differ); use a new --out")
-    parent_id = parent_run(uri, cfg.experiment, out, cfg.name or "search",
-                           tags={"search": cfg.name or "", "sampler": cfg.sampler, "pruner": cfg.pruner})
+    parent_id = parent_run(
+        uri,
+        cfg.experiment,
+        out,
+        cfg.name or "search",
+        tags={"search": cfg.name or "", "sampler": cfg.sampler, "pruner": cfg.pruner},
+    )
     _log_parent_info(uri, parent_id, cfg)
     # Parallel trials (and their DDP ranks) share this machine's cores; VISIONFLOW_THREADS overrides.
     ranks = cfg.parallel * cfg.job_config().trainer.devices
@@ -505,10 +529,17 @@ def _log_parent_info(uri: str, run_id: str, cfg: SearchConfig) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     if client.get_run(run_id).data.params:
         return
-    params = {"sampler": cfg.sampler, "seed": cfg.seed, "pruner": cfg.pruner,
-              "pruner_args": json.dumps(cfg.pruner_args),
-              "epochs_per_trial": cfg.epochs_per_trial, "metric": cfg.metric, "direction": cfg.direction,
-              "base": cfg.base_names(), **{f"space.{k}": _describe(p) for k, p in cfg.space.items()}}
+    params = {
+        "sampler": cfg.sampler,
+        "seed": cfg.seed,
+        "pruner": cfg.pruner,
+        "pruner_args": json.dumps(cfg.pruner_args),
+        "epochs_per_trial": cfg.epochs_per_trial,
+        "metric": cfg.metric,
+        "direction": cfg.direction,
+        "base": cfg.base_names(),
+        **{f"space.{k}": _describe(p) for k, p in cfg.space.items()},
+    }
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     client.log_text(run_id, cfg.source.read_text(), "search/search.yaml")
 
@@ -528,8 +559,9 @@ def _search(ctx: _Context) -> dict[str, Any]:
     new = max(0, ctx.cfg.trials_wanted() - len(finished) - len(leftover))
     total = len(leftover) + new
     if finished:
-        log.info("search %s: %d trial(s) already finished, %d to resume, %d new", ctx.out, len(finished),
-                 len(leftover), new)
+        log.info(
+            "search %s: %d trial(s) already finished, %d to resume, %d new", ctx.out, len(finished), len(leftover), new
+        )
     for _ in track(_run_trials(ctx, leftover, new), f"search {ctx.cfg.name}", total=total, log_every=30):
         pass
     return _finish(ctx)
@@ -602,8 +634,13 @@ def _run_trial(ctx: _Context, number: int, trial_id: int, params: dict[str, Any]
             trial.set_user_attr("error", error[-2000:])
         _tell(ctx, number, getattr(TrialState, state), value if state == "COMPLETE" else None)
         _tag_child(ctx, child_id, number, state, value, error)
-    log.info("trial %d %s after %d epoch(s)%s", number, state, epochs,
-             f", {ctx.cfg.metric}={value:.4g}" if value is not None else f": {error}" if error else "")
+    log.info(
+        "trial %d %s after %d epoch(s)%s",
+        number,
+        state,
+        epochs,
+        f", {ctx.cfg.metric}={value:.4g}" if value is not None else f": {error}" if error else "",
+    )
     return {"number": number, "state": state, "value": value, "epochs_run": epochs}
 
 
@@ -614,16 +651,30 @@ def _prepare(ctx: _Context, number: int, trial_id: int, params: dict[str, Any]):
     cfg = ctx.cfg
     run_dir = ctx.out / TRIALS_DIR / f"trial_{number}"
     with ctx.lock:
-        child_id = child_run(ctx.uri, cfg.experiment, ctx.parent_id, run_dir, f"trial_{number}",
-                             tags={"trial_number": str(number), "state": "RUNNING", "search": cfg.name or ""})
+        child_id = child_run(
+            ctx.uri,
+            cfg.experiment,
+            ctx.parent_id,
+            run_dir,
+            f"trial_{number}",
+            tags={"trial_number": str(number), "state": "RUNNING", "search": cfg.name or ""},
+        )
         trial = optuna.trial.Trial(ctx.study, trial_id)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("mlflow_run_id", child_id)
-    values = {**cfg.fixed, **cfg.trial_overrides, "trainer.max_epochs": cfg.epochs_per_trial, **params,
-              "tracking.tracking_uri": ctx.uri, "tracking.experiment": cfg.experiment, "tracking.run_id": child_id}
+    values = {
+        **cfg.fixed,
+        **cfg.trial_overrides,
+        "trainer.max_epochs": cfg.epochs_per_trial,
+        **params,
+        "tracking.tracking_uri": ctx.uri,
+        "tracking.experiment": cfg.experiment,
+        "tracking.run_id": child_id,
+    }
     env = {**pruning.trial_env(ctx.storage_url, STUDY_NAME, trial_id), "VISIONFLOW_THREADS": str(ctx.threads)}
-    req = LaunchRequest(configs=list(cfg.base), data=ctx.data, run_dir=run_dir,
-                        overrides=overrides(values, ctx.base), env=env)
+    req = LaunchRequest(
+        configs=list(cfg.base), data=ctx.data, run_dir=run_dir, overrides=overrides(values, ctx.base), env=env
+    )
     return req, trial, child_id
 
 
@@ -686,9 +737,18 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         epochs = t.user_attrs.get("epochs_run")
         if epochs is None and run_dir:
             epochs = len(_history(Path(run_dir)))
-        rows.append({"number": t.number, "state": t.state.name, "params": dict(t.params), "value": t.value,
-                     "epochs_run": epochs, "run_dir": run_dir, "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-                     **{k: t.user_attrs[k] for k in ("pruned_epoch", "error") if k in t.user_attrs}})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": dict(t.params),
+                "value": t.value,
+                "epochs_run": epochs,
+                "run_dir": run_dir,
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                **{k: t.user_attrs[k] for k in ("pruned_epoch", "error") if k in t.user_attrs},
+            }
+        )
     return rows
 
 
@@ -705,8 +765,9 @@ def _finish(ctx: _Context) -> dict[str, Any]:
     (out / TRIALS_FILE).write_text(json.dumps(rows, indent=1))
     best_path = None
     if best is not None:
-        best_path = write_best(cfg, ctx.base, best.params, out / BEST_FILE,
-                               comment=f"trial {best.number}: {cfg.metric}={best.value:.5g}")
+        best_path = write_best(
+            cfg, ctx.base, best.params, out / BEST_FILE, comment=f"trial {best.number}: {cfg.metric}={best.value:.5g}"
+        )
     else:
         log.warning("search %s: no trial completed, so there is no best configuration", out)
     figure = plot_search(rows, cfg, out / FIGURE)
@@ -720,20 +781,32 @@ def _finish(ctx: _Context) -> dict[str, Any]:
     if best is not None:
         tracking.set_tag(ctx.uri, ctx.parent_id, "best_trial", str(best.number))
     return {
-        "out": str(out), "study": STUDY_NAME, "storage": ctx.storage_url, "metric": cfg.metric,
-        "direction": cfg.direction, "n_trials": len(rows), **metrics,
-        "best_value": best.value if best else None, "best_trial": best.number if best else None,
-        "best_params": dict(best.params) if best else None, "best_config": str(best_path) if best_path else None,
-        "figure": str(figure) if figure else None, "trials": rows, "parent_run_id": ctx.parent_id,
-        "tracking_uri": ctx.uri, "experiment": cfg.experiment,
+        "out": str(out),
+        "study": STUDY_NAME,
+        "storage": ctx.storage_url,
+        "metric": cfg.metric,
+        "direction": cfg.direction,
+        "n_trials": len(rows),
+        **metrics,
+        "best_value": best.value if best else None,
+        "best_trial": best.number if best else None,
+        "best_params": dict(best.params) if best else None,
+        "best_config": str(best_path) if best_path else None,
+        "figure": str(figure) if figure else None,
+        "trials": rows,
+        "parent_run_id": ctx.parent_id,
+        "tracking_uri": ctx.uri,
+        "experiment": cfg.experiment,
     }
 
 
 def write_best(cfg: SearchConfig, base: JobConfig, params: dict[str, Any], path: Path, comment: str = "") -> Path:
     """best.yaml: the searched values (and the search's fixed settings) as an overlay job config."""
     nested = overlay({**cfg.fixed, **params}, base)
-    header = (f"# Best configuration of search {cfg.name} ({cfg.source}); {comment}\n"
-              f"# Overlay on {cfg.base_names()}: python -m lightning_modules.train BASE {path.name} ...\n")
+    header = (
+        f"# Best configuration of search {cfg.name} ({cfg.source}); {comment}\n"
+        f"# Overlay on {cfg.base_names()}: python -m lightning_modules.train BASE {path.name} ...\n"
+    )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(header + yaml.safe_dump(nested, sort_keys=True))
     tmp.replace(path)
@@ -771,20 +844,37 @@ def plot_search(rows: list[dict[str, Any]], cfg: SearchConfig, out: Path) -> Pat
     ax = fig.add_subplot(2, 1, 1)
     for i, r in enumerate(shown):
         pruned = r["state"] == "PRUNED"
-        ax.plot(range(n + 1), [c[0][i] for c in columns], color=cmap(norm(values[i])), lw=1.2 if pruned else 2.2,
-                ls="--" if pruned else "-", alpha=0.6 if pruned else 0.95, marker="o", ms=3)
+        ax.plot(
+            range(n + 1),
+            [c[0][i] for c in columns],
+            color=cmap(norm(values[i])),
+            lw=1.2 if pruned else 2.2,
+            ls="--" if pruned else "-",
+            alpha=0.6 if pruned else 0.95,
+            marker="o",
+            ms=3,
+        )
     for j, (_, labels) in enumerate(columns):
         ax.axvline(j, color="0.7", lw=0.8)
         for y, text in labels:
             ax.text(j + 0.02, y, text, fontsize=7, va="center")
     ax.set_xticks(range(n + 1), [*keys, cfg.metric])
     ax.set_yticks([])
-    ax.set_title(f"{cfg.name}: {len(shown)} trials ({sum(r['state'] == 'PRUNED' for r in shown)} pruned, dashed)"
-                 + (f"; {clipped} outlying {cfg.metric} clipped" if clipped else ""))
+    ax.set_title(
+        f"{cfg.name}: {len(shown)} trials ({sum(r['state'] == 'PRUNED' for r in shown)} pruned, dashed)"
+        + (f"; {clipped} outlying {cfg.metric} clipped" if clipped else "")
+    )
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=cfg.metric)
     for j, key in enumerate(keys):
-        _scatter(fig.add_subplot(2, n, n + j + 1), shown, values, key, cfg.metric if j == 0 else None,
-                 logs[key], lambda v: cmap(norm(v)))
+        _scatter(
+            fig.add_subplot(2, n, n + j + 1),
+            shown,
+            values,
+            key,
+            cfg.metric if j == 0 else None,
+            logs[key],
+            lambda v: cmap(norm(v)),
+        )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -792,8 +882,9 @@ def plot_search(rows: list[dict[str, Any]], cfg: SearchConfig, out: Path) -> Pat
     return out
 
 
-def _scatter(sub, shown: list[dict[str, Any]], values: list[float], key: str, ylabel: str | None, xlog: bool,
-             color) -> None:
+def _scatter(
+    sub, shown: list[dict[str, Any]], values: list[float], key: str, ylabel: str | None, xlog: bool, color
+) -> None:
     """Value against one parameter: completed trials as dots, pruned ones as crosses."""
     from matplotlib.ticker import NullFormatter
 
@@ -833,7 +924,7 @@ def _axis(raw: list[Any], log_scale: bool) -> tuple[list[float], list[tuple[floa
     lo, hi = float(x.min()), float(x.max())
     scaled = [(v - lo) / (hi - lo) if hi > lo else 0.5 for v in x]
     ticks = [(0.0, lo), (1.0, hi)] if hi > lo else [(0.5, lo)]
-    fmt = (lambda v: f"{10 ** v:.3g}") if log_scale else (lambda v: f"{v:.3g}")
+    fmt = (lambda v: f"{10**v:.3g}") if log_scale else (lambda v: f"{v:.3g}")
     return scaled, [(p, fmt(v)) for p, v in ticks]
 
 
@@ -853,12 +944,25 @@ def format_trials(summary: dict[str, Any]) -> str:
     rows = summary["trials"]
     keys = sorted({k for r in rows for k in r["params"]})
     sign = 1 if summary["direction"] == "minimize" else -1
-    order = sorted(rows, key=lambda r: (r["value"] is None, r["state"] != "COMPLETE",
-                                        sign * (r["value"] if r["value"] is not None else 0)))
+    order = sorted(
+        rows,
+        key=lambda r: (
+            r["value"] is None,
+            r["state"] != "COMPLETE",
+            sign * (r["value"] if r["value"] is not None else 0),
+        ),
+    )
     head = ["trial", "state", summary["metric"], "epochs", *keys]
-    table = [[str(r["number"]), r["state"], f"{r['value']:.4f}" if r["value"] is not None else "-",
-              str(r["epochs_run"] if r["epochs_run"] is not None else "-"),
-              *(_short(r["params"].get(k, "-")) for k in keys)] for r in order]
+    table = [
+        [
+            str(r["number"]),
+            r["state"],
+            f"{r['value']:.4f}" if r["value"] is not None else "-",
+            str(r["epochs_run"] if r["epochs_run"] is not None else "-"),
+            *(_short(r["params"].get(k, "-")) for k in keys),
+        ]
+        for r in order
+    ]
     widths = [max(len(x) for x in col) for col in zip(head, *table)]
     return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *table])
 
@@ -868,8 +972,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="search YAML (e.g. configs/search-cpu.yaml)")
     p.add_argument("--data", required=True, type=Path, help="prepared classification folder")
     p.add_argument("--out", required=True, type=Path, help="search folder (rerun the same OUT to continue)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: the job config's, else $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: the job config's, else $MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
     return p
 
 
@@ -886,11 +993,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: rerun with --out {args.out} to continue (unfinished trials resume)", file=sys.stderr)
         return 130
     print(format_trials(summary))
-    print(f"\n{summary['n_complete']} complete, {summary['n_pruned']} pruned, {summary['n_failed']} failed; "
-          f"MLflow parent run {summary['parent_run_id']} ({summary['tracking_uri']})")
+    print(
+        f"\n{summary['n_complete']} complete, {summary['n_pruned']} pruned, {summary['n_failed']} failed; "
+        f"MLflow parent run {summary['parent_run_id']} ({summary['tracking_uri']})"
+    )
     if summary["best_config"]:
-        print(f"best: trial {summary['best_trial']} {summary['metric']}={summary['best_value']:.4f} "
-              f"-> {summary['best_config']}\n{Path(summary['best_config']).read_text()}")
+        print(
+            f"best: trial {summary['best_trial']} {summary['metric']}={summary['best_value']:.4f} "
+            f"-> {summary['best_config']}\n{Path(summary['best_config']).read_text()}"
+        )
     return 0
 
 

@@ -4,9 +4,10 @@ best checkpoint, and task callbacks. train.py does everything else the same way 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lightning_modules.config import JobConfig
 from lightning_modules.errors import ConfigError
@@ -46,12 +47,23 @@ def _build_classification(cfg: JobConfig, data: Path, lr: float) -> Built:
     dm = ClassificationDataModule(data, cfg.data, seed=cfg.trainer.seed)
     mean, std = input_normalization(asdict(cfg.model), dm.info.mean, dm.info.std)
     module = ClassificationModule(
-        model=asdict(cfg.model), optim=asdict(cfg.optim), loss=asdict(cfg.loss), num_classes=dm.num_classes,
-        mean=mean, std=std, lr=lr, channels_last=cfg.trainer.channels_last, compile=cfg.trainer.compile,
+        model=asdict(cfg.model),
+        optim=asdict(cfg.optim),
+        loss=asdict(cfg.loss),
+        num_classes=dm.num_classes,
+        mean=mean,
+        std=std,
+        lr=lr,
+        channels_last=cfg.trainer.channels_last,
+        compile=cfg.trainer.compile,
         class_names=dm.class_names,
     )
-    extra = {"num_classes": dm.num_classes, "train_samples": dm.info.counts.get("train"),
-             "val_samples": dm.info.counts.get("val"), "image_size": dm.image_size}
+    extra = {
+        "num_classes": dm.num_classes,
+        "train_samples": dm.info.counts.get("train"),
+        "val_samples": dm.info.counts.get("val"),
+        "image_size": dm.image_size,
+    }
     return Built(dm, module, extra)
 
 
@@ -71,13 +83,27 @@ def _build_detection(cfg: JobConfig, data: Path, lr: float) -> Built:
     anchors = d.anchors if d.anchors is not None else anchors_for(dm.info, d.version, dm.image_size)
     # A pretrained body keeps the input normalisation it learned with; from scratch: YOLO's 0..1 scaling.
     mean, std = input_normalization(asdict(cfg.model), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    module = DetectionModule(model=asdict(cfg.model), detection=asdict(d), optim=asdict(cfg.optim),
-                             num_classes=dm.num_classes, image_size=dm.image_size, anchors=anchors,
-                             class_names=dm.class_names, mean=mean, std=std, lr=lr, seed=cfg.trainer.seed)
+    module = DetectionModule(
+        model=asdict(cfg.model),
+        detection=asdict(d),
+        optim=asdict(cfg.optim),
+        num_classes=dm.num_classes,
+        image_size=dm.image_size,
+        anchors=anchors,
+        class_names=dm.class_names,
+        mean=mean,
+        std=std,
+        lr=lr,
+        seed=cfg.trainer.seed,
+    )
     counts = dm.info.counts
-    extra = {"num_classes": dm.num_classes, "train_samples": counts.get("train", {}).get("images"),
-             "val_samples": counts.get("val", {}).get("images"), "image_size": dm.image_size,
-             "anchors": anchors}
+    extra = {
+        "num_classes": dm.num_classes,
+        "train_samples": counts.get("train", {}).get("images"),
+        "val_samples": counts.get("val", {}).get("images"),
+        "image_size": dm.image_size,
+        "anchors": anchors,
+    }
     return Built(dm, module, extra)
 
 
@@ -99,9 +125,16 @@ def _detection_train_batches(n: int, batch: int, world: int) -> int:
 TASKS: dict[str, Task] = {
     "classification": Task("classification", _check_classification, _build_classification, "val/loss", "min"),
     # YOLOv5's fitness: mostly mAP@0.5:0.95, a little mAP@0.5.
-    "detection": Task("detection", _check_detection, _build_detection, "val/fitness", "max",
-                      callbacks=_detection_callbacks, distributed_sampler=True,
-                      train_batches=_detection_train_batches),
+    "detection": Task(
+        "detection",
+        _check_detection,
+        _build_detection,
+        "val/fitness",
+        "max",
+        callbacks=_detection_callbacks,
+        distributed_sampler=True,
+        train_batches=_detection_train_batches,
+    ),
 }
 
 

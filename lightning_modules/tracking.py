@@ -31,7 +31,7 @@ def resolve_uri(uri: str | None) -> str:
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):])
+    return Path(uri[len("sqlite:///") :])
 
 
 def ensure_store(uri: str) -> None:
@@ -58,15 +58,21 @@ def git_sha(root: Path | None = None) -> str:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def open_run(uri: str, experiment: str, run_dir: Path, run_name: str | None, tags: dict[str, str],
-             run_id: str | None = None) -> tuple[str, bool]:
+def open_run(
+    uri: str, experiment: str, run_dir: Path, run_name: str | None, tags: dict[str, str], run_id: str | None = None
+) -> tuple[str, bool]:
     """The MLflow run of RUN_DIR: (run_id, created).
 
     In order: the run in RUN_DIR/mlflow_run_id (a rerun or retry resumes into it); else `run_id`, an
@@ -86,8 +92,9 @@ def open_run(uri: str, experiment: str, run_dir: Path, run_name: str | None, tag
             client.get_run(stored)
             client.update_run(stored, status="RUNNING")
             if run_id and run_id != stored:
-                log.warning("tracking.run_id=%s ignored: %s holds run %s, which this job resumes into",
-                            run_id, id_file, stored)
+                log.warning(
+                    "tracking.run_id=%s ignored: %s holds run %s, which this job resumes into", run_id, id_file, stored
+                )
             return stored, False
         except MlflowException:
             log.warning("MLflow run %s (from %s) is not in %s: starting a new run", stored, id_file, uri)
@@ -149,7 +156,9 @@ def make_logger(uri: str, experiment: str, run_id: str):
     return MLFlowLogger(experiment_name=experiment, tracking_uri=uri, run_id=run_id)
 
 
-def log_run_info(uri: str, run_id: str, *, params: dict[str, Any], tags: dict[str, str], config_yaml: str | None) -> None:
+def log_run_info(
+    uri: str, run_id: str, *, params: dict[str, Any], tags: dict[str, str], config_yaml: str | None
+) -> None:
     """Params (MLflow keeps them immutable: call once per run), tags and the config file."""
     from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
@@ -237,8 +246,15 @@ def confusion_figure(matrix, class_names: list[str], out: Path, split: str = "va
         if k <= 15:
             for i in range(k):
                 for j in range(k):
-                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(m[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"Confusion matrix ({split}, accuracy {np.trace(m) / max(m.sum(), 1):.3f})")

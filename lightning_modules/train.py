@@ -49,12 +49,18 @@ _children_report = False
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lightning_modules.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("config", nargs="+", type=Path, help="job YAML; later files overlay earlier ones (e.g. RUN_DIR/tuned.yaml)")
-    p.add_argument("--data", required=True, type=Path, help="prepared classification folder (manifest.json, train/, val/)")
+    p.add_argument(
+        "config", nargs="+", type=Path, help="job YAML; later files overlay earlier ones (e.g. RUN_DIR/tuned.yaml)"
+    )
+    p.add_argument(
+        "--data", required=True, type=Path, help="prepared classification folder (manifest.json, train/, val/)"
+    )
     p.add_argument("--out", required=True, type=Path, help="run folder (RUN_DIR)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.05")
     p.add_argument("--resume", action="store_true", help="fail unless RUN_DIR holds an unfinished run to resume")
-    p.add_argument("--tune", action="store_true", help="first find batch size and LR on one device (RUN_DIR/tuned.yaml)")
+    p.add_argument(
+        "--tune", action="store_true", help="first find batch size and LR on one device (RUN_DIR/tuned.yaml)"
+    )
     return p
 
 
@@ -92,7 +98,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     run_dir = args.out.resolve()
     world = dist.world_info()
     if args.tune and world.torchrun:
-        raise ConfigError("--tune runs on one device: start the job without torchrun (it tunes, then launches torchrun)")
+        raise ConfigError(
+            "--tune runs on one device: start the job without torchrun (it tunes, then launches torchrun)"
+        )
     if args.tune and (run_dir / "tuned.yaml").is_file():
         cfg = _apply_tuned(args, run_dir)  # tuned before: reuse, so a rerun is the same job
     state = run_state(run_dir)
@@ -112,7 +120,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
         if cfg.trainer.num_nodes > 1:
             raise ConfigError(
                 f"{_sources(args)}: trainer.num_nodes={cfg.trainer.num_nodes} needs one torchrun per node "
-                "(torchrun --nnodes N --node-rank I --master-addr HOST --nproc-per-node D -m lightning_modules.train ...)"
+                "(torchrun --nnodes N --node-rank I --master-addr HOST --nproc-per-node D "
+                "-m lightning_modules.train ...)"
             )
         if args.tune:
             from lightning_modules.tune import tune
@@ -129,9 +138,11 @@ def check_names(cfg: JobConfig, source: str) -> None:
     from lightning_modules.losses import LOSS_REGISTRY
     from lightning_modules.models import ACTIVATIONS, MODEL_REGISTRY
 
-    checks = [("model.name", cfg.model.name, MODEL_REGISTRY),
-              ("model.activation", cfg.model.activation, {"default": None, **ACTIVATIONS}),
-              ("loss.name", cfg.loss.name, LOSS_REGISTRY)]
+    checks = [
+        ("model.name", cfg.model.name, MODEL_REGISTRY),
+        ("model.activation", cfg.model.activation, {"default": None, **ACTIVATIONS}),
+        ("loss.name", cfg.loss.name, LOSS_REGISTRY),
+    ]
     if cfg.task == "detection":
         from lightning_modules.detection.models import DETECTORS
 
@@ -152,7 +163,7 @@ def _apply_tuned(args: argparse.Namespace, run_dir: Path) -> JobConfig:
 
 
 def run_state(run_dir: Path) -> str:
-    """"new", "unfinished" (config.yaml but no finished result) or "finished"."""
+    """ "new", "unfinished" (config.yaml but no finished result) or "finished"."""
     result = run_dir / RESULT_FILE
     if result.is_file():
         try:
@@ -168,8 +179,7 @@ def check_same_job(run_dir: Path, cfg: JobConfig, data: Path) -> None:
     import yaml
 
     stored = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
-    changed = [k for k in diff(stored, to_dict(cfg))
-               if k not in _RERUN_FREE and not k.startswith(_RERUN_FREE_PREFIXES)]
+    changed = [k for k in diff(stored, to_dict(cfg)) if k not in _RERUN_FREE and not k.startswith(_RERUN_FREE_PREFIXES)]
     if changed:
         raise ConfigError(
             f"{run_dir / CONFIG_FILE}: this run folder was started with a different config "
@@ -184,9 +194,11 @@ def check_same_job(run_dir: Path, cfg: JobConfig, data: Path) -> None:
         # Same path, other content (the set was prepared again from other data): a new job, not this one.
         then, now = job.get("data_fingerprint"), data_identity(data)
         if then != now:
-            raise ConfigError(f"{job_file}: this run folder trained on {old or data} as it was then (data "
-                              f"{then or 'of unknown content'}); the set there now is {now or 'of unknown content'}: "
-                              "use a new --out to train on it")
+            raise ConfigError(
+                f"{job_file}: this run folder trained on {old or data} as it was then (data "
+                f"{then or 'of unknown content'}); the set there now is {now or 'of unknown content'}: "
+                "use a new --out to train on it"
+            )
 
 
 def check_trains(task, built, cfg: JobConfig, data_dir: Path, world_size: int) -> None:
@@ -197,12 +209,18 @@ def check_trains(task, built, cfg: JobConfig, data_dir: Path, world_size: int) -
     batch = cfg.data.batch_size
     if task.train_batches(n, batch, world_size) < 1:
         per_rank = n // world_size
-        raise DataError(data_dir, f"{n} training images over {world_size} rank(s) ({per_rank} per rank) make no full "
-                                  f"batch of data.batch_size={batch}, and partial batches are dropped: the job would "
-                                  f"train zero steps. Use data.batch_size <= {max(1, per_rank)}, fewer ranks, or more data")
+        raise DataError(
+            data_dir,
+            f"{n} training images over {world_size} rank(s) ({per_rank} per rank) make no full "
+            f"batch of data.batch_size={batch}, and partial batches are dropped: the job would "
+            f"train zero steps. Use data.batch_size <= {max(1, per_rank)}, fewer ranks, or more data",
+        )
     if n_val is not None and n_val < world_size:
-        raise DataError(data_dir, f"{n_val} validation images cannot give each of {world_size} ranks one: use fewer "
-                                  "ranks or more validation data")
+        raise DataError(
+            data_dir,
+            f"{n_val} validation images cannot give each of {world_size} ranks one: use fewer "
+            "ranks or more validation data",
+        )
 
 
 def relaunch_under_torchrun(args: argparse.Namespace, cfg: JobConfig) -> int:
@@ -216,8 +234,16 @@ def relaunch_under_torchrun(args: argparse.Namespace, cfg: JobConfig) -> int:
         argv += ["--set", item]
     if args.resume:
         argv.append("--resume")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={cfg.trainer.devices}", "-m", "lightning_modules.train", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={cfg.trainer.devices}",
+        "-m",
+        "lightning_modules.train",
+        *argv,
+    ]
     log.info("starting %d ranks: %s", cfg.trainer.devices, " ".join(cmd))
     global _children_report
     _children_report = True
@@ -229,8 +255,12 @@ def _quiet_known_warnings() -> None:
 
     # Expected here, not actionable: litdata datasets have a per-rank __len__; the module (not the
     # datamodule) owns on_after_batch_transfer on purpose; a Lightning-internal deprecation.
-    for pattern in (".*IterableDataset.*__len__.*", ".*overridden `on_after_batch_transfer`.*",
-                    ".*LeafSpec.*", ".*smaller than the logging interval.*"):
+    for pattern in (
+        ".*IterableDataset.*__len__.*",
+        ".*overridden `on_after_batch_transfer`.*",
+        ".*LeafSpec.*",
+        ".*smaller than the logging interval.*",
+    ):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -266,8 +296,13 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     run_id = None
     logger: Any = SilentLogger()
     extra = {
-        "effective_batch": effective, "lr_effective": lr, "devices": devices, "num_nodes": num_nodes,
-        "world_size": devices * num_nodes, "threads_per_rank": threads, **built.extra,
+        "effective_batch": effective,
+        "lr_effective": lr,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "world_size": devices * num_nodes,
+        "threads_per_rank": threads,
+        **built.extra,
     }
     from lightning_modules.data.lineage import prepared_version
 
@@ -276,15 +311,32 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     if rank0 and not fast:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_once(run_dir / CONFIG_FILE, dump_yaml(cfg))
-        _write_once(run_dir / JOB_FILE, json.dumps({"data": str(data_dir.resolve()), "data_version": data_version,
-                                                    "data_fingerprint": data_identity(data_dir),
-                                                    "config_sources": sources}, indent=2))
+        _write_once(
+            run_dir / JOB_FILE,
+            json.dumps(
+                {
+                    "data": str(data_dir.resolve()),
+                    "data_version": data_version,
+                    "data_fingerprint": data_identity(data_dir),
+                    "config_sources": sources,
+                },
+                indent=2,
+            ),
+        )
         tracking.ensure_store(uri)
-        tags = {**cfg.tracking.tags, "git_sha": tracking.git_sha(), "data_version": data_version,
-                "data_dir": str(data_dir.resolve()), "run_dir": str(run_dir), "model": cfg.model.name,
-                "init": _init_kind(cfg), "task": cfg.task}
-        run_id, created = tracking.open_run(uri, cfg.tracking.experiment, run_dir, cfg.tracking.run_name, tags,
-                                            run_id=cfg.tracking.run_id)
+        tags = {
+            **cfg.tracking.tags,
+            "git_sha": tracking.git_sha(),
+            "data_version": data_version,
+            "data_dir": str(data_dir.resolve()),
+            "run_dir": str(run_dir),
+            "model": cfg.model.name,
+            "init": _init_kind(cfg),
+            "task": cfg.task,
+        }
+        run_id, created = tracking.open_run(
+            uri, cfg.tracking.experiment, run_dir, cfg.tracking.run_name, tags, run_id=cfg.tracking.run_id
+        )
         # A run handed over (tracking.run_id) is not "created" here but still needs the job's params.
         if created or not tracking.run_info_logged(uri, run_id):
             params = {**flatten(to_dict(cfg)), **extra}
@@ -294,8 +346,16 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
                     tracking.log_artifact(uri, run_id, run_dir / extra_file, "tuning")
         logger = tracking.make_logger(uri, cfg.tracking.experiment, run_id)
         reporter.start({"run_dir": str(run_dir), "mlflow_run_id": run_id, **extra})
-        log.info("run %s: MLflow run %s (%s), effective batch %d, lr %.4g, %d device(s) x %d node(s)",
-                 run_dir, run_id, "new" if created else "resumed", effective, lr, devices, num_nodes)
+        log.info(
+            "run %s: MLflow run %s (%s), effective batch %d, lr %.4g, %d device(s) x %d node(s)",
+            run_dir,
+            run_id,
+            "new" if created else "resumed",
+            effective,
+            lr,
+            devices,
+            num_nodes,
+        )
 
     callbacks = standard_callbacks(
         run_dir,
@@ -350,13 +410,21 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         raise
     seconds = time.monotonic() - start
     if trainer.global_step == 0 and not fast:
-        raise DataError(data_dir, "the job finished without a single training step (no training batch was "
-                                  "produced: check trainer.limit_train_batches, data.batch_size and the train split)")
+        raise DataError(
+            data_dir,
+            "the job finished without a single training step (no training batch was "
+            "produced: check trainer.limit_train_batches, data.batch_size and the train split)",
+        )
     if not rank0:
         return {}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if fast:
-        return {"status": "fast_dev_run", "run_dir": str(run_dir), "metrics": metrics, "global_step": trainer.global_step}
+        return {
+            "status": "fast_dev_run",
+            "run_dir": str(run_dir),
+            "metrics": metrics,
+            "global_step": trainer.global_step,
+        }
     best_cb = next(c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == task.monitor)
     best_score = float(best_cb.best_model_score) if best_cb.best_model_score is not None else None
     best_path = best_cb.best_model_path or None
@@ -430,7 +498,9 @@ def _finish_tracking(uri, run_id, cfg, run_dir, module, dm, result, trainer) -> 
     figures = run_dir / "figures"
     made = []
     if getattr(module, "last_confusion", None) is not None:
-        made.append(tracking.confusion_figure(module.last_confusion.numpy(), dm.class_names, figures / "confusion_matrix.png"))
+        made.append(
+            tracking.confusion_figure(module.last_confusion.numpy(), dm.class_names, figures / "confusion_matrix.png")
+        )
     if hasattr(module, "final_figures"):  # detection: PR curves, confusion matrix, drawn samples
         paths, numbers = module.final_figures(dm, figures)
         made += paths
@@ -470,11 +540,23 @@ def _sources(args: argparse.Namespace) -> str:
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    keep = ("status", "run_dir", "mlflow_run_id", "global_step", "epochs", "best_val_loss", "monitor", "best_score",
-            "best_checkpoint")
+    keep = (
+        "status",
+        "run_dir",
+        "mlflow_run_id",
+        "global_step",
+        "epochs",
+        "best_val_loss",
+        "monitor",
+        "best_score",
+        "best_checkpoint",
+    )
     out = {k: result.get(k) for k in keep if k in result}
-    out["metrics"] = {k: round(v, 4) for k, v in result.get("metrics", {}).items()
-                      if k.startswith(("val/", "train/")) and isinstance(v, float)}
+    out["metrics"] = {
+        k: round(v, 4)
+        for k, v in result.get("metrics", {}).items()
+        if k.startswith(("val/", "train/")) and isinstance(v, float)
+    }
     return out
 
 

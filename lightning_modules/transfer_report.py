@@ -41,7 +41,8 @@ def compare(with_transfer: list[dict], scratch: list[dict], early: int = 3) -> d
     """Both curves' stats and the transfer - scratch differences."""
     t, s = curve_stats(with_transfer, early), curve_stats(scratch, early)
     return {
-        "transfer": asdict(t), "scratch": asdict(s),
+        "transfer": asdict(t),
+        "scratch": asdict(s),
         "gain_start": t.start - s.start,
         "gain_slope": t.slope - s.slope,
         "gain_asymptote": t.asymptote - s.asymptote,

@@ -46,11 +46,11 @@ def tune(
     """Tune batch size and LR on one device; write RUN_DIR/tuned.yaml; return what was found."""
     import pytorch_lightning as L
     import torch
+    from pytorch_lightning.tuner import Tuner
 
     from lightning_modules.classification import ClassificationModule
     from lightning_modules.datamodule import ClassificationDataModule
     from lightning_modules.distributed import set_threads
-    from pytorch_lightning.tuner import Tuner
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,13 +58,25 @@ def tune(
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     dm = ClassificationDataModule(data_dir, cfg.data, seed=cfg.trainer.seed)
     module = ClassificationModule(
-        model=asdict(cfg.model), optim=asdict(cfg.optim), loss=asdict(cfg.loss), num_classes=dm.num_classes,
-        mean=dm.info.mean, std=dm.info.std, lr=cfg.optim.lr, channels_last=cfg.trainer.channels_last,
+        model=asdict(cfg.model),
+        optim=asdict(cfg.optim),
+        loss=asdict(cfg.loss),
+        num_classes=dm.num_classes,
+        mean=dm.info.mean,
+        std=dm.info.std,
+        lr=cfg.optim.lr,
+        channels_last=cfg.trainer.channels_last,
     )
     trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
-        max_epochs=max(1, cfg.trainer.max_epochs), logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(run_dir / "tune"),
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        max_epochs=max(1, cfg.trainer.max_epochs),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir / "tune"),
         use_distributed_sampler=False,
     )
     tuner = Tuner(trainer)
@@ -72,8 +84,9 @@ def tune(
     if scale_batch:
         on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
         trials = max_batch_trials if max_batch_trials is not None else (25 if on_gpu else 3)
-        size = tuner.scale_batch_size(module, datamodule=dm, mode="power", init_val=cfg.data.batch_size,
-                                      max_trials=trials, steps_per_trial=3)
+        size = tuner.scale_batch_size(
+            module, datamodule=dm, mode="power", init_val=cfg.data.batch_size, max_trials=trials, steps_per_trial=3
+        )
         found["batch_size"] = int(size or dm.batch_size)
         dm.batch_size = found["batch_size"]
         log.info("tune: batch size per device %d", found["batch_size"])
@@ -89,30 +102,45 @@ def tune(
     return found
 
 
-
-def _find_lr(tuner, module, dm, run_dir: Path, *, min_lr: float, max_lr: float,
-             steps: int) -> dict[str, Any]:
+def _find_lr(tuner, module, dm, run_dir: Path, *, min_lr: float, max_lr: float, steps: int) -> dict[str, Any]:
     """Lightning's LR sweep; the pick comes from our reading of its raw losses (see lr_range)."""
     from lightning_modules import lr_range
 
     with lr_range.recording_losses(module) as losses:
-        finder = tuner.lr_find(module, datamodule=dm, min_lr=min_lr, max_lr=max_lr, num_training=steps,
-                               early_stop_threshold=None, update_attr=False)
+        finder = tuner.lr_find(
+            module,
+            datamodule=dm,
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_training=steps,
+            early_stop_threshold=None,
+            update_attr=False,
+        )
     if finder is None:
         raise VisionflowError("tune: the LR finder did not run (no training steps?)")
     lrs = list(finder.results["lr"])
     k = len(losses) // max(1, len(lrs))
     if k > 1 and len(losses) == k * len(lrs):  # gradient accumulation: k micro-batches per LR step
-        losses = [sum(losses[i:i + k]) / k for i in range(0, len(losses), k)]
+        losses = [sum(losses[i : i + k]) / k for i in range(0, len(losses), k)]
     try:
         s = lr_range.suggest(lrs, losses)
     except ValueError as exc:
         raise VisionflowError(f"tune: LR range test over {len(losses)} steps gave no suggestion: {exc}") from exc
     (run_dir / "figures").mkdir(exist_ok=True)
     lr_range.plot(lrs, losses, s, run_dir / "figures" / "lr_find.png")
-    (run_dir / "lr_find.json").write_text(json.dumps(
-        {"lr": lrs, "loss": losses, "smoothed": s.smoothed, "suggested_lr": s.lr, "lr_min_loss": s.lr_min_loss,
-         "lightning_suggestion": finder.suggestion()}, default=float))
+    (run_dir / "lr_find.json").write_text(
+        json.dumps(
+            {
+                "lr": lrs,
+                "loss": losses,
+                "smoothed": s.smoothed,
+                "suggested_lr": s.lr,
+                "lr_min_loss": s.lr_min_loss,
+                "lightning_suggestion": finder.suggestion(),
+            },
+            default=float,
+        )
+    )
     return {"lr": s.lr, "lr_min_loss": s.lr_min_loss}
 
 
@@ -127,8 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        found = tune(load_config(args.config, args.set), args.data, args.out,
-                     max_batch_trials=args.max_batch_trials, lr_steps=args.lr_steps)
+        found = tune(
+            load_config(args.config, args.set),
+            args.data,
+            args.out,
+            max_batch_trials=args.max_batch_trials,
+            lr_steps=args.lr_steps,
+        )
     except VisionflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -138,4 +171,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

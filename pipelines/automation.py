@@ -18,9 +18,13 @@ RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00
 
 
 def weekly_retraining(job) -> dg.ScheduleDefinition:
-    @dg.schedule(job=job, cron_schedule=RETRAIN_CRON, name="weekly_retraining",
-                 default_status=dg.DefaultScheduleStatus.STOPPED,
-                 description="Retrain the whole chain on the current data every week.")
+    @dg.schedule(
+        job=job,
+        cron_schedule=RETRAIN_CRON,
+        name="weekly_retraining",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Retrain the whole chain on the current data every week.",
+    )
     def _schedule(context: dg.ScheduleEvaluationContext):
         tick = context.scheduled_execution_time.strftime("%Y-%m-%d")
         return dg.RunRequest(run_key=f"weekly-{tick}", partition_key=DEFAULT_ARCH, tags={"trigger": "weekly"})
@@ -29,9 +33,13 @@ def weekly_retraining(job) -> dg.ScheduleDefinition:
 
 
 def new_data_version(job) -> dg.SensorDefinition:
-    @dg.sensor(job=job, name="new_data_version", minimum_interval_seconds=60,
-               default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Rerun the chain when data.dvc names a new data version.")
+    @dg.sensor(
+        job=job,
+        name="new_data_version",
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Rerun the chain when data.dvc names a new data version.",
+    )
     def _sensor(context: dg.SensorEvaluationContext, dvc: DvcResource):
         version = dvc.data_version()
         if version is None:
@@ -43,20 +51,29 @@ def new_data_version(job) -> dg.SensorDefinition:
         if version == context.cursor:
             return dg.SkipReason(f"data version unchanged ({version})")
         context.update_cursor(version)
-        return dg.RunRequest(run_key=f"data-{version}", partition_key=DEFAULT_ARCH,
-                             tags={"trigger": "new_data", "data_version": version})
+        return dg.RunRequest(
+            run_key=f"data-{version}", partition_key=DEFAULT_ARCH, tags={"trigger": "new_data", "data_version": version}
+        )
 
     return _sensor
 
 
 def detection_after_main(main_job, detection_job) -> dg.SensorDefinition:
-    @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[main_job],
-                          request_job=detection_job, name="detection_after_main",
-                          default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
-                          description="Train and evaluate the default YOLO detector after each successful main run.")
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[main_job],
+        request_job=detection_job,
+        name="detection_after_main",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="Train and evaluate the default YOLO detector after each successful main run.",
+    )
     def _sensor(context: dg.RunStatusSensorContext):
         run = context.dagster_run
-        return dg.RunRequest(run_key=f"after-{run.run_id}", partition_key=DEFAULT_VERSION,
-                             tags={"trigger": "after_main", "main_run_id": run.run_id})
+        return dg.RunRequest(
+            run_key=f"after-{run.run_id}",
+            partition_key=DEFAULT_VERSION,
+            tags={"trigger": "after_main", "main_run_id": run.run_id},
+        )
 
     return _sensor

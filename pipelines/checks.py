@@ -20,7 +20,8 @@ def specs(asset_name: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
 def no_empty_class(m: dict) -> dg.AssetCheckResult:
     empty = [c["wnid"] for c in m["classes"] if c["train"] == 0 or c["val"] == 0]
     return dg.AssetCheckResult(
-        check_name="no_empty_class", passed=not empty,
+        check_name="no_empty_class",
+        passed=not empty,
         metadata={"classes": len(m["classes"]), "empty": ", ".join(empty[:20]) or "none"},
         description="every class has train and val images",
     )
@@ -30,11 +31,14 @@ def rejected_under_limit(m: dict, limit: float, name: str = "rejected_under_limi
     """A warning, below the prep's hard limit: data that passed the prep but lost more than `limit`
     of its files (or boxes) to rejection deserves a look before it trains (the prep itself fails at
     max_rejected_fraction, so repeating that limit here could never fail)."""
-    total = m.get("_rejectable_total") or (sum(m["totals"].get(s, 0) for s in ("train", "val", "test"))
-                                           + len(m["rejected"]))
+    total = m.get("_rejectable_total") or (
+        sum(m["totals"].get(s, 0) for s in ("train", "val", "test")) + len(m["rejected"])
+    )
     fraction = len(m["rejected"]) / max(total, 1)
     return dg.AssetCheckResult(
-        check_name=name, passed=fraction <= limit, severity=dg.AssetCheckSeverity.WARN,
+        check_name=name,
+        passed=fraction <= limit,
+        severity=dg.AssetCheckSeverity.WARN,
         metadata={"rejected": len(m["rejected"]), "fraction": round(fraction, 4), "warn_above": limit},
     )
 
@@ -43,7 +47,8 @@ def mean_std_finite(m: dict) -> dg.AssetCheckResult:
     values = list(m["mean"]) + list(m["std"])
     ok = all(math.isfinite(v) for v in values) and all(s > 0 for s in m["std"])
     return dg.AssetCheckResult(
-        check_name="mean_std_finite", passed=ok,
+        check_name="mean_std_finite",
+        passed=ok,
         metadata={"mean": str(m["mean"]), "std": str(m["std"])},
     )
 
@@ -52,9 +57,15 @@ def anchors_bpr(m: dict, floor: float) -> dg.AssetCheckResult:
     stats = m["anchor_stats"]
     worst = min(s["bpr"] for s in stats.values())
     return dg.AssetCheckResult(
-        check_name="anchors_bpr", passed=worst >= floor,
-        metadata={"bpr_v2": stats["v2"]["bpr"], "bpr_v3": stats["v3"]["bpr"], "floor": floor,
-                  "avg_iou_v2": stats["v2"]["avg_iou"], "avg_iou_v3": stats["v3"]["avg_iou"]},
+        check_name="anchors_bpr",
+        passed=worst >= floor,
+        metadata={
+            "bpr_v2": stats["v2"]["bpr"],
+            "bpr_v3": stats["v3"]["bpr"],
+            "floor": floor,
+            "avg_iou_v2": stats["v2"]["avg_iou"],
+            "avg_iou_v3": stats["v3"]["avg_iou"],
+        },
     )
 
 

@@ -15,23 +15,27 @@ from pipelines.resources import default_resources
 # An observable source is observed by a job of its own (asset jobs only materialize).
 observe_job = dg.define_asset_job("observe_raw_data", selection=[raw_data], description="Record the data.dvc version.")
 data_job = dg.define_asset_job(
-    "data", selection=dg.AssetSelection.groups("data"),
+    "data",
+    selection=dg.AssetSelection.groups("data"),
     description="Observe the raw data version and prepare every dataset.",
 )
 # The classification chain. Launch it with a partition (the architecture to pretrain; `make run` uses resnet18).
 main_job = dg.define_asset_job(
-    "main", selection=dg.AssetSelection.all() - dg.AssetSelection.groups("detection", "studies"),
+    "main",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("detection", "studies"),
     description="Data -> pretraining -> transfer + scratch -> report -> evaluation.",
 )
 # The detection stage, partitioned by YOLO version (`make run` uses yolov3); after a successful `main`
 # run the detection_after_main sensor starts it on the new backbone.
 detection_job = dg.define_asset_job(
-    "detection", selection=dg.AssetSelection.groups("detection"),
+    "detection",
+    selection=dg.AssetSelection.groups("detection"),
     description="YOLO detector on the latest pretrained backbone -> detection evaluation (mAP, registry).",
 )
 # The lessons as measured studies and the hyperparameter search (a few CPU minutes each), then the report.
 studies_job = dg.define_asset_job(
-    "studies", selection=dg.AssetSelection.groups("studies"),
+    "studies",
+    selection=dg.AssetSelection.groups("studies"),
     description="hparam_search, the six studies and studies_report (needs the prepared sets).",
 )
 

@@ -36,17 +36,34 @@ class JobSpec:
         return args
 
 
-def torchrun_command(spec: JobSpec, *, nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
-                     rdzv_endpoint: str | None = None, python: str = sys.executable) -> list[str]:
+def torchrun_command(
+    spec: JobSpec,
+    *,
+    nproc_per_node: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+    python: str = sys.executable,
+) -> list[str]:
     """torchrun for one node: `--standalone` on a single node (a free port per job), c10d rendezvous across nodes."""
     cmd = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node)]
     if nnodes == 1:
         cmd.append("--standalone")
     else:
         if not rdzv_endpoint:
-            raise dg.DagsterInvalidConfigError("multi-node training needs rdzv_endpoint (host:port of node 0)", [], None)
-        cmd += ["--nnodes", str(nnodes), "--node-rank", str(node_rank),
-                "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
+            raise dg.DagsterInvalidConfigError(
+                "multi-node training needs rdzv_endpoint (host:port of node 0)", [], None
+            )
+        cmd += [
+            "--nnodes",
+            str(nnodes),
+            "--node-rank",
+            str(node_rank),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            rdzv_endpoint,
+        ]
     # Each rank's stdout/stderr also go to files, so a failing rank's error can be shown in Dagster.
     cmd += ["--log-dir", str(spec.run_dir / "torchrun"), "--tee", "3"]
     return cmd + spec.train_args()
@@ -68,7 +85,8 @@ def check_reported(result: dg.MaterializeResult, run_dir: Path) -> None:
     if missing:
         raise dg.Failure(
             description=f"the training job in {run_dir} reported no {', '.join(missing)} through Pipes "
-                        "(did rank 0 open Pipes? is VISIONFLOW_REPORTER=pipes set?)")
+            "(did rank 0 open Pipes? is VISIONFLOW_REPORTER=pipes set?)"
+        )
 
 
 def k8s_pod_spec(*, gpus: int, cpu: str, memory: str, shared_volume_claim: str | None) -> dict:
@@ -82,6 +100,8 @@ def k8s_pod_spec(*, gpus: int, cpu: str, memory: str, shared_volume_claim: str |
         container["volume_mounts"] = [{"name": "runs", "mount_path": "/runs"}]
         # torch's NCCL needs more shared memory than a container's default 64 MB.
         container["volume_mounts"].append({"name": "dshm", "mount_path": "/dev/shm"})
-        spec["volumes"] = [{"name": "runs", "persistent_volume_claim": {"claim_name": shared_volume_claim}},
-                           {"name": "dshm", "empty_dir": {"medium": "Memory"}}]
+        spec["volumes"] = [
+            {"name": "runs", "persistent_volume_claim": {"claim_name": shared_volume_claim}},
+            {"name": "dshm", "empty_dir": {"medium": "Memory"}},
+        ]
     return spec

@@ -1,8 +1,9 @@
 """`python -m pipelines.main run|ui`: what `make run` and `make ui` call.
 
 `run` makes sure the raw data is there and versioned (DVC), observes its version, then runs
-the `main` job, then the `detection` job (YOLOv3), in this process against the project's Dagster instance (`.dagster_home/`), so
-the runs show up in the UI afterwards. `ui` starts `dagster dev` (webserver + daemon) and an MLflow server on the same store.
+the `main` job, then the `detection` job (YOLOv3), in this process against the project's Dagster
+instance (`.dagster_home/`), so the runs show up in the UI afterwards. `ui` starts `dagster dev`
+(webserver + daemon) and an MLflow server on the same store.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ def run(root: Path, arch: str, detector: str = "yolov3") -> int:
     with dg.DagsterInstance.get() as instance:
         defs.resolve_job_def("observe_raw_data").execute_in_process(instance=instance)
         result = defs.resolve_job_def("main").execute_in_process(
-            instance=instance, partition_key=arch, raise_on_error=False)
+            instance=instance, partition_key=arch, raise_on_error=False
+        )
         _print_summary(result)
         if result.success and detector:
             result = defs.resolve_job_def("detection").execute_in_process(
-                instance=instance, partition_key=detector, raise_on_error=False)
+                instance=instance, partition_key=detector, raise_on_error=False
+            )
             _print_summary(result, "detection")
     print(f"\nOpen the Dagster UI with `make ui` (runs are stored in {os.environ['DAGSTER_HOME']}).")
     return 0 if result.success else 1
@@ -76,10 +79,14 @@ def studies(root: Path) -> int:
 def _print_summary(result, job: str = "main") -> None:
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
-        numbers = {k: v.value for k, v in meta.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 60}
+        numbers = {
+            k: v.value for k, v in meta.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 60
+        }
         print(f"materialized {event.asset_key.to_user_string()}: {numbers}")
     for event in result.get_asset_check_evaluations():
-        print(f"  check {event.asset_key.to_user_string()}.{event.check_name}: {'passed' if event.passed else 'FAILED'}")
+        print(
+            f"  check {event.asset_key.to_user_string()}.{event.check_name}: {'passed' if event.passed else 'FAILED'}"
+        )
     print(f"{job} job:", "succeeded" if result.success else "FAILED")
 
 
@@ -91,9 +98,28 @@ def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
     bin_dir = Path(sys.executable).parent
     uri = tracking.default_tracking_uri()
     tracking.ensure_store(uri)
-    mlflow_cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", uri,
-                  "--artifacts-destination", str(root / "mlartifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port)]
-    dagster_cmd = [str(bin_dir / "dagster"), "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    mlflow_cmd = [
+        str(bin_dir / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--artifacts-destination",
+        str(root / "mlartifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(mlflow_port),
+    ]
+    dagster_cmd = [
+        str(bin_dir / "dagster"),
+        "dev",
+        "-w",
+        str(root / "workspace.yaml"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     print(f"MLflow: http://127.0.0.1:{mlflow_port}   Dagster: http://127.0.0.1:{port}   (Ctrl-C stops both)")
     mlflow_proc = subprocess.Popen(mlflow_cmd)
     try:
@@ -108,8 +134,11 @@ def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="python -m pipelines.main")
-    p.add_argument("command", choices=["run", "studies", "ui"],
-                   help="run: the main chain then the detector; studies: the search, studies and their report")
+    p.add_argument(
+        "command",
+        choices=["run", "studies", "ui"],
+        help="run: the main chain then the detector; studies: the search, studies and their report",
+    )
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--arch", default="resnet18", help="backbone to pretrain (a pretrained_backbone partition)")

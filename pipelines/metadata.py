@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 
-def image(path: Path, alt: str = "image") -> dg.MetadataValue:
+def image(path: Path, alt: str = "image") -> dg.MarkdownMetadataValue:
     """A PNG shown inline in the asset's page (Dagster renders markdown images from data URLs)."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-from dagster._core.errors import DagsterPipesExecutionError  # not re-exported at the top level
 
 from lightning_modules import tracking
 from lightning_modules.data import versioning
@@ -78,8 +77,14 @@ class MlflowResource(dg.ConfigurableResource):
     def experiment(self, stage: str) -> str:
         return f"{self.experiment_prefix}-{stage}"
 
-    def start_run(self, context: dg.AssetExecutionContext, stage: str, run_dir: Path,
-                  data_version: str | None, extra_tags: dict[str, str] | None = None) -> str:
+    def start_run(
+        self,
+        context: dg.AssetExecutionContext,
+        stage: str,
+        run_dir: Path,
+        data_version: str | None,
+        extra_tags: dict[str, str] | None = None,
+    ) -> str:
         """Create (or, on a retry, reopen) the run; its id lands in RUN_DIR/mlflow_run_id, where the job finds it."""
         uri = self.uri()
         tracking.ensure_store(uri)  # before any rank starts: ranks race on a fresh SQLite schema
@@ -142,7 +147,9 @@ class TrainingLauncher(dg.ConfigurableResource):
         cmd = torchrun_command(spec, nproc_per_node=n)
         try:
             return dg.PipesSubprocessClient(cwd=str(project_root())).run(context=context, command=cmd, env=env)
-        except DagsterPipesExecutionError as exc:
+        except dg.Failure:
+            raise
+        except Exception as exc:  # the job exited non-zero (Dagster's Pipes execution error is not public API)
             errors = rank_errors(spec.run_dir)
             first = next(iter(errors.values()), "no rank wrote to stderr")
             raise dg.Failure(
@@ -155,9 +162,17 @@ class TrainingLauncher(dg.ConfigurableResource):
 
         cmd = torchrun_command(spec, nproc_per_node=n, python="python")
         return PipesK8sClient().run(
-            context=context, image=self.image, command=cmd, namespace=self.namespace, env=env,
-            base_pod_spec=k8s_pod_spec(gpus=self.gpus_per_pod, cpu=self.cpu, memory=self.memory,
-                                       shared_volume_claim=self.shared_volume_claim or None),
+            context=context,
+            image=self.image,
+            command=cmd,
+            namespace=self.namespace,
+            env=env,
+            base_pod_spec=k8s_pod_spec(
+                gpus=self.gpus_per_pod,
+                cpu=self.cpu,
+                memory=self.memory,
+                shared_volume_claim=self.shared_volume_claim or None,
+            ),
         )
 
 
@@ -169,13 +184,17 @@ def resources_for(deployment: str | None = None) -> dict:
         nproc = int(os.environ.get("VISIONFLOW_NPROC", "1"))
         return {**common, "launcher": TrainingLauncher(backend="local", nproc_per_node=nproc)}
     if deployment == "cluster":
-        return {**common, "launcher": TrainingLauncher(
-            backend="k8s", image=os.environ.get("VISIONFLOW_IMAGE", "visionflow:latest"),
-            namespace=os.environ.get("VISIONFLOW_NAMESPACE", "default"),
-            nproc_per_node=int(os.environ.get("VISIONFLOW_GPUS_PER_POD", "1")),
-            gpus_per_pod=int(os.environ.get("VISIONFLOW_GPUS_PER_POD", "1")),
-            shared_volume_claim=os.environ.get("VISIONFLOW_RUNS_PVC", ""),
-        )}
+        return {
+            **common,
+            "launcher": TrainingLauncher(
+                backend="k8s",
+                image=os.environ.get("VISIONFLOW_IMAGE", "visionflow:latest"),
+                namespace=os.environ.get("VISIONFLOW_NAMESPACE", "default"),
+                nproc_per_node=int(os.environ.get("VISIONFLOW_GPUS_PER_POD", "1")),
+                gpus_per_pod=int(os.environ.get("VISIONFLOW_GPUS_PER_POD", "1")),
+                shared_volume_claim=os.environ.get("VISIONFLOW_RUNS_PVC", ""),
+            ),
+        }
     raise ValueError(f"VISIONFLOW_DEPLOYMENT={deployment!r}: expected 'local' or 'cluster'")
 
 

@@ -25,8 +25,19 @@ def tiny_raw_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lightning_modules.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("raw")
-    synthesize(out, classes=4, per_class=16, val_per_class=4, transfer_classes=2, transfer_per_class=4,
-               transfer_val_per_class=2, transfer_test_per_class=10, det_train=4, det_val=2, seed=0)
+    synthesize(
+        out,
+        classes=4,
+        per_class=16,
+        val_per_class=4,
+        transfer_classes=2,
+        transfer_per_class=4,
+        transfer_val_per_class=2,
+        transfer_test_per_class=10,
+        det_train=4,
+        det_val=2,
+        seed=0,
+    )
     return out
 
 

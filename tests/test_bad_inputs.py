@@ -35,8 +35,14 @@ from lightning_modules.errors import VisionflowError
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke-classify.yaml"
-QUICK = ["data.num_workers=0", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=16",
-         "tracking.log_checkpoint=false", "trainer.grad_monitor_every_n_steps=0"]
+QUICK = [
+    "data.num_workers=0",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "data.batch_size=16",
+    "tracking.log_checkpoint=false",
+    "trainer.grad_monitor_every_n_steps=0",
+]
 
 
 # -- what a row sees ----------------------------------------------------------------------------------------------
@@ -77,8 +83,14 @@ class _Trap:
 
 def trapped_checkpoint(ctx: Ctx, name: str = "evil.ckpt") -> Path:
     path = ctx.tmp / name
-    torch.save({"hyper_parameters": {"model": {"name": "resnet18"}, "detection": {}}, "state_dict": {},
-                "payload": _Trap(ctx.marker)}, path)
+    torch.save(
+        {
+            "hyper_parameters": {"model": {"name": "resnet18"}, "detection": {}},
+            "state_dict": {},
+            "payload": _Trap(ctx.marker),
+        },
+        path,
+    )
     return path
 
 
@@ -115,13 +127,19 @@ def imagefolder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 10) 
 def yolo_set(root: Path, n: int = 10) -> Path:
     for split, count in (("train", n), ("val", 2)):
         for i in range(count):
-            png(root / "images" / split / f"{split}{i}.png", (90 + 10 * i, 120, 200 if split == "train" else 240),
-                size=(64, 48))
+            png(
+                root / "images" / split / f"{split}{i}.png",
+                (90 + 10 * i, 120, 200 if split == "train" else 240),
+                size=(64, 48),
+            )
             label = root / "labels" / split / f"{split}{i}.txt"
             label.parent.mkdir(parents=True, exist_ok=True)
             label.write_text("0 0.5 0.5 0.4 0.4\n")
-    (root / "data.yaml").write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                                     "nc": 2, "names": ["cat", "dog"]}))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump(
+            {"path": str(root), "train": "images/train", "val": "images/val", "nc": 2, "names": ["cat", "dog"]}
+        )
+    )
     return root
 
 
@@ -129,11 +147,15 @@ def coco_set(root: Path) -> Path:
     for split in ("train", "val"):
         doc = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}
         for i in range(10 if split == "train" else 2):
-            png(root / "images" / split / f"{split}{i}.png", (80 + 10 * i, 100, 150 if split == "train" else 220),
-                size=(64, 48))
+            png(
+                root / "images" / split / f"{split}{i}.png",
+                (80 + 10 * i, 100, 150 if split == "train" else 220),
+                size=(64, 48),
+            )
             doc["images"].append({"id": i, "file_name": f"{split}{i}.png", "width": 64, "height": 48})
-            doc["annotations"].append({"id": 100 + i, "image_id": i, "category_id": 1, "bbox": [8, 8, 20, 20],
-                                       "area": 400, "iscrowd": 0})
+            doc["annotations"].append(
+                {"id": 100 + i, "image_id": i, "category_id": 1, "bbox": [8, 8, 20, 20], "area": 400, "iscrowd": 0}
+            )
         f = root / "annotations" / f"instances_{split}.json"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(doc))
@@ -167,8 +189,17 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_prepared_imagenet
     from lightning_modules.train import main
 
     root = tmp_path_factory.mktemp("trained")
-    argv = [str(SMOKE), "--data", str(tiny_prepared_imagenet), "--out", str(root / "run"),
-            "--set", f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}", "--set", "trainer.checkpoint_every_n_steps=1"]
+    argv = [
+        str(SMOKE),
+        "--data",
+        str(tiny_prepared_imagenet),
+        "--out",
+        str(root / "run"),
+        "--set",
+        f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+        "--set",
+        "trainer.checkpoint_every_n_steps=1",
+    ]
     for item in QUICK:
         argv += ["--set", item]
     assert main(argv) == 0
@@ -214,16 +245,23 @@ def _predict_trapped(ctx: Ctx):
 
 def _pretrained_trapped(ctx: Ctx):
     evil = trapped_checkpoint(ctx)
-    return lambda: train(ctx, ctx.fixture("tiny_prepared_imagenet"), ctx.out("run"), *QUICK,
-                         f"model.pretrained_checkpoint={evil}")
+    return lambda: train(
+        ctx, ctx.fixture("tiny_prepared_imagenet"), ctx.out("run"), *QUICK, f"model.pretrained_checkpoint={evil}"
+    )
 
 
 def _resume_trapped(ctx: Ctx):
     run = copied_run(ctx)
     for name in ("last.ckpt", "last-prev.ckpt"):
         shutil.copyfile(trapped_checkpoint(ctx), run / "checkpoints" / name)
-    return lambda: train(ctx, ctx.fixture("tiny_prepared_imagenet"), run, *QUICK, "trainer.checkpoint_every_n_steps=1",
-                         uri=trained_uri(ctx))
+    return lambda: train(
+        ctx,
+        ctx.fixture("tiny_prepared_imagenet"),
+        run,
+        *QUICK,
+        "trainer.checkpoint_every_n_steps=1",
+        uri=trained_uri(ctx),
+    )
 
 
 def _registry_trapped(ctx: Ctx):
@@ -235,8 +273,9 @@ def _registry_trapped(ctx: Ctx):
     uri, artifacts = ctx.uri, ctx.out("artifacts")
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("e", artifact_location=str(artifacts)))
-    version = registry.log_and_register(uri, run.info.run_id, ctx.fixture("trained_run") / "checkpoints" / "best.ckpt",
-                                        "m", kind="classifier")
+    version = registry.log_and_register(
+        uri, run.info.run_id, ctx.fixture("trained_run") / "checkpoints" / "best.ckpt", "m", kind="classifier"
+    )
     # Someone with write access to the artifact store swaps the weights for a booby-trapped file.
     (stored,) = artifacts.rglob(registry.MODEL_FILE)
     shutil.copyfile(trapped_checkpoint(ctx), stored)
@@ -257,12 +296,21 @@ def _evaluation_asset_trapped(asset_name: str, upstream: str, partition: str | N
 
         def run():
             with dg.instance_for_test() as instance:
-                instance.report_runless_asset_event(dg.AssetMaterialization(
-                    upstream, partition=partition, metadata={"best_checkpoint": str(evil), "mlflow_run_id": "x"}))
-                result = dg.materialize([asset[asset_name]], instance=instance, partition_key=partition,
-                                        resources={"project": ProjectResource(root=str(project)),
-                                                   "mlflow": MlflowResource(tracking_uri=ctx.uri)},
-                                        raise_on_error=False)
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(
+                        upstream, partition=partition, metadata={"best_checkpoint": str(evil), "mlflow_run_id": "x"}
+                    )
+                )
+                result = dg.materialize(
+                    [asset[asset_name]],
+                    instance=instance,
+                    partition_key=partition,
+                    resources={
+                        "project": ProjectResource(root=str(project)),
+                        "mlflow": MlflowResource(tracking_uri=ctx.uri),
+                    },
+                    raise_on_error=False,
+                )
                 failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
                 error, messages = failure.step_failure_data.error, []
                 while error is not None:  # Dagster wraps the step's own exception: read the whole chain
@@ -406,8 +454,10 @@ def _annotation_not_object(src: Path, ctx: Ctx) -> None:
 
 def _file_name_escapes(src: Path, ctx: Ctx) -> None:
     png(ctx.tmp / "secret.png")
-    edit_json(src / "annotations" / "instances_train.json",
-              lambda d: d["images"].append({"id": 99, "file_name": "../../../secret.png", "width": 24, "height": 20}))
+    edit_json(
+        src / "annotations" / "instances_train.json",
+        lambda d: d["images"].append({"id": 99, "file_name": "../../../secret.png", "width": 24, "height": 20}),
+    )
 
 
 def _job(*sets: str, data: str = "tiny_prepared_imagenet"):
@@ -424,8 +474,14 @@ def _truncated_last(keep_previous: bool):
         last.write_bytes(last.read_bytes()[:1000])
         if not keep_previous:
             (run / "checkpoints" / "last-prev.ckpt").unlink()
-        return lambda: train(ctx, ctx.fixture("tiny_prepared_imagenet"), run, *QUICK,
-                             "trainer.checkpoint_every_n_steps=1", uri=trained_uri(ctx))
+        return lambda: train(
+            ctx,
+            ctx.fixture("tiny_prepared_imagenet"),
+            run,
+            *QUICK,
+            "trainer.checkpoint_every_n_steps=1",
+            uri=trained_uri(ctx),
+        )
 
     return build
 
@@ -499,57 +555,125 @@ ROWS = [
     Row("pretrained-checkpoint-booby-trapped", _pretrained_trapped, "error", r"evil\.ckpt: refused to load"),
     Row("resume-from-booby-trapped-last-ckpt", _resume_trapped, "error", r"last\.ckpt: cannot resume: refused to load"),
     Row("registry-artifact-booby-trapped", _registry_trapped, "error", r"model\.ckpt: refused to load"),
-    Row("classification-evaluation-asset-booby-trapped",
-        _evaluation_asset_trapped("classification_evaluation", "transfer_finetuned", None), "error",
-        r"evil\.ckpt: refused to load"),
-    Row("detection-evaluation-asset-booby-trapped",
-        _evaluation_asset_trapped("detection_evaluation", "yolo_detector", "yolov3"), "error",
-        r"evil\.ckpt: refused to load"),
+    Row(
+        "classification-evaluation-asset-booby-trapped",
+        _evaluation_asset_trapped("classification_evaluation", "transfer_finetuned", None),
+        "error",
+        r"evil\.ckpt: refused to load",
+    ),
+    Row(
+        "detection-evaluation-asset-booby-trapped",
+        _evaluation_asset_trapped("detection_evaluation", "yolo_detector", "yolov3"),
+        "error",
+        r"evil\.ckpt: refused to load",
+    ),
     # a prep must never destroy what it did not make
     Row("prep-output-is-the-source", _prep_into("src"), "error", r"the output folder is the source folder itself"),
     Row("prep-output-contains-the-source", _prep_into("parent"), "error", r"the output folder contains the source"),
     Row("prep-output-inside-the-source", _prep_into("inside"), "error", r"the output folder is inside the source"),
-    Row("prep-over-a-foreign-folder", _prep_over_foreign, "error", r"thesis: exists and is not an output of a visionflow"),
+    Row(
+        "prep-over-a-foreign-folder",
+        _prep_over_foreign,
+        "error",
+        r"thesis: exists and is not an output of a visionflow",
+    ),
     Row("prep-while-another-prep-writes", _prep_while_another_runs, "error", r"another prep \(pid \d+\) is writing"),
     Row("detection-prep-output-is-the-source", _detection_prep_into_source, "error", r"is the source folder itself"),
     # sources that lie about their content
     Row("symlink-loop-in-a-class-folder", _classification(_loop), "rejected", r"symlink loop", _check_totals(30)),
     Row("symlink-out-of-the-source", _classification(_link_out), "rejected", r"borrowed\.png.*outside the source"),
-    Row("dvc-symlink-cache-links-are-the-data", _classification(_dvc_cache_links), "ok", "all 30 files read",
-        _check_totals(30)),
-    Row("same-image-in-two-classes", _classification(_two_classes), "rejected", r"under two classes",
-        _check_two_rejected),
-    Row("same-image-in-train-and-val", _classification(_train_and_val), "rejected",
-        r"leak\.png.*held-out image must not also be a train image", _check_leak),
-    Row("coco-file-name-leaves-the-root", _detection("coco", _file_name_escapes), "rejected",
-        r"file_name '\.\./\.\./\.\./secret\.png' leaves the dataset root"),
+    Row(
+        "dvc-symlink-cache-links-are-the-data",
+        _classification(_dvc_cache_links),
+        "ok",
+        "all 30 files read",
+        _check_totals(30),
+    ),
+    Row(
+        "same-image-in-two-classes",
+        _classification(_two_classes),
+        "rejected",
+        r"under two classes",
+        _check_two_rejected,
+    ),
+    Row(
+        "same-image-in-train-and-val",
+        _classification(_train_and_val),
+        "rejected",
+        r"leak\.png.*held-out image must not also be a train image",
+        _check_leak,
+    ),
+    Row(
+        "coco-file-name-leaves-the-root",
+        _detection("coco", _file_name_escapes),
+        "rejected",
+        r"file_name '\.\./\.\./\.\./secret\.png' leaves the dataset root",
+    ),
     # files that crash decoders or parsers
     Row("truncated-png", _classification(_truncated), "rejected", r"cat_1\.png.*corrupt or truncated"),
     Row("empty-file", _classification(_empty), "rejected", r"empty\.png.*empty file"),
     Row("text-named-jpg", _classification(_text), "rejected", r"notes\.jpg.*not an image"),
-    Row("png-header-claims-60000x60000-classification", _classification(_huge), "rejected",
-        r"bomb\.png.*60000x60000 \(3600\.0 MP\), over the max_image_pixels limit"),
-    Row("16-bit-grey-rgba-and-grey-images", _classification(_odd_modes), "ok", "converted to RGB",
-        _check_totals(33)),
-    Row("yolo-png-claims-60000x60000", _detection("yolo", _yolo_bomb(60000)), "rejected",
-        r"bomb\.png.*60000x60000 .*over the max_image_pixels limit"),
-    Row("yolo-png-claims-13000x13000", _detection("yolo", _yolo_bomb(13000)), "rejected",
-        r"bomb\.png.*13000x13000 \(169\.0 MP\), over the max_image_pixels limit"),
+    Row(
+        "png-header-claims-60000x60000-classification",
+        _classification(_huge),
+        "rejected",
+        r"bomb\.png.*60000x60000 \(3600\.0 MP\), over the max_image_pixels limit",
+    ),
+    Row("16-bit-grey-rgba-and-grey-images", _classification(_odd_modes), "ok", "converted to RGB", _check_totals(33)),
+    Row(
+        "yolo-png-claims-60000x60000",
+        _detection("yolo", _yolo_bomb(60000)),
+        "rejected",
+        r"bomb\.png.*60000x60000 .*over the max_image_pixels limit",
+    ),
+    Row(
+        "yolo-png-claims-13000x13000",
+        _detection("yolo", _yolo_bomb(13000)),
+        "rejected",
+        r"bomb\.png.*13000x13000 \(169\.0 MP\), over the max_image_pixels limit",
+    ),
     Row("yolo-nc-five", _detection("yolo", _nc_five), "error", r"data\.yaml: `nc` must be a non-negative integer"),
-    Row("coco-category-without-id", _detection("coco", _category_without_id), "error",
-        r"instances_train\.json: categories\[1\] has no `id`"),
-    Row("coco-annotation-not-an-object", _detection("coco", _annotation_not_object), "rejected",
-        r"annotations\[10\] is not an object"),
+    Row(
+        "coco-category-without-id",
+        _detection("coco", _category_without_id),
+        "error",
+        r"instances_train\.json: categories\[1\] has no `id`",
+    ),
+    Row(
+        "coco-annotation-not-an-object",
+        _detection("coco", _annotation_not_object),
+        "rejected",
+        r"annotations\[10\] is not an object",
+    ),
     # configs and jobs
     Row("lr-nan", _job("optim.lr=nan"), "error", r"optim\.lr=nan must be a finite number", _check_no_mlflow),
-    Row("onecycle-warmup-of-zero-steps", _job("data.batch_size=64", "trainer.limit_train_batches=1.0",
-                                              "trainer.max_epochs=5", "optim.schedule=onecycle",
-                                              "optim.warmup_epochs=1"), "ok", "trains 5 steps", _check_steps(5)),
+    Row(
+        "onecycle-warmup-of-zero-steps",
+        _job(
+            "data.batch_size=64",
+            "trainer.limit_train_batches=1.0",
+            "trainer.max_epochs=5",
+            "optim.schedule=onecycle",
+            "optim.warmup_epochs=1",
+        ),
+        "ok",
+        "trains 5 steps",
+        _check_steps(5),
+    ),
     Row("set-smaller-than-one-batch", _job("data.batch_size=128"), "error", r"would train zero steps"),
-    Row("truncated-last-ckpt-no-previous", _truncated_last(False), "error",
-        r"last\.ckpt: cannot resume: not a readable checkpoint: truncated or corrupt.*Move this file aside"),
-    Row("truncated-last-ckpt-with-previous", _truncated_last(True), "ok", "resumes from last-prev.ckpt",
-        _check_resumed_from_previous),
+    Row(
+        "truncated-last-ckpt-no-previous",
+        _truncated_last(False),
+        "error",
+        r"last\.ckpt: cannot resume: not a readable checkpoint: truncated or corrupt.*Move this file aside",
+    ),
+    Row(
+        "truncated-last-ckpt-with-previous",
+        _truncated_last(True),
+        "ok",
+        "resumes from last-prev.ckpt",
+        _check_resumed_from_previous,
+    ),
     Row("evaluate-truncated-checkpoint", _evaluate_truncated, "error", r"cut\.ckpt: not a readable checkpoint"),
     Row("rerun-after-data-prepared-again", _rerun_on_other_data, "error", r"use a new --out to train on it"),
     Row("data-outside-the-repo-gets-its-own-version", _job(), "ok", "lineage", _check_own_version),

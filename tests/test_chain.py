@@ -25,10 +25,21 @@ from pipelines.assets.evaluation import EVALUATION_ASSETS, classification_evalua
 from pipelines.assets.training import TRAINING_ASSETS, pretrained_backbone
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
 
+pytestmark = pytest.mark.slow  # the whole chain through Dagster, torchrun and a killed step
+
 ROOT = Path(__file__).resolve().parent.parent
 # Big enough to learn in seconds (the evaluation keeps its default gate: top-1 >= 0.53 on 3 classes).
-TINY = dict(classes=4, per_class=40, val_per_class=8, transfer_classes=3, transfer_per_class=16,
-            transfer_val_per_class=3, transfer_test_per_class=8, det_train=8, det_val=4)
+TINY = dict(
+    classes=4,
+    per_class=40,
+    val_per_class=8,
+    transfer_classes=3,
+    transfer_per_class=16,
+    transfer_val_per_class=3,
+    transfer_test_per_class=8,
+    det_train=8,
+    det_val=4,
+)
 SMALL_NET = ["data.image_size=32", "model.width=0.25", "data.batch_size=16", "data.num_workers=0"]
 PREP = {"config": {"image_size": 32, "workers": 1}}
 
@@ -42,31 +53,46 @@ def _project(root: Path) -> Path:
 
 
 def _resources(root: Path) -> dict:
-    return {"project": ProjectResource(root=str(root)), "dvc": DvcResource(root=str(root)),
-            "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"),
-            "launcher": TrainingLauncher(backend="local", nproc_per_node=1)}
+    return {
+        "project": ProjectResource(root=str(root)),
+        "dvc": DvcResource(root=str(root)),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"),
+        "launcher": TrainingLauncher(backend="local", nproc_per_node=1),
+    }
 
 
 def _train(config: str, epochs: int, **extra) -> dict:
-    return {"config": {"config_file": str(ROOT / "configs" / config),
-                       "overrides": [f"trainer.max_epochs={epochs}", *SMALL_NET], **extra}}
+    return {
+        "config": {
+            "config_file": str(ROOT / "configs" / config),
+            "overrides": [f"trainer.max_epochs={epochs}", *SMALL_NET],
+            **extra,
+        }
+    }
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     root = _project(tmp_path_factory.mktemp("chain"))
-    run_config = {"ops": {
-        "prepared_imagenet": PREP, "prepared_transfer": PREP,
-        # Pretraining with 2 torchrun ranks: metadata must still arrive once, from rank 0. The smoke config
-        # learns in 5 short epochs (measured: val 0.50 on 4 classes, then transfer test top-1 0.71).
-        "pretrained_backbone": _train("smoke-classify.yaml", 5, nproc_per_node=2),
-        "transfer_finetuned": _train("transfer-cpu.yaml", 5),
-        "scratch_baseline": _train("transfer-cpu.yaml", 5),
-    }}
+    run_config = {
+        "ops": {
+            "prepared_imagenet": PREP,
+            "prepared_transfer": PREP,
+            # Pretraining with 2 torchrun ranks: metadata must still arrive once, from rank 0. The smoke config
+            # learns in 5 short epochs (measured: val 0.50 on 4 classes, then transfer test top-1 0.71).
+            "pretrained_backbone": _train("smoke-classify.yaml", 5, nproc_per_node=2),
+            "transfer_finetuned": _train("transfer-cpu.yaml", 5),
+            "scratch_baseline": _train("transfer-cpu.yaml", 5),
+        }
+    }
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [prepared_imagenet, prepared_transfer, *TRAINING_ASSETS, *EVALUATION_ASSETS],
-            partition_key="resnet18", instance=instance, resources=_resources(root), run_config=run_config)
+            partition_key="resnet18",
+            instance=instance,
+            resources=_resources(root),
+            run_config=run_config,
+        )
         yield root, instance, result
 
 
@@ -125,26 +151,50 @@ def test_evaluation_gate_is_the_default_floor_and_promotes_only_a_better_model(c
     second = _meta(again, "classification_evaluation")
     assert second["promoted"] is False and "does not beat" in second["promotion"]
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    assert str(client.get_model_version_by_alias("visionflow-classifier", "champion").version) == first["registered_version"]
+    assert (
+        str(client.get_model_version_by_alias("visionflow-classifier", "champion").version)
+        == first["registered_version"]
+    )
     # A gate the model cannot reach fails (blocking), and a model that fails its gates is never promoted.
-    strict = dg.materialize([classification_evaluation], instance=instance, resources=_resources(root),
-                            run_config={"ops": {"classification_evaluation": {"config": {"accuracy_floor": 1.01}}}},
-                            raise_on_error=False)
+    strict = dg.materialize(
+        [classification_evaluation],
+        instance=instance,
+        resources=_resources(root),
+        run_config={"ops": {"classification_evaluation": {"config": {"accuracy_floor": 1.01}}}},
+        raise_on_error=False,
+    )
     assert _checks(strict, "classification_evaluation")["accuracy_floor"] is False
-    assert str(client.get_model_version_by_alias("visionflow-classifier", "champion").version) == first["registered_version"]
+    assert (
+        str(client.get_model_version_by_alias("visionflow-classifier", "champion").version)
+        == first["registered_version"]
+    )
 
 
 def test_detection_stage_trains_on_the_pretrained_backbone_and_registers(chain) -> None:
     root, instance, result = chain
     pre = _meta(result, "pretrained_backbone")
-    tiny = ["trainer.max_epochs=2", "data.image_size=64", "data.batch_size=4", "data.num_workers=0",
-            "optim.freeze_body_epochs=1", "optim.warmup_epochs=0"]
-    run_config = {"ops": {
-        "prepared_detection": {"config": {"anchor_image_size": 64, "bpr_floor": 0.0}},
-        "yolo_detector": {"config": {"config_file": str(ROOT / "configs" / "yolov3-cpu.yaml"), "overrides": tiny}},
-    }}
-    det = dg.materialize([prepared_detection, *DETECTION_ASSETS], partition_key="yolov3", instance=instance,
-                         resources=_resources(root), run_config=run_config, raise_on_error=False)
+    tiny = [
+        "trainer.max_epochs=2",
+        "data.image_size=64",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "optim.freeze_body_epochs=1",
+        "optim.warmup_epochs=0",
+    ]
+    run_config = {
+        "ops": {
+            "prepared_detection": {"config": {"anchor_image_size": 64, "bpr_floor": 0.0}},
+            "yolo_detector": {"config": {"config_file": str(ROOT / "configs" / "yolov3-cpu.yaml"), "overrides": tiny}},
+        }
+    }
+    det = dg.materialize(
+        [prepared_detection, *DETECTION_ASSETS],
+        partition_key="yolov3",
+        instance=instance,
+        resources=_resources(root),
+        run_config=run_config,
+        raise_on_error=False,
+    )
     trained, evaluated = _meta(det, "yolo_detector"), _meta(det, "detection_evaluation")
     assert len(trained["history"]) == 2 and "val_map_50" in trained["history"][0]
     assert trained["pr_curves"].startswith("![pr_curves](data:image/png;base64,")
@@ -199,8 +249,13 @@ def test_killed_training_step_is_retried_and_resumes_from_its_checkpoint(tmp_pat
     config = _train("pretrain-cpu.yaml", epochs)
     config["config"]["overrides"].append("trainer.checkpoint_every_n_steps=2")
     with dg.instance_for_test() as instance:
-        result = dg.materialize([pretrained_backbone], partition_key="resnet18", instance=instance,
-                                resources=_resources(root), run_config={"ops": {"pretrained_backbone": config}})
+        result = dg.materialize(
+            [pretrained_backbone],
+            partition_key="resnet18",
+            instance=instance,
+            resources=_resources(root),
+            run_config={"ops": {"pretrained_backbone": config}},
+        )
     stop.set()
     assert killed, "the training process was never killed"
     assert result.success

@@ -19,6 +19,8 @@ import pytest
 from lightning_modules.data import versioning
 from lightning_modules.data.synth import synthesize
 
+pytestmark = pytest.mark.slow  # dagster dev (webserver + daemon) and runs launched through it
+
 ROOT = Path(__file__).resolve().parent.parent
 STATUS = """{ assetNodes { assetKey { path } }
   instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"""
@@ -37,7 +39,9 @@ def _free_port() -> int:
 
 def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=20) as resp:
         payload = json.load(resp)
     assert "errors" not in payload, payload["errors"]
@@ -49,9 +53,19 @@ def test_definitions_load() -> None:
 
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"raw_data", "prepared_imagenet", "prepared_transfer", "prepared_detection", "pretrained_backbone",
-            "transfer_finetuned", "scratch_baseline", "transfer_report", "classification_evaluation",
-            "yolo_detector", "detection_evaluation"} <= keys
+    assert {
+        "raw_data",
+        "prepared_imagenet",
+        "prepared_transfer",
+        "prepared_detection",
+        "pretrained_backbone",
+        "transfer_finetuned",
+        "scratch_baseline",
+        "transfer_report",
+        "classification_evaluation",
+        "yolo_detector",
+        "detection_evaluation",
+    } <= keys
     assert {"main", "data", "observe_raw_data", "detection"} <= {j.name for j in defs.resolve_all_job_defs()}
     assert "detection_after_main" in {s.name for s in defs.sensors}
 
@@ -61,8 +75,18 @@ def dagster_dev(tmp_path_factory):
     """`dagster dev` on a free port, over a tiny generated project (VISIONFLOW_ROOT)."""
     project = tmp_path_factory.mktemp("project")
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    synthesize(project / "data", classes=3, per_class=8, val_per_class=2, transfer_classes=2, transfer_per_class=4,
-               transfer_val_per_class=2, det_train=12, det_val=4, seed=1)
+    synthesize(
+        project / "data",
+        classes=3,
+        per_class=8,
+        val_per_class=2,
+        transfer_classes=2,
+        transfer_per_class=4,
+        transfer_val_per_class=2,
+        det_train=12,
+        det_val=4,
+        seed=1,
+    )
     versioning.init(project, str(project / "remote"))
     versioning.add(project)
     home = tmp_path_factory.mktemp("dagster_home")
@@ -70,9 +94,21 @@ def dagster_dev(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "VISIONFLOW_ROOT": str(project)}
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"),
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            str(ROOT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline, last_error = time.monotonic() + 180, None
@@ -80,7 +116,9 @@ def dagster_dev(tmp_path_factory):
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             try:
                 data = _graphql(port, STATUS)
-                if data["assetNodes"] and any(s["healthy"] for s in data["instance"]["daemonHealth"]["allDaemonStatuses"]):
+                if data["assetNodes"] and any(
+                    s["healthy"] for s in data["instance"]["daemonHealth"]["allDaemonStatuses"]
+                ):
                     break
             except Exception as exc:  # noqa: BLE001 - not up yet
                 last_error = exc
@@ -110,8 +148,13 @@ def test_run_launched_through_graphql_succeeds(dagster_dev) -> None:
     small = {"config": {"image_size": 32, "workers": 1}}
     params = {
         "selector": {"repositoryLocationName": "visionflow", "repositoryName": "__repository__", "jobName": "data"},
-        "runConfigData": {"ops": {"prepared_imagenet": small, "prepared_transfer": small,
-                                  "prepared_detection": {"config": {"anchor_image_size": 128, "bpr_floor": 0.5}}}},
+        "runConfigData": {
+            "ops": {
+                "prepared_imagenet": small,
+                "prepared_transfer": small,
+                "prepared_detection": {"config": {"anchor_image_size": 128, "bpr_floor": 0.5}},
+            }
+        },
     }
     launched = _graphql(port, LAUNCH, {"p": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.darknet import cfgs as bundled_cfgs
 from lightning_modules.darknet import build_model, load_weights, parse_cfg, save_weights, summary
-from lightning_modules.darknet.cli import add_darknet_commands
+from lightning_modules.darknet import cfgs as bundled_cfgs
 from lightning_modules.darknet.cfg import parse_cfg_text
+from lightning_modules.darknet.cli import add_darknet_commands
 from lightning_modules.darknet.model import Reorg, Shortcut, _reorg_index
 from lightning_modules.darknet.weights import count_floats, read_header
 from lightning_modules.errors import DataError
@@ -298,7 +298,11 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
             if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.25 if t.ndim == 1 else torch.randn(t.shape, generator=g) * 0.2)
+                t.copy_(
+                    torch.rand(t.shape, generator=g) * 0.5 + 0.25
+                    if t.ndim == 1
+                    else torch.randn(t.shape, generator=g) * 0.2
+                )
 
 
 @pytest.mark.parametrize("text,size", [(TINY_DET, 32), (TINY_CLS, 12), (None, 64)], ids=["det", "cls", "yolov3-tiny"])
@@ -359,15 +363,18 @@ def test_short_or_long_weights_file_is_a_data_error(tmp_path: Path) -> None:
 # Bad cfgs
 
 
-@pytest.mark.parametrize("body,line,pattern", [
-    ("[convolutional]\nfilters=8\nthis line is wrong\n", 7, "expected key=value"),
-    ("[convolutional]\nfilters=eight\n", 6, "bad value for filters"),
-    ("[transformer]\n", 5, r"unknown section \[transformer\]"),
-    ("[convolutional]\nactivation=sparkly\n", 6, "unknown activation"),
-    ("[convolutional]\nbinary=1\n", 6, "not supported"),
-    ("[route]\nlayers=-3\n", 5, "not an earlier layer"),
-    ("[convolutional]\nfilters=10\n[yolo]\nmask=0\nanchors=1,1\nclasses=1\nnum=1\n", 7, "filters"),
-])
+@pytest.mark.parametrize(
+    "body,line,pattern",
+    [
+        ("[convolutional]\nfilters=8\nthis line is wrong\n", 7, "expected key=value"),
+        ("[convolutional]\nfilters=eight\n", 6, "bad value for filters"),
+        ("[transformer]\n", 5, r"unknown section \[transformer\]"),
+        ("[convolutional]\nactivation=sparkly\n", 6, "unknown activation"),
+        ("[convolutional]\nbinary=1\n", 6, "not supported"),
+        ("[route]\nlayers=-3\n", 5, "not an earlier layer"),
+        ("[convolutional]\nfilters=10\n[yolo]\nmask=0\nanchors=1,1\nclasses=1\nnum=1\n", 7, "filters"),
+    ],
+)
 def test_bad_cfg_names_file_and_line(tmp_path: Path, body: str, line: int, pattern: str) -> None:
     path = tmp_path / "bad.cfg"
     path.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n" + body)
@@ -377,7 +384,10 @@ def test_bad_cfg_names_file_and_line(tmp_path: Path, body: str, line: int, patte
 
 
 def test_comments_whitespace_and_aliases() -> None:
-    text = "# hi\n[net]\n; note\n width = 8 \nheight=8\nchannels=1\n\n[conv]\nfilters = 2\nsize=3\npad=1\nactivation=leaky\n"
+    text = (
+        "# hi\n[net]\n; note\n width = 8 \nheight=8\nchannels=1\n\n"
+        "[conv]\nfilters = 2\nsize=3\npad=1\nactivation=leaky\n"
+    )
     cfg = parse_cfg_text(text)
     assert cfg.net.width == 8 and cfg.layers[0].type == "convolutional" and cfg.layers[0].padding == 1
     assert cfg.layers[0].line == 8

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from lightning_modules.detection.augment import (
-    AffineConfig, HSVConfig, build_eval_transform, build_train_transform, letterbox, make_sample, mosaic,
-    unletterbox_boxes)
+    AffineConfig,
+    HSVConfig,
+    build_eval_transform,
+    build_train_transform,
+    letterbox,
+    make_sample,
+    mosaic,
+    unletterbox_boxes,
+)
 
 # noise stays in [0, 100] and the letterbox fill is 114, so a channel over 180 can only come from a rectangle
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
@@ -65,8 +72,13 @@ def test_flip_keeps_pixels():
 @pytest.mark.parametrize("seed", range(4))
 def test_affine_box_surrounds_transformed_rectangle(seed):
     image, target = painted(64, 64, (20, 18, 44, 40))
-    t = build_train_transform(64, mosaic_prob=0.0, hsv=None, flip=False,
-                              affine=AffineConfig(degrees=10, translate=0.05, scale=(0.9, 1.1), shear=3))
+    t = build_train_transform(
+        64,
+        mosaic_prob=0.0,
+        hsv=None,
+        flip=False,
+        affine=AffineConfig(degrees=10, translate=0.05, scale=(0.9, 1.1), shear=3),
+    )
     torch.manual_seed(seed)
     out, tt = t(image, target)
     assert torch.allclose(found_box(out), as_plain(tt["boxes"][0]), atol=2.0)
@@ -75,8 +87,9 @@ def test_affine_box_surrounds_transformed_rectangle(seed):
 def test_hsv_changes_colours_not_boxes():
     image, target = painted(32, 32, (4, 4, 20, 20))
     torch.manual_seed(0)
-    out, tt = build_train_transform(32, mosaic_prob=0.0, affine=None, flip=False,
-                                    hsv=HSVConfig(hue=0.0, saturation=0.0, brightness=0.5))(image, target)
+    out, tt = build_train_transform(
+        32, mosaic_prob=0.0, affine=None, flip=False, hsv=HSVConfig(hue=0.0, saturation=0.0, brightness=0.5)
+    )(image, target)
     assert not torch.equal(out, image)
     assert torch.equal(as_plain(tt["boxes"]), as_plain(target["boxes"]))
 
@@ -105,7 +118,7 @@ def test_mosaic_keeps_pixels_and_drops_hidden_boxes(seed):
             assert torch.allclose(found_box(out, COLOURS[k]), box, atol=1.5)
             assert float((box[2] - box[0]) * (box[3] - box[1])) >= 0.2 * area
         else:  # dropped: too little of it shows (slack for the blended edge pixels)
-            assert visible <= 0.2 * area + 4 * (area ** 0.5) or visible == 0
+            assert visible <= 0.2 * area + 4 * (area**0.5) or visible == 0
 
 
 def test_train_transform_mosaic_path_and_determinism():

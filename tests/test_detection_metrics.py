@@ -12,7 +12,11 @@ import torch
 
 from lightning_modules.detection.cocoio import load_coco_gt, load_coco_results, write_coco_gt, write_coco_results
 from lightning_modules.detection.metrics import (
-    COCO_KEYS, confusion_matrix, draw_samples, evaluate_detections, voc_map,
+    COCO_KEYS,
+    confusion_matrix,
+    draw_samples,
+    evaluate_detections,
+    voc_map,
 )
 from lightning_modules.errors import DataError
 
@@ -36,8 +40,7 @@ def _cocoeval(gt_path, pred_path):
     per = {}
     for k, cat in enumerate(ev.params.catIds):
         p, p50 = prec[:, :, k, 0, -1], prec[0, :, k, 0, -1]
-        per[cat] = (p[p > -1].mean() if (p > -1).any() else -1.0,
-                    p50[p50 > -1].mean() if (p50 > -1).any() else -1.0)
+        per[cat] = (p[p > -1].mean() if (p > -1).any() else -1.0, p50[p50 > -1].mean() if (p50 > -1).any() else -1.0)
     return list(ev.stats), per
 
 
@@ -97,8 +100,9 @@ def test_perfect_none_and_duplicates():
     for key in ("map", "map_50", "map_75", "mar_100", "voc07_ap50", "voc10_ap50"):
         assert r[key] == pytest.approx(1.0, abs=1e-6), key
 
-    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
-             for _ in gts]
+    empty = [
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)} for _ in gts
+    ]
     r = evaluate_detections(gts, empty, NAMES)
     assert r["map"] == pytest.approx(0.0) and r["mar_100"] == pytest.approx(0.0)
     assert r["voc07_ap50"] == 0.0 and r["voc10_ap50"] == 0.0
@@ -106,13 +110,23 @@ def test_perfect_none_and_duplicates():
     # A duplicate below the true hit is a false positive after full recall: AP stays 1. A duplicate
     # scored above it is ranked first and takes the match, so again AP 1, but precision curve differs.
     gt = [{"boxes": torch.tensor([[0.0, 0, 50, 50]]), "labels": torch.tensor([0])}]
-    dup = [{"boxes": torch.tensor([[0.0, 0, 50, 50], [1.0, 1, 50, 50]]), "labels": torch.tensor([0, 0]),
-            "scores": torch.tensor([0.9, 0.8])}]
+    dup = [
+        {
+            "boxes": torch.tensor([[0.0, 0, 50, 50], [1.0, 1, 50, 50]]),
+            "labels": torch.tensor([0, 0]),
+            "scores": torch.tensor([0.9, 0.8]),
+        }
+    ]
     r = evaluate_detections(gt, dup, ["a"])
     assert r["map_50"] == pytest.approx(1.0) and r["voc10_ap50"] == pytest.approx(1.0)
     # a false positive above the hit halves precision at full recall
-    fp_first = [{"boxes": torch.tensor([[100.0, 100, 150, 150], [0.0, 0, 50, 50]]), "labels": torch.tensor([0, 0]),
-                 "scores": torch.tensor([0.9, 0.8])}]
+    fp_first = [
+        {
+            "boxes": torch.tensor([[100.0, 100, 150, 150], [0.0, 0, 50, 50]]),
+            "labels": torch.tensor([0, 0]),
+            "scores": torch.tensor([0.9, 0.8]),
+        }
+    ]
     r = evaluate_detections(gt, fp_first, ["a"])
     assert r["voc10_ap50"] == pytest.approx(0.5) and r["map_50"] == pytest.approx(0.5, abs=TOL)
 
@@ -121,14 +135,23 @@ def _hand_case():
     t = torch.tensor
     gts = [
         {"boxes": t([[0.0, 0, 10, 10], [50, 50, 60, 60]]), "labels": t([0, 0])},
-        {"boxes": t([[0.0, 0, 20, 20], [40, 40, 60, 60], [70, 70, 90, 90]]), "labels": t([0, 0, 2]),
-         "difficult": t([False, True, False])},
+        {
+            "boxes": t([[0.0, 0, 20, 20], [40, 40, 60, 60], [70, 70, 90, 90]]),
+            "labels": t([0, 0, 2]),
+            "difficult": t([False, True, False]),
+        },
     ]
     preds = [
-        {"boxes": t([[0.0, 0, 10, 10], [80, 80, 90, 90], [0, 0, 10, 11]]), "labels": t([0, 0, 0]),
-         "scores": t([0.9, 0.8, 0.5])},
-        {"boxes": t([[40.0, 40, 60, 60], [1, 1, 20, 20], [70, 70, 90, 90], [5, 5, 9, 9]]),
-         "labels": t([0, 0, 2, 1]), "scores": t([0.7, 0.6, 0.95, 0.3])},
+        {
+            "boxes": t([[0.0, 0, 10, 10], [80, 80, 90, 90], [0, 0, 10, 11]]),
+            "labels": t([0, 0, 0]),
+            "scores": t([0.9, 0.8, 0.5]),
+        },
+        {
+            "boxes": t([[40.0, 40, 60, 60], [1, 1, 20, 20], [70, 70, 90, 90], [5, 5, 9, 9]]),
+            "labels": t([0, 0, 2, 1]),
+            "scores": t([0.7, 0.6, 0.95, 0.3]),
+        },
     ]
     return gts, preds
 

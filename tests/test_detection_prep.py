@@ -57,14 +57,21 @@ def write_coco(root: Path, scene: dict = SCENE) -> Path:
     cat_ids = {0: 3, 1: 7}  # sparse ids -> contiguous 0..K-1 in id order
     ann_id = 1
     for split, images in scene.items():
-        doc = {"images": [], "annotations": [],
-               "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}]}
+        doc = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}]}
         for i, (stem, (w, h, boxes)) in enumerate(images.items(), start=1):
             _image(root / "images" / split / f"{stem}.jpg", w, h)
             doc["images"].append({"id": i, "file_name": f"{stem}.jpg", "width": w, "height": h})
             for c, x1, y1, x2, y2 in boxes:
-                doc["annotations"].append({"id": ann_id, "image_id": i, "category_id": cat_ids[c],
-                                           "bbox": [x1, y1, x2 - x1, y2 - y1], "area": 1, "iscrowd": 0})
+                doc["annotations"].append(
+                    {
+                        "id": ann_id,
+                        "image_id": i,
+                        "category_id": cat_ids[c],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": 1,
+                        "iscrowd": 0,
+                    }
+                )
                 ann_id += 1
         f = root / "annotations" / f"instances_{split}.json"
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -73,13 +80,17 @@ def write_coco(root: Path, scene: dict = SCENE) -> Path:
 
 
 def _voc_xml(filename: str, w: int, h: int, objects: list[str]) -> str:
-    return (f"<annotation><filename>{filename}</filename><size><width>{w}</width><height>{h}</height>"
-            f"<depth>3</depth></size>{''.join(objects)}</annotation>")
+    return (
+        f"<annotation><filename>{filename}</filename><size><width>{w}</width><height>{h}</height>"
+        f"<depth>3</depth></size>{''.join(objects)}</annotation>"
+    )
 
 
 def _voc_object(name: str, x1, y1, x2, y2, difficult: int = 0) -> str:
-    return (f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
-            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+    return (
+        f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
+        f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+    )
 
 
 def write_voc(root: Path, scene: dict = SCENE) -> Path:
@@ -95,13 +106,18 @@ def write_voc(root: Path, scene: dict = SCENE) -> Path:
 
 
 def _as_scene(data) -> dict:
-    return {(im.split, im.path.stem): (im.width, im.height, [(l, *b) for l, b in zip(im.labels, im.boxes)])
-            for im in data.images}
+    return {
+        (im.split, im.path.stem): (im.width, im.height, [(c, *b) for c, b in zip(im.labels, im.boxes)])
+        for im in data.images
+    }
 
 
 def _expected() -> dict:
-    return {(s, stem): (w, h, [tuple(float(v) for v in b) for b in boxes])
-            for s, images in SCENE.items() for stem, (w, h, boxes) in images.items()}
+    return {
+        (s, stem): (w, h, [tuple(float(v) for v in b) for b in boxes])
+        for s, images in SCENE.items()
+        for stem, (w, h, boxes) in images.items()
+    }
 
 
 def _assert_same_scene(got: dict, want: dict) -> None:
@@ -151,16 +167,20 @@ def test_voc_without_imagesets_gets_a_seeded_split(tmp_path):
 def test_yolo_bad_boxes_reported_with_file_and_line(tmp_path):
     root = write_yolo(tmp_path)
     label = root / "labels" / "train" / "a.txt"
-    label.write_text("\n".join([
-        "0 0.5 0.5 0.2 0.2",  # 1 good
-        "0 0.5 0.5",  # 2 wrong token count
-        "0 abc 0.5 0.2 0.2",  # 3 not a number
-        "5 0.5 0.5 0.2 0.2",  # 4 class out of range
-        "0 0.5 0.5 0 0.2",  # 5 zero area
-        "0 0.95 0.5 0.2 0.2",  # 6 x2 = 105 px > 100 + 1: outside
-        "",  # 7 blank: skipped, still counted as a line
-        "1 0.905 0.5 0.2 0.2",  # 8 x2 = 100.5 px: clipped to 100, kept
-    ]))
+    label.write_text(
+        "\n".join(
+            [
+                "0 0.5 0.5 0.2 0.2",  # 1 good
+                "0 0.5 0.5",  # 2 wrong token count
+                "0 abc 0.5 0.2 0.2",  # 3 not a number
+                "5 0.5 0.5 0.2 0.2",  # 4 class out of range
+                "0 0.5 0.5 0 0.2",  # 5 zero area
+                "0 0.95 0.5 0.2 0.2",  # 6 x2 = 105 px > 100 + 1: outside
+                "",  # 7 blank: skipped, still counted as a line
+                "1 0.905 0.5 0.2 0.2",  # 8 x2 = 100.5 px: clipped to 100, kept
+            ]
+        )
+    )
     data = read_yolo(root)
     got = {(Path(r.path).name, r.line): r.reason for r in data.rejected}
     assert set(got) == {("a.txt", n) for n in (2, 3, 4, 5, 6)}
@@ -198,8 +218,11 @@ def test_coco_bad_boxes_reported_with_annotation_id(tmp_path):
 
 def test_voc_bad_object_reported_with_object_number(tmp_path):
     root = write_voc(tmp_path)
-    objs = [_voc_object("cat", 10, 20, 50, 60), _voc_object("dog", 50, 10, 40, 70),
-            "<object><name>dog</name><bndbox><xmin>x</xmin></bndbox></object>"]
+    objs = [
+        _voc_object("cat", 10, 20, 50, 60),
+        _voc_object("dog", 50, 10, 40, 70),
+        "<object><name>dog</name><bndbox><xmin>x</xmin></bndbox></object>",
+    ]
     (root / "Annotations" / "a.xml").write_text(_voc_xml("a.jpg", 100, 80, objs))
     data = read_voc(root)
     got = {(Path(r.path).name, r.line): r.reason for r in data.rejected}
@@ -225,8 +248,14 @@ def test_unknown_format_and_missing_sources(tmp_path):
 
 def _big_scene(n: int = 6) -> dict:
     """Enough boxes (3 per image) for 9 anchors; sizes vary so k-means has something to find."""
-    train = {f"t{i}": (64 + 8 * i, 48, [(i % 2, 2 + i, 3, 20 + 4 * i, 30), (1, 30, 5, 60, 20 + 3 * i),
-                                         (0, 5, 25, 15 + 5 * i, 46)]) for i in range(n)}
+    train = {
+        f"t{i}": (
+            64 + 8 * i,
+            48,
+            [(i % 2, 2 + i, 3, 20 + 4 * i, 30), (1, 30, 5, 60, 20 + 3 * i), (0, 5, 25, 15 + 5 * i, 46)],
+        )
+        for i in range(n)
+    }
     train["empty"] = (32, 32, [])
     return {"train": train, "val": {"v0": (40, 40, [(0, 1, 1, 30, 30)])}}
 
@@ -304,8 +333,17 @@ def test_prep_unknown_format_is_config_error(tmp_path):
 def test_synthetic_detection_set_preps_the_same_from_yolo_and_coco(tmp_path):
     from lightning_modules.data.synth import synthesize
 
-    summary = synthesize(tmp_path / "raw", classes=3, per_class=4, val_per_class=2, transfer_classes=2,
-                         transfer_per_class=2, transfer_val_per_class=1, det_train=12, det_val=4)
+    summary = synthesize(
+        tmp_path / "raw",
+        classes=3,
+        per_class=4,
+        val_per_class=2,
+        transfer_classes=2,
+        transfer_per_class=2,
+        transfer_val_per_class=1,
+        det_train=12,
+        det_val=4,
+    )
     src = tmp_path / "raw" / "detection"
     y = prep_detection(src, tmp_path / "py")
     c = prep_detection(src, tmp_path / "pc", fmt="coco")
@@ -319,8 +357,9 @@ def test_synthetic_detection_set_preps_the_same_from_yolo_and_coco(tmp_path):
         assert ys.keys() == cs.keys()
         for name, r in ys.items():
             assert r["labels"] == cs[name]["labels"], name
-            np.testing.assert_allclose(np.reshape(r["boxes"], (-1, 4)), np.reshape(cs[name]["boxes"], (-1, 4)),
-                                       atol=0.05, err_msg=name)
+            np.testing.assert_allclose(
+                np.reshape(r["boxes"], (-1, 4)), np.reshape(cs[name]["boxes"], (-1, 4)), atol=0.05, err_msg=name
+            )
 
 
 # ---------------------------------------------------------------- hostile or broken inputs (outside review)
@@ -340,8 +379,11 @@ def _png_claiming(path: Path, w: int, h: int) -> Path:
 
 
 def _reasons(data_or_manifest) -> dict:
-    rejected = data_or_manifest["rejected"] if isinstance(data_or_manifest, dict) else \
-        [r.as_dict() for r in data_or_manifest.rejected]
+    rejected = (
+        data_or_manifest["rejected"]
+        if isinstance(data_or_manifest, dict)
+        else [r.as_dict() for r in data_or_manifest.rejected]
+    )
     return {(Path(r["path"]).name, r["line"]): r["reason"] for r in rejected}
 
 
@@ -351,8 +393,7 @@ def test_huge_images_rejected_from_the_header(tmp_path):
     _png_claiming(root / "images" / "train" / "big.png", 13000, 13000)  # PIL would decode 1.15 GB
     m = prep_detection(root, tmp_path / "out", max_rejected_fraction=0.5)
     got = _reasons(m)
-    assert got[("big.png", None)] == ("image is 13000x13000 (169.0 MP), over the max_image_pixels limit "
-                                      "of 100 MP")
+    assert got[("big.png", None)] == ("image is 13000x13000 (169.0 MP), over the max_image_pixels limit of 100 MP")
     assert got[("bomb.png", None)].startswith("image is 60000x60000 (3600.0 MP), over")
     assert m["counts"]["train"]["images"] == 7 and m["max_image_pixels"] == 100_000_000
     # the limit is configurable: 64x48 = 3072 pixels passes at 4000, 72x48 does not
@@ -367,25 +408,30 @@ def test_write_images_checks_the_header_before_decoding(tmp_path):
     from lightning_modules.data.detection_readers import DetectionSource, DetImage
 
     big = _png_claiming(tmp_path / "big.png", 13000, 13000)
-    data = DetectionSource(classes=["cat"], images=[DetImage(big, 13000, 13000, [[0, 0, 5, 5]], [0], "train")],
-                           rejected=[])
+    data = DetectionSource(
+        classes=["cat"], images=[DetImage(big, 13000, 13000, [[0, 0, 5, 5]], [0], "train")], rejected=[]
+    )
     written = _write_images(data, tmp_path / "stage")
     assert data.images == [] and written.records["train"] == []
-    assert data.rejected[0].reason == ("image is 13000x13000 (169.0 MP), over the max_image_pixels limit of "
-                                       "100 MP (1 box dropped with it)")
+    assert data.rejected[0].reason == (
+        "image is 13000x13000 (169.0 MP), over the max_image_pixels limit of 100 MP (1 box dropped with it)"
+    )
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"nc": "five"}, "`nc`"),
-    ({"names": "cat dog"}, "`names` must be a list"),
-    ({"names": ["cat", {"x": 1}]}, "`names[1]`"),
-    ({"names": ["cat", True]}, "`names[1]` is the boolean"),
-    ({"names": {0: "cat", 1: None}}, "`names[1]`"),
-    ({"path": ["a", "b"]}, "`path`"),
-    ({"train": {"a": 1}}, "`train`"),
-    ({"val": 7}, "`val`"),
-    ({"train": None}, "`train`"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"nc": "five"}, "`nc`"),
+        ({"names": "cat dog"}, "`names` must be a list"),
+        ({"names": ["cat", {"x": 1}]}, "`names[1]`"),
+        ({"names": ["cat", True]}, "`names[1]` is the boolean"),
+        ({"names": {0: "cat", 1: None}}, "`names[1]`"),
+        ({"path": ["a", "b"]}, "`path`"),
+        ({"train": {"a": 1}}, "`train`"),
+        ({"val": 7}, "`val`"),
+        ({"train": None}, "`train`"),
+    ],
+)
 def test_bad_data_yaml_is_data_error_naming_the_key(tmp_path, change, key):
     root = write_yolo(tmp_path)
     cfg = {**yaml.safe_load((root / "data.yaml").read_text()), **change}
@@ -395,13 +441,16 @@ def test_bad_data_yaml_is_data_error_naming_the_key(tmp_path, change, key):
     assert e.value.path == str(root / "data.yaml")
 
 
-@pytest.mark.parametrize("categories, match", [
-    ([{"name": "cat"}], r"categories\[0\] has no `id`"),
-    ([{"id": 3, "name": "cat"}, {"id": "seven", "name": "dog"}], r"categories\[1\]: `id` must be an integer"),
-    ([{"id": 3, "name": "cat"}, {"id": 3, "name": "dog"}], r"categories\[1\]: id 3 is named 'dog' here but 'cat'"),
-    (["cat"], r"categories\[0\] is not an object"),
-    ({"3": "cat"}, "`categories` must be a list"),
-])
+@pytest.mark.parametrize(
+    "categories, match",
+    [
+        ([{"name": "cat"}], r"categories\[0\] has no `id`"),
+        ([{"id": 3, "name": "cat"}, {"id": "seven", "name": "dog"}], r"categories\[1\]: `id` must be an integer"),
+        ([{"id": 3, "name": "cat"}, {"id": 3, "name": "dog"}], r"categories\[1\]: id 3 is named 'dog' here but 'cat'"),
+        (["cat"], r"categories\[0\] is not an object"),
+        ({"3": "cat"}, "`categories` must be a list"),
+    ],
+)
 def test_coco_bad_categories_are_data_errors(tmp_path, categories, match):
     root = write_coco(tmp_path)
     f = root / "annotations" / "instances_train.json"
@@ -424,8 +473,12 @@ def test_coco_odd_entries_are_rejections(tmp_path):
     assert (n - 3, f"annotations[{n - 3}] is not an object: '5'") in got
     assert (n - 2, f"annotations[{n - 2}] is not an object: '[1, 2]'") in got
     assert (n - 1, "malformed category_id 3.5 (image a.jpg)") in got  # not silently category 3
-    assert {(None, "images[2] is not an object: '7'"), (None, "images[3] has no `file_name` (got None)"),
-            (None, "images[4] has no usable `id` (got None)"), (None, "images[5] has no usable `id` (got [1])")} <= got
+    assert {
+        (None, "images[2] is not an object: '7'"),
+        (None, "images[3] has no `file_name` (got None)"),
+        (None, "images[4] has no usable `id` (got None)"),
+        (None, "images[5] has no usable `id` (got [1])"),
+    } <= got
     assert all(r.path == str(f) for r in data.rejected)
     assert sorted(im.path.stem for im in data.images) == ["a", "b", "c"]
     for key in ("images", "annotations"):
@@ -439,7 +492,10 @@ def test_paths_leaving_the_dataset_root_are_never_read(tmp_path):
     coco = write_coco(tmp_path / "coco")
     f = coco / "annotations" / "instances_train.json"
     doc = json.loads(f.read_text())
-    doc["images"] += [{"id": 20, "file_name": "../../../secret.jpg"}, {"id": 21, "file_name": str(tmp_path / "secret.jpg")}]
+    doc["images"] += [
+        {"id": 20, "file_name": "../../../secret.jpg"},
+        {"id": 21, "file_name": str(tmp_path / "secret.jpg")},
+    ]
     f.write_text(json.dumps(doc))
     got = {r.reason for r in read_coco(coco).rejected}
     assert f"images[2]: file_name '../../../secret.jpg' leaves the dataset root {coco}: not read" in got
@@ -448,8 +504,9 @@ def test_paths_leaving_the_dataset_root_are_never_read(tmp_path):
     voc = write_voc(tmp_path / "voc")
     (voc / "Annotations" / "a.xml").write_text(_voc_xml("../../secret.jpg", 20, 20, [_voc_object("cat", 1, 1, 9, 9)]))
     got = _reasons(read_voc(voc))
-    assert got[("a.xml", None)] == (f"<filename> '../../secret.jpg' leaves the dataset root {voc}: not read "
-                                    "(1 box dropped with it)")
+    assert got[("a.xml", None)] == (
+        f"<filename> '../../secret.jpg' leaves the dataset root {voc}: not read (1 box dropped with it)"
+    )
 
     yolo = write_yolo(tmp_path / "yolo")
     (yolo / "train.txt").write_text("images/train/a.jpg\n../secret.jpg\n")
@@ -462,8 +519,9 @@ def test_paths_leaving_the_dataset_root_are_never_read(tmp_path):
     with pytest.raises(DataError, match="`train` entry '../coco/images/train' leaves the dataset root"):
         read_yolo(yolo)
     # `path` pointing elsewhere is the user's explicit choice: that folder is then the root
-    (yolo / "data.yaml").write_text(yaml.safe_dump({**cfg, "path": "../coco", "train": "images/train",
-                                                    "val": "images/val"}))
+    (yolo / "data.yaml").write_text(
+        yaml.safe_dump({**cfg, "path": "../coco", "train": "images/train", "val": "images/val"})
+    )
     assert len(read_yolo(yolo).images) == 3
 
 
@@ -498,10 +556,12 @@ def test_duplicate_images_within_and_across_splits(tmp_path):
     (sets / "val.txt").write_text((sets / "val.txt").read_text() + "a_leak\n")
     m = prep_detection(root, tmp_path / "out", fmt="voc", max_rejected_fraction=0.3)
     got = _reasons(m)
-    assert got[("t1_copy.jpg", None)] == (f"duplicate of {jpg / 't1.jpg'} (train): the same image twice in one "
-                                          "split: the first copy is kept")
-    assert got[("a_leak.jpg", None)] == (f"duplicate of {jpg / 't2.jpg'} (train): held-out images must not be "
-                                         "seen in training (1 box dropped with it)")
+    assert got[("t1_copy.jpg", None)] == (
+        f"duplicate of {jpg / 't1.jpg'} (train): the same image twice in one split: the first copy is kept"
+    )
+    assert got[("a_leak.jpg", None)] == (
+        f"duplicate of {jpg / 't2.jpg'} (train): held-out images must not be seen in training (1 box dropped with it)"
+    )
     assert m["duplicates"] == {"within_split": 1, "across_splits": 1}
     val = json.loads((tmp_path / "out" / "val.json").read_text())
     assert [r["image"] for r in val] == ["images/val/v0.png"]
@@ -530,7 +590,8 @@ def test_per_file_failures_become_rejections(tmp_path, monkeypatch):
     assert got[("t0.txt", None)].endswith("; its image is dropped")
     assert got[("t2.jpg", None)] == "RuntimeError: boom"
     assert got[("t1.jpg", None)].startswith("unreadable image: ") and got[("t1.jpg", None)].endswith(
-        "(3 boxes dropped with it)")
+        "(3 boxes dropped with it)"
+    )
     assert m["counts"]["train"]["images"] == 4
 
 
@@ -558,8 +619,9 @@ def test_unreadable_label_file_drops_its_image(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     data = read_yolo(root)
-    assert _reasons(data)[("a.txt", None)] == (f"unreadable label file: [Errno 13] Permission denied: '{label}'; "
-                                               "its image is dropped")
+    assert _reasons(data)[("a.txt", None)] == (
+        f"unreadable label file: [Errno 13] Permission denied: '{label}'; its image is dropped"
+    )
     assert sorted(im.path.stem for im in data.images) == ["b", "c"]
 
 

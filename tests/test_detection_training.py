@@ -15,12 +15,22 @@ import torch
 from lightning_modules.config import load_config
 from lightning_modules.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.slow  # detector training jobs, one under torchrun
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "yolov3-cpu.yaml"
 # A tiny net and input: each job takes seconds.
-TINY = ["model.width=0.25", "model.small_input=false", "data.image_size=64", "data.batch_size=4",
-        "data.num_workers=0", "optim.freeze_body_epochs=0", "optim.warmup_epochs=0", "trainer.log_every_n_steps=1",
-        "trainer.grad_monitor_every_n_steps=2"]
+TINY = [
+    "model.width=0.25",
+    "model.small_input=false",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "optim.freeze_body_epochs=0",
+    "optim.warmup_epochs=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.grad_monitor_every_n_steps=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +40,18 @@ def prepared_detection(tmp_path_factory) -> Path:
     from lightning_modules.data.synth import synthesize
 
     raw = tmp_path_factory.mktemp("raw")
-    synthesize(raw, classes=2, per_class=1, val_per_class=1, transfer_classes=2, transfer_per_class=1,
-               transfer_val_per_class=1, det_train=12, det_val=4, seed=3)
+    synthesize(
+        raw,
+        classes=2,
+        per_class=1,
+        val_per_class=1,
+        transfer_classes=2,
+        transfer_per_class=1,
+        transfer_val_per_class=1,
+        det_train=12,
+        det_val=4,
+        seed=3,
+    )
     out = tmp_path_factory.mktemp("prepared") / "detection"
     prep_detection(raw / "detection", out, fmt="yolo", anchor_image_size=64)
     return out
@@ -42,8 +62,18 @@ def _env(threads: int = 1) -> dict[str, str]:
 
 
 def _train(data: Path, out: Path, uri: str, *sets: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lightning_modules.train", str(CONFIG), "--data", str(data), "--out", str(out),
-           "--set", f"tracking.tracking_uri={uri}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_modules.train",
+        str(CONFIG),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--set",
+        f"tracking.tracking_uri={uri}",
+    ]
     for s in [*TINY, *sets]:
         cmd += ["--set", s]
     return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
@@ -76,7 +106,7 @@ def test_val_boxes_map_back_to_the_prepared_rows(prepared_detection: Path) -> No
     from lightning_modules.detection.augment import unletterbox_boxes
 
     dm = _datamodule(prepared_detection)
-    for images, targets in dm.val_dataloader():
+    for _images, targets in dm.val_dataloader():
         for t in targets:
             row = dm.val_ds.rows[t["image_id"]]
             assert t["orig_size"] == (row["height"], row["width"])
@@ -88,9 +118,15 @@ def test_multiscale_changes_size_every_k_batches_and_scales_boxes() -> None:
     from lightning_modules.detection.module import DetectionModule
 
     anchors = [[4, 4]] * 5
-    module = DetectionModule(model={"name": "darknet19", "width": 0.25}, optim={"name": "sgd", "lr": 0.01},
-                             detection={"version": "yolov2", "multiscale": [32, 64, 96], "multiscale_every": 2},
-                             num_classes=3, image_size=64, anchors=anchors, seed=3)
+    module = DetectionModule(
+        model={"name": "darknet19", "width": 0.25},
+        optim={"name": "sgd", "lr": 0.01},
+        detection={"version": "yolov2", "multiscale": [32, 64, 96], "multiscale_every": 2},
+        num_classes=3,
+        image_size=64,
+        anchors=anchors,
+        seed=3,
+    )
     images = torch.zeros(2, 3, 64, 64)
     targets = [{"boxes": torch.tensor([[8.0, 8, 32, 32]]), "labels": torch.tensor([1])}] * 2
     sizes = []
@@ -112,19 +148,26 @@ def test_detector_starts_from_a_backbone_checkpoint(tmp_path: Path) -> None:
     net = build_model("resnet18", num_classes=7, width=0.25)
     torch.save(net.state_dict(), tmp_path / "backbone.pt")
     model = {"name": "resnet18", "width": 0.25, "pretrained_checkpoint": str(tmp_path / "backbone.pt")}
-    module = DetectionModule(model=model, optim={"name": "sgd", "lr": 0.01}, detection={"version": "yolov1"},
-                             num_classes=3, image_size=64)
+    module = DetectionModule(
+        model=model, optim={"name": "sgd", "lr": 0.01}, detection={"version": "yolov1"}, num_classes=3, image_size=64
+    )
     got = module.detector.backbone.state_dict()
     for key, value in net.state_dict().items():
         if not key.startswith("head.fc."):
             assert torch.equal(got[key], value), key
     with pytest.raises(ConfigError, match="does not fit"):
-        DetectionModule(model={**model, "width": 0.5}, optim={"name": "sgd", "lr": 0.01},
-                        detection={"version": "yolov1"}, num_classes=3, image_size=64)
+        DetectionModule(
+            model={**model, "width": 0.5},
+            optim={"name": "sgd", "lr": 0.01},
+            detection={"version": "yolov1"},
+            num_classes=3,
+            image_size=64,
+        )
 
 
-def test_config_and_data_errors_name_the_problem(prepared_detection: Path, tiny_prepared_imagenet: Path,
-                                                 tmp_path: Path, mlflow_uri: str) -> None:
+def test_config_and_data_errors_name_the_problem(
+    prepared_detection: Path, tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
     with pytest.raises(ConfigError, match="multiple of 32"):
         load_config(CONFIG, ["data.image_size=70"])
     with pytest.raises(ConfigError, match="detection.ema_decay"):
@@ -173,13 +216,24 @@ def test_job_trains_tracks_and_keeps_ema_weights(trained: Path, mlflow_uri: str)
     assert "figures/detections.png" in arts
 
 
-def test_predict_writes_boxes_and_drawings_and_never_overwrites(trained: Path, prepared_detection: Path,
-                                                                  tmp_path: Path) -> None:
+def test_predict_writes_boxes_and_drawings_and_never_overwrites(
+    trained: Path, prepared_detection: Path, tmp_path: Path
+) -> None:
     ckpt = trained / "checkpoints" / "best.ckpt"
     images = prepared_detection / "images"
     out = tmp_path / "pred"
-    cmd = [sys.executable, "-m", "lightning_modules.cli", "predict", str(ckpt), str(images), "--out", str(out),
-           "--conf", "0.001"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_modules.cli",
+        "predict",
+        str(ckpt),
+        str(images),
+        "--out",
+        str(out),
+        "--conf",
+        "0.001",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     pred = json.loads((out / "predictions.json").read_text())
@@ -200,14 +254,27 @@ def test_predict_writes_boxes_and_drawings_and_never_overwrites(trained: Path, p
     assert (out / "predictions.json").read_bytes() == before
 
 
-def test_evaluate_scores_a_detector_checkpoint_in_original_pixels(trained: Path, prepared_detection: Path,
-                                                                   tmp_path: Path) -> None:
+def test_evaluate_scores_a_detector_checkpoint_in_original_pixels(
+    trained: Path, prepared_detection: Path, tmp_path: Path
+) -> None:
     from lightning_modules.detection.cocoio import load_coco_gt, load_coco_results
     from lightning_modules.detection.metrics import coco_map
 
     ckpt = trained / "checkpoints" / "best.ckpt"
-    cmd = [sys.executable, "-m", "lightning_modules.cli", "evaluate", str(ckpt), "--data", str(prepared_detection),
-           "--split", "train", "--out", str(tmp_path / "ev"), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_modules.cli",
+        "evaluate",
+        str(ckpt),
+        "--data",
+        str(prepared_detection),
+        "--split",
+        "train",
+        "--out",
+        str(tmp_path / "ev"),
+        "--json",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
@@ -220,8 +287,16 @@ def test_evaluate_scores_a_detector_checkpoint_in_original_pixels(trained: Path,
 
 
 def test_ddp_fit_of_the_detector_under_torchrun(prepared_detection: Path, tmp_path: Path, mlflow_uri: str) -> None:
-    done = _train(prepared_detection, tmp_path / "ddp", mlflow_uri, "trainer.max_epochs=1", "trainer.devices=2",
-                  "detection.multiscale=[32,64]", "detection.multiscale_every=1", timeout=400)
+    done = _train(
+        prepared_detection,
+        tmp_path / "ddp",
+        mlflow_uri,
+        "trainer.max_epochs=1",
+        "trainer.devices=2",
+        "detection.multiscale=[32,64]",
+        "detection.multiscale_every=1",
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert result["status"] == "finished" and result["world_size"] == 2 and result["effective_batch"] == 8

@@ -29,8 +29,10 @@ def synthetic_batch():
     """Two noise images with filled, class-coloured rectangles (learnable)."""
     g = torch.Generator().manual_seed(1)
     images = torch.rand(2, 3, SIZE, SIZE, generator=g) * 0.3
-    boxes = [torch.tensor([[6.0, 9, 45, 42], [54, 45, 90, 87], [15, 60, 39, 90]]),
-             torch.tensor([[30.0, 12, 75, 45], [9, 51, 42, 84]])]
+    boxes = [
+        torch.tensor([[6.0, 9, 45, 42], [54, 45, 90, 87], [15, 60, 39, 90]]),
+        torch.tensor([[30.0, 12, 75, 45], [9, 51, 42, 84]]),
+    ]
     labels = [torch.tensor([0, 1, 2]), torch.tensor([1, 0])]
     colours = torch.eye(3)
     for i in range(2):
@@ -72,8 +74,15 @@ def fit(model, images, targets, steps: int, lr: float = 3e-3) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("version,options", [("yolov1", {}), ("yolov2", {}), ("yolov3", {"box_loss": "giou"}),
-                                             ("yolov3", {"box_loss": "mse", "match_iou": 0.3})])
+@pytest.mark.parametrize(
+    "version,options",
+    [
+        ("yolov1", {}),
+        ("yolov2", {}),
+        ("yolov3", {"box_loss": "giou"}),
+        ("yolov3", {"box_loss": "mse", "match_iou": 0.3}),
+    ],
+)
 def test_loss_decreases(version, options):
     images, targets = synthetic_batch()
     losses = fit(tiny(version, **options), images, targets, 30)

@@ -13,14 +13,25 @@ import pytest
 
 from lightning_modules import distributed as dist
 
+pytestmark = pytest.mark.slow  # torchrun with 2 ranks and 2 simulated nodes
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke-classify.yaml"
 TRAIN_SAMPLES = 64  # tiny_prepared_imagenet
 
 
 def _clear_rank_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-              "TORCHELASTIC_RUN_ID", "VISIONFLOW_THREADS", "NUM_NODES"):
+    for k in (
+        "RANK",
+        "LOCAL_RANK",
+        "NODE_RANK",
+        "GROUP_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "TORCHELASTIC_RUN_ID",
+        "VISIONFLOW_THREADS",
+        "NUM_NODES",
+    ):
         monkeypatch.delenv(k, raising=False)
 
 
@@ -63,8 +74,9 @@ def test_only_global_rank_zero_reports(tmp_path: Path, monkeypatch: pytest.Monke
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "finished"
 
 
-def test_devices_without_torchrun_relaunches_under_torchrun(tiny_prepared_imagenet: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_devices_without_torchrun_relaunches_under_torchrun(
+    tiny_prepared_imagenet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """devices=2 outside torchrun: the job re-runs itself as `torchrun --standalone` (no Lightning relaunch)."""
     from lightning_modules import train
 
@@ -76,15 +88,35 @@ def test_devices_without_torchrun_relaunches_under_torchrun(tiny_prepared_imagen
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(train.subprocess, "run", fake_run)
-    rc = train.main([str(SMOKE), "--data", str(tiny_prepared_imagenet), "--out", str(tmp_path / "r"),
-                     "--set", "trainer.devices=2", "--set", "trainer.fast_dev_run=true"])
+    rc = train.main(
+        [
+            str(SMOKE),
+            "--data",
+            str(tiny_prepared_imagenet),
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "trainer.devices=2",
+            "--set",
+            "trainer.fast_dev_run=true",
+        ]
+    )
     assert rc == 0
     cmd = seen["cmd"]
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and "--nproc-per-node=2" in cmd
     assert cmd[cmd.index("-m", 3) + 1] == "lightning_modules.train" and "trainer.devices=2" in cmd
-    rc = train.main([str(SMOKE), "--data", str(tiny_prepared_imagenet), "--out", str(tmp_path / "r"),
-                     "--set", "trainer.num_nodes=2"])
+    rc = train.main(
+        [
+            str(SMOKE),
+            "--data",
+            str(tiny_prepared_imagenet),
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "trainer.num_nodes=2",
+        ]
+    )
     assert rc == 2  # num_nodes > 1 needs one torchrun per node
 
 
@@ -100,10 +132,25 @@ def _env(threads: int | None = None) -> dict[str, str]:
 
 
 def _job_args(data: Path, out: Path, uri: str, experiment: str, batch: int, epochs: int) -> list[str]:
-    return [str(SMOKE), "--data", str(data), "--out", str(out),
-            "--set", f"data.batch_size={batch}", "--set", "data.num_workers=0",
-            "--set", f"trainer.max_epochs={epochs}", "--set", "trainer.grad_monitor_every_n_steps=2",
-            "--set", f"tracking.tracking_uri={uri}", "--set", f"tracking.experiment={experiment}"]
+    return [
+        str(SMOKE),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--set",
+        f"data.batch_size={batch}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        f"trainer.max_epochs={epochs}",
+        "--set",
+        "trainer.grad_monitor_every_n_steps=2",
+        "--set",
+        f"tracking.tracking_uri={uri}",
+        "--set",
+        f"tracking.experiment={experiment}",
+    ]
 
 
 def _check_one_mlflow_run(uri: str, experiment: str, out: Path, steps: int) -> dict:
@@ -120,12 +167,22 @@ def _check_one_mlflow_run(uri: str, experiment: str, out: Path, steps: int) -> d
     return run
 
 
-def test_torchrun_ddp_two_ranks_logs_one_mlflow_run(tiny_prepared_imagenet: Path, tmp_path: Path,
-                                                    mlflow_uri: str) -> None:
+def test_torchrun_ddp_two_ranks_logs_one_mlflow_run(
+    tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
     # batch 12: more than each rank's share of the 16 val images (8), which once left rank 0 with no val batch
     out, batch, epochs = tmp_path / "ddp", 12, 2
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "lightning_modules.train", *_job_args(tiny_prepared_imagenet, out, mlflow_uri, "test-ddp", batch, epochs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "lightning_modules.train",
+        *_job_args(tiny_prepared_imagenet, out, mlflow_uri, "test-ddp", batch, epochs),
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     steps = epochs * ((TRAIN_SAMPLES // batch) // 2)  # litdata deals whole batches to the ranks
@@ -143,20 +200,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_simulated_nodes_log_one_mlflow_run(tiny_prepared_imagenet: Path, tmp_path: Path,
-                                                mlflow_uri: str) -> None:
+def test_two_simulated_nodes_log_one_mlflow_run(tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str) -> None:
     out, batch, epochs = tmp_path / "nodes", 8, 2
     port = _free_port()
     args = _job_args(tiny_prepared_imagenet, out, mlflow_uri, "test-nodes", batch, epochs)
     args += ["--set", "trainer.num_nodes=2"]
     procs = []
     for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
-               "--master-addr", "127.0.0.1", "--master-port", str(port), "--nproc-per-node", "1",
-               "-m", "lightning_modules.train", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(node),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "--nproc-per-node",
+            "1",
+            "-m",
+            "lightning_modules.train",
+            *args,
+        ]
         # Both "nodes" share this machine's cores: one thread each (see FIELD-NOTES).
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(threads=1), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=REPO, env=_env(threads=1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     steps = epochs * TRAIN_SAMPLES // (2 * batch)

@@ -49,8 +49,7 @@ def imagenet(root: Path, per_class=5, val_per_class=2, deep=False) -> Path:
             img(data / "val" / f"ILSVRC2012_val_{k:08d}.JPEG", colour)
             rows.append(f"ILSVRC2012_val_{k:08d},{wnid} 1 2 30 40 {wnid} 3 4 10 12")
     (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
-    (root / "LOC_synset_mapping.txt").write_text(
-        "".join(f"{w} {n}, other name\n" for w, n in zip(WNIDS, NAMES)))
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {n}, other name\n" for w, n in zip(WNIDS, NAMES)))
     return root
 
 
@@ -86,9 +85,24 @@ def test_imagenet_layout_with_kaggle_val_csv(tmp_path):
     assert [c["name"] for c in m["classes"]] == NAMES
     assert [(c["index"], c["train"], c["val"]) for c in m["classes"]] == [(0, 5, 2), (1, 5, 2), (2, 5, 2)]
     assert m["totals"] == {"train": 15, "val": 6, "rejected": 0} and m["rejected"] == []
-    assert set(m) == {"producer", "kind", "format", "image_size", "classes", "totals", "rejected", "mean", "std",
-                      "source", "source_data_version", "created", "duplicates", "content_hash", "data_version",
-                      "max_image_pixels"}
+    assert set(m) == {
+        "producer",
+        "kind",
+        "format",
+        "image_size",
+        "classes",
+        "totals",
+        "rejected",
+        "mean",
+        "std",
+        "source",
+        "source_data_version",
+        "created",
+        "duplicates",
+        "content_hash",
+        "data_version",
+        "max_image_pixels",
+    }
     assert m["data_version"] == "content:" + m["content_hash"][:16]  # no DVC version given: the content's own
     assert json.loads((out / "manifest.json").read_text()) == m
     val = read_split(out, "val")
@@ -143,8 +157,11 @@ def test_held_out_test_split_is_prepared_and_counted(tmp_path):
     imagefolder(src / "test", per_class=3)
     m = prep(src, tmp_path / "out")
     assert m["totals"] == {"train": 12, "val": 6, "rejected": 0, "test": 9}
-    assert [(c["name"], c["train"], c["val"], c["test"]) for c in m["classes"]] == \
-        [("cat", 4, 2, 3), ("dog", 4, 2, 3), ("fox", 4, 2, 3)]
+    assert [(c["name"], c["train"], c["val"], c["test"]) for c in m["classes"]] == [
+        ("cat", 4, 2, 3),
+        ("dog", 4, 2, 3),
+        ("fox", 4, 2, 3),
+    ]
     test = read_split(tmp_path / "out", "test")
     assert sorted(s["label"] for s in test) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert all(dominant(s["image"]) == [0, 1, 2][s["label"]] for s in test)

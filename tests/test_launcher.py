@@ -18,16 +18,30 @@ def _spec(tmp_path: Path) -> JobSpec:
 def test_single_node_torchrun_is_standalone_and_runs_the_job_module(tmp_path: Path) -> None:
     cmd = torchrun_command(_spec(tmp_path), nproc_per_node=2, python="py")
     assert cmd[:5] == ["py", "-m", "torch.distributed.run", "--nproc-per-node", "2"] and "--standalone" in cmd
-    job = cmd[cmd.index("lightning_modules.train") - 1:]
-    assert job == ["-m", "lightning_modules.train", "c.yaml", "--data", str(tmp_path / "prep"),
-                   "--out", str(tmp_path / "run"), "--set", "optim.lr=0.1"]
+    job = cmd[cmd.index("lightning_modules.train") - 1 :]
+    assert job == [
+        "-m",
+        "lightning_modules.train",
+        "c.yaml",
+        "--data",
+        str(tmp_path / "prep"),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "optim.lr=0.1",
+    ]
     assert cmd[cmd.index("--log-dir") + 1] == str(tmp_path / "run" / "torchrun")
 
 
 def test_multi_node_uses_a_rendezvous_endpoint(tmp_path: Path) -> None:
     cmd = torchrun_command(_spec(tmp_path), nproc_per_node=8, nnodes=4, node_rank=3, rdzv_endpoint="head:29400")
     assert "--standalone" not in cmd
-    for flag, value in (("--nnodes", "4"), ("--node-rank", "3"), ("--rdzv-endpoint", "head:29400"), ("--rdzv-backend", "c10d")):
+    for flag, value in (
+        ("--nnodes", "4"),
+        ("--node-rank", "3"),
+        ("--rdzv-endpoint", "head:29400"),
+        ("--rdzv-backend", "c10d"),
+    ):
         assert cmd[cmd.index(flag) + 1] == value
     with pytest.raises(dg.DagsterInvalidConfigError):
         torchrun_command(_spec(tmp_path), nproc_per_node=1, nnodes=2)
@@ -46,7 +60,12 @@ def test_k8s_pod_spec_requests_gpus_and_mounts_the_shared_runs_volume() -> None:
     limits = spec["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "4" and limits["cpu"] == "16"
     assert spec["volumes"][0]["persistent_volume_claim"]["claim_name"] == "runs-pvc"
-    assert "nvidia.com/gpu" not in k8s_pod_spec(gpus=0, cpu="2", memory="4Gi", shared_volume_claim=None)["containers"][0]["resources"]["limits"]
+    assert (
+        "nvidia.com/gpu"
+        not in k8s_pod_spec(gpus=0, cpu="2", memory="4Gi", shared_volume_claim=None)["containers"][0]["resources"][
+            "limits"
+        ]
+    )
 
 
 def test_resource_sets_switch_by_deployment(monkeypatch) -> None:

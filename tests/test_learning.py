@@ -31,9 +31,19 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(config: str, data: Path, out: Path, mlflow_uri: str, *sets: str) -> dict:
-    argv = [str(REPO / "configs" / config), "--data", str(data), "--out", str(out),
-            "--set", "data.num_workers=0", "--set", f"tracking.tracking_uri={mlflow_uri}",
-            "--set", "tracking.log_checkpoint=false"]
+    argv = [
+        str(REPO / "configs" / config),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        f"tracking.tracking_uri={mlflow_uri}",
+        "--set",
+        "tracking.log_checkpoint=false",
+    ]
     for item in sets:
         argv += ["--set", item]
     assert train_main(argv) == 0
@@ -54,13 +64,24 @@ def test_detector_learns_far_above_an_untrained_one(embedded: Path, tmp_path: Pa
     from lightning_modules.detection.module import DetectionModule
 
     data = embedded / "prepared" / "detection"
-    result = _train("yolov3-cpu.yaml", data, tmp_path / "det", mlflow_uri, "trainer.max_epochs=12",
-                    "optim.freeze_body_epochs=0", "model.width=0.25")
-    trained = evaluate_predictor(load_predictor(result["best_checkpoint"]), data, split="train",
-                                 out_dir=tmp_path / "trained")
+    result = _train(
+        "yolov3-cpu.yaml",
+        data,
+        tmp_path / "det",
+        mlflow_uri,
+        "trainer.max_epochs=12",
+        "optim.freeze_body_epochs=0",
+        "model.width=0.25",
+    )
+    trained = evaluate_predictor(
+        load_predictor(result["best_checkpoint"]), data, split="train", out_dir=tmp_path / "trained"
+    )
     hp = load_checkpoint(result["best_checkpoint"])["hyper_parameters"]
     torch.manual_seed(0)
-    untrained = evaluate_predictor(predictor_from_module(DetectionModule(**hp)).eval(), data, split="train",
-                                   out_dir=tmp_path / "untrained")
-    assert trained["map_50"] >= 0.015 and trained["map_50"] >= 10 * untrained["map_50"], (trained["map_50"],
-                                                                                         untrained["map_50"])
+    untrained = evaluate_predictor(
+        predictor_from_module(DetectionModule(**hp)).eval(), data, split="train", out_dir=tmp_path / "untrained"
+    )
+    assert trained["map_50"] >= 0.015 and trained["map_50"] >= 10 * untrained["map_50"], (
+        trained["map_50"],
+        untrained["map_50"],
+    )

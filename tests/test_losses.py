@@ -54,8 +54,11 @@ def test_hand_computed_hinge_and_soft_margin():
     # multi-class margin: mean over j != y of max(0, 1 - x_y + x_j) / K -> (0 + 0) / 3
     assert build_loss("hinge", num_classes=3)(logits, target).item() == 0.0
     # one-vs-all soft margin with targets (+1, -1, -1)
-    manual = (torch.log1p(torch.exp(-2.0 * torch.ones(1))) + torch.log1p(torch.exp(torch.tensor(0.5)))
-              + torch.log1p(torch.exp(torch.tensor(-1.0)))) / 3
+    manual = (
+        torch.log1p(torch.exp(-2.0 * torch.ones(1)))
+        + torch.log1p(torch.exp(torch.tensor(0.5)))
+        + torch.log1p(torch.exp(torch.tensor(-1.0)))
+    ) / 3
     torch.testing.assert_close(build_loss("soft_margin", num_classes=3)(logits, target), manual.squeeze())
 
 

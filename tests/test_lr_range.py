@@ -17,7 +17,7 @@ def _sweep(n: int = 100, lo: float = 1e-6, hi: float = 1.0, best: float = 1e-2, 
     losses = []
     for lr in lrs:
         d = math.log10(lr / best)
-        base = 2.3 - 0.3 * math.exp(-(d / 0.5) ** 2) + (3.0 * d**2 if d > 0 else 0.0)
+        base = 2.3 - 0.3 * math.exp(-((d / 0.5) ** 2)) + (3.0 * d**2 if d > 0 else 0.0)
         losses.append(base + rng.gauss(0, noise))
     return lrs, losses
 
@@ -41,7 +41,7 @@ def test_divergence_cut():
 def test_suggestion_finds_the_dip_whatever_the_sweep_starts_at(lo):
     lrs, losses = _sweep(lo=lo)
     s = lr_range.suggest(lrs, losses)
-    assert 10 ** -2.5 <= s.lr_min_loss <= 10 ** -1.5  # the dip at 1e-2, through the noise
+    assert 10**-2.5 <= s.lr_min_loss <= 10**-1.5  # the dip at 1e-2, through the noise
     assert s.lr == pytest.approx(s.lr_min_loss / 10)
     assert s.used < len(lrs)  # the blow-up was cut off
 
@@ -76,7 +76,8 @@ def test_recording_losses_sees_every_step_and_restores_the_module():
     data = torch.utils.data.TensorDataset(torch.randn(32, 2), torch.randn(32, 1))
     module = Tiny()
     with lr_range.recording_losses(module) as losses:
-        L.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False).fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+        L.Trainer(
+            max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        ).fit(module, torch.utils.data.DataLoader(data, batch_size=4))
     assert len(losses) == 5 and all(math.isfinite(x) and x > 0 for x in losses)
     assert "training_step" not in vars(module)  # the class's method again

@@ -23,6 +23,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
 TORCHVISION = {
     "vgg16": (torchvision.models.vgg16, 138_357_544),
     "vgg16_bn": (torchvision.models.vgg16_bn, 138_365_992),
@@ -47,7 +49,7 @@ def test_param_count_and_names_match_torchvision(name):
     for key, t in tv.state_dict().items():
         for tv_prefix, our_prefix in ours.torchvision_keys:
             if key.startswith(tv_prefix):
-                mapped[our_prefix + key[len(tv_prefix):]] = tuple(t.shape)
+                mapped[our_prefix + key[len(tv_prefix) :]] = tuple(t.shape)
                 break
     assert mapped == {k: tuple(t.shape) for k, t in ours.state_dict().items()}
 
@@ -112,15 +114,18 @@ def test_darknet_flops_and_conv_counts():
     assert (count(m19.body, nn.Conv2d), count(m19.head, nn.Conv2d), count(m19, nn.MaxPool2d)) == (18, 1, 5)
     assert count(m53.body, nn.Conv2d) == 52 and isinstance(m53.head.fc, nn.Linear)
     assert count(y1.body, nn.Conv2d) == 24
-    assert all(isinstance(m.act, nn.LeakyReLU) and m.act.negative_slope == 0.1
-               for m in m53.modules() if isinstance(m, nn.Sequential) and hasattr(m, "bn"))
+    assert all(
+        isinstance(m.act, nn.LeakyReLU) and m.act.negative_slope == 0.1
+        for m in m53.modules()
+        if isinstance(m, nn.Sequential) and hasattr(m, "bn")
+    )
 
 
 def test_summary_table():
     d = summarize("resnet18", size=224)
     assert d["params"] == 11_689_512 and d["flops"] == pytest.approx(3.64e9, rel=0.01)
-    assert [l["name"] for l in d["layers"]][-1] == "head.fc" and d["layers"][-1]["output_shape"] == [1, 1000]
-    assert sum(l["params"] for l in d["layers"]) == d["params"]
+    assert [r["name"] for r in d["layers"]][-1] == "head.fc" and d["layers"][-1]["output_shape"] == [1, 1000]
+    assert sum(r["params"] for r in d["layers"]) == d["params"]
     text = format_summary(d)
     assert "resnet18" in text and "body.layer4" in text and "11,689,512" in text
 
@@ -161,7 +166,9 @@ def test_small_input_shifts_strides_by_four(name):
 def test_activation_swap_reaches_every_layer(name, activation):
     model = build_model(name, num_classes=3, width=0.25, activation=activation)
     assert not any(isinstance(m, (nn.ReLU, nn.LeakyReLU)) for m in model.modules())
-    kind = nn.Tanh if activation == "tanh" else type(build_model("resnet18", width=0.1, activation=activation).body.relu)
+    kind = (
+        nn.Tanh if activation == "tanh" else type(build_model("resnet18", width=0.1, activation=activation).body.relu)
+    )
     assert sum(isinstance(m, kind) for m in model.modules()) > 0
     out = model(torch.randn(2, 3, 32, 32))
     out.sum().backward()

@@ -12,30 +12,59 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+pytestmark = pytest.mark.slow  # jobs under torchrun reporting through Pipes
+
 REPO = Path(__file__).resolve().parents[1]
 TRANSFER = REPO / "configs" / "transfer-cpu.yaml"
 
-EXPECTED_KEYS = {"val_acc1", "val_acc5", "val_loss", "epochs", "global_step", "effective_batch", "lr_effective",
-                 "best_checkpoint", "run_dir", "mlflow_run_id", "tracking_uri", "history", "figures",
-                 "data_version", "status"}
+EXPECTED_KEYS = {
+    "val_acc1",
+    "val_acc5",
+    "val_loss",
+    "epochs",
+    "global_step",
+    "effective_batch",
+    "lr_effective",
+    "best_checkpoint",
+    "run_dir",
+    "mlflow_run_id",
+    "tracking_uri",
+    "history",
+    "figures",
+    "data_version",
+    "status",
+}
 
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
-    env.update({"MPLBACKEND": "Agg", "DATA_OPTIMIZER_CACHE_FOLDER": str(REPO / ".cache" / "litdata"),
-                "VISIONFLOW_REPORTER": "pipes", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "MPLBACKEND": "Agg",
+            "DATA_OPTIMIZER_CACHE_FOLDER": str(REPO / ".cache" / "litdata"),
+            "VISIONFLOW_REPORTER": "pipes",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
 def test_lightning_modules_never_import_dagster() -> None:
     for path in (REPO / "lightning_modules").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             bad = [n for n in names if n == "dagster" or n.startswith("dagster.")]
             assert not bad, f"{path}: imports {bad}"
-    code = ("import sys, lightning_modules.train, lightning_modules.pipes_reporter, lightning_modules.evaluate, "
-            "lightning_modules.cli; assert not [m for m in sys.modules if m.split('.')[0] == 'dagster'], 'dagster'")
+    code = (
+        "import sys, lightning_modules.train, lightning_modules.pipes_reporter, lightning_modules.evaluate, "
+        "lightning_modules.cli; assert not [m for m in sys.modules if m.split('.')[0] == 'dagster'], 'dagster'"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
@@ -46,8 +75,12 @@ def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from lightning_modules.classification import ClassificationModule
 
-    module = ClassificationModule(model={"name": "resnet18", "width": 0.25, "small_input": True},
-                                  optim={"name": "sgd", "lr": 0.1}, loss={"name": "cross_entropy"}, num_classes=4)
+    module = ClassificationModule(
+        model={"name": "resnet18", "width": 0.25, "small_input": True},
+        optim={"name": "sgd", "lr": 0.1},
+        loss={"name": "cross_entropy"},
+        num_classes=4,
+    )
     path = tmp_path_factory.mktemp("pre") / "pretrained.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path
@@ -59,22 +92,45 @@ def _materialize(command: list[str]):
         return pipes.run(command=command, context=context, env=_env(), cwd=str(REPO)).get_materialize_result()
 
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([trained], resources={"pipes": dg.PipesSubprocessClient()}, instance=instance,
-                            raise_on_error=False)
+    result = dg.materialize(
+        [trained], resources={"pipes": dg.PipesSubprocessClient()}, instance=instance, raise_on_error=False
+    )
     logs = [e.user_message for e in instance.all_logs(result.run_id)]
     return result, logs, instance
 
 
 def test_torchrun_two_ranks_report_one_materialization_from_rank_zero(
-        prepared_transfer: Path, untrained_checkpoint: Path, tmp_path: Path, mlflow_uri: str) -> None:
+    prepared_transfer: Path, untrained_checkpoint: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "lightning_modules.train", str(TRANSFER), "--data", str(prepared_transfer), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "lightning_modules.train",
+        str(TRANSFER),
+        "--data",
+        str(prepared_transfer),
+        "--out",
+        str(out),
+    ]
     # 2 ranks x 4 train images each, batch 2: 2 steps per epoch; epoch 1 frozen, epoch 2 unfrozen (DDP).
-    for s in ("data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=2", "optim.freeze_body_epochs=1",
-              "model.width=0.25", "model.small_input=true", f"model.pretrained_checkpoint={untrained_checkpoint}",
-              "trainer.grad_monitor_every_n_steps=0", f"tracking.tracking_uri={mlflow_uri}",
-              "tracking.experiment=test-pipes"):
+    for s in (
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        "optim.freeze_body_epochs=1",
+        "model.width=0.25",
+        "model.small_input=true",
+        f"model.pretrained_checkpoint={untrained_checkpoint}",
+        "trainer.grad_monitor_every_n_steps=0",
+        f"tracking.tracking_uri={mlflow_uri}",
+        "tracking.experiment=test-pipes",
+    ):
         cmd += ["--set", s]
     result, logs, _ = _materialize(cmd)
     assert result.success, "\n".join(m for m in logs if m)[-4000:]
@@ -96,12 +152,26 @@ def test_torchrun_two_ranks_report_one_materialization_from_rank_zero(
 
 
 def test_a_failing_job_reports_its_error_through_pipes(prepared_transfer: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "lightning_modules.train", str(TRANSFER), "--data", str(prepared_transfer),
-           "--out", str(tmp_path / "run"), "--set", "model.name=resnet9"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_modules.train",
+        str(TRANSFER),
+        "--data",
+        str(prepared_transfer),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "model.name=resnet9",
+    ]
     result, _, instance = _materialize(cmd)
     assert not result.success
     assert not result.asset_materializations_for_node("trained")
-    errors = [str(e.dagster_event.engine_event_data.error) for e in instance.all_logs(result.run_id)
-              if e.dagster_event is not None and e.dagster_event.is_engine_event
-              and "closed with exception" in (e.user_message or e.dagster_event.message or "")]
+    errors = [
+        str(e.dagster_event.engine_event_data.error)
+        for e in instance.all_logs(result.run_id)
+        if e.dagster_event is not None
+        and e.dagster_event.is_engine_event
+        and "closed with exception" in (e.user_message or e.dagster_event.message or "")
+    ]
     assert errors and "resnet9" in errors[0], errors

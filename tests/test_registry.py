@@ -19,8 +19,14 @@ def _register(uri: str, tmp_path: Path) -> str:
     exp = client.create_experiment(f"e{len(client.search_experiments())}")
     run = client.create_run(exp)
     ckpt = tmp_path / f"{run.info.run_id}.ckpt"
-    torch.save({"hyper_parameters": {"model": {"name": "linear"}}, "state_dict": torch.nn.Linear(4, 2).state_dict(),
-                "optimizer_states": [{"state": {}}]}, ckpt)
+    torch.save(
+        {
+            "hyper_parameters": {"model": {"name": "linear"}},
+            "state_dict": torch.nn.Linear(4, 2).state_dict(),
+            "optimizer_states": [{"state": {}}],
+        },
+        ckpt,
+    )
     return registry.log_and_register(uri, run.info.run_id, ckpt, NAME, kind="classifier", spec={"input": [4]})
 
 
@@ -50,13 +56,15 @@ def test_champion_from_other_data_is_rescored_and_gates_block(tmp_path: Path) ->
     rescored = []
     v2 = _register(uri, tmp_path)
     # On the new data the old champion only reaches 0.40, so 0.50 wins although 0.50 < 0.90.
-    d = registry.decide_and_promote(uri, NAME, v2, score=0.50, data_version="new.dir",
-                                    rescore=lambda model_uri: rescored.append(model_uri) or 0.40)
+    d = registry.decide_and_promote(
+        uri, NAME, v2, score=0.50, data_version="new.dir", rescore=lambda model_uri: rescored.append(model_uri) or 0.40
+    )
     assert rescored == [f"models:/{NAME}/{v1}"] and d.promoted and "re-scored" in d.reason
 
     v3 = _register(uri, tmp_path)
-    d = registry.decide_and_promote(uri, NAME, v3, score=0.99, data_version="new.dir", rescore=lambda u: 0.0,
-                                    gates_passed=False)
+    d = registry.decide_and_promote(
+        uri, NAME, v3, score=0.99, data_version="new.dir", rescore=lambda u: 0.0, gates_passed=False
+    )
     assert not d.promoted and d.reason == "quality gates failed"
     assert str(registry.champion(uri, NAME).version) == v2
 

@@ -25,8 +25,12 @@ BASE_JOB = {
     "model": {"name": "resnet18", "width": 0.25, "small_input": True},
     "data": {"batch_size": 8, "num_workers": 0, "image_size": 32, "augment": False},
     "optim": {"name": "adamw", "lr": 0.001, "weight_decay": 0.0, "schedule": "constant"},
-    "trainer": {"max_epochs": 10, "checkpoint_every_n_steps": 1000, "log_every_n_steps": 5,
-                "grad_monitor_every_n_steps": 0},
+    "trainer": {
+        "max_epochs": 10,
+        "checkpoint_every_n_steps": 1000,
+        "log_every_n_steps": 5,
+        "grad_monitor_every_n_steps": 0,
+    },
     "tracking": {"log_checkpoint": False, "experiment": "test-search-jobs"},
 }
 GOOD_LR, BAD_LR = 1e-3, 1e-6
@@ -60,15 +64,27 @@ class CountingLaunch:
 def grid_search(tmp_path_factory, tiny_prepared_imagenet, mlflow_uri):
     folder = tmp_path_factory.mktemp("grid")
     path = write_search(
-        folder, sampler="grid", seed=GRID_SEED, pruner="median",
-        pruner_args={"n_startup_trials": 1, "n_warmup_steps": 2}, parallel=2, epochs_per_trial=EPOCHS,
+        folder,
+        sampler="grid",
+        seed=GRID_SEED,
+        pruner="median",
+        pruner_args={"n_startup_trials": 1, "n_warmup_steps": 2},
+        parallel=2,
+        epochs_per_trial=EPOCHS,
         space={"optim.lr": [GOOD_LR, BAD_LR], "model.dropout.classifier": [0.0, 0.1]},
     )
     cfg = load_search_config(path)
     launch = CountingLaunch()
     summary = run_search(cfg, tiny_prepared_imagenet, folder / "out", launch=launch, tracking_uri=mlflow_uri)
-    return {"cfg": cfg, "path": path, "out": folder / "out", "summary": summary, "launch": launch,
-            "data": tiny_prepared_imagenet, "uri": mlflow_uri}
+    return {
+        "cfg": cfg,
+        "path": path,
+        "out": folder / "out",
+        "summary": summary,
+        "launch": launch,
+        "data": tiny_prepared_imagenet,
+        "uri": mlflow_uri,
+    }
 
 
 @pytest.mark.slow
@@ -120,8 +136,9 @@ def test_trials_are_nested_mlflow_runs_with_the_jobs_params(grid_search):
     assert parent.data.metrics["n_complete"] == s["n_complete"]
     assert parent.data.metrics["n_pruned"] == s["n_pruned"]
     assert parent.data.metrics["best_value"] == pytest.approx(s["best_value"])
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert {r.info.run_id for r in children} == {t["mlflow_run_id"] for t in s["trials"]}
     for t in s["trials"]:
         run = client.get_run(t["mlflow_run_id"])
@@ -157,21 +174,42 @@ def test_rerun_with_the_same_out_trains_nothing(grid_search):
     assert again["trials"] == grid_search["summary"]["trials"]
     assert again["parent_run_id"] == grid_search["summary"]["parent_run_id"]
     # A different search in the same folder is refused.
-    other = write_search(grid_search["path"].parent, "other.yaml", sampler="grid", seed=GRID_SEED,
-                         pruner_args={"n_startup_trials": 1, "n_warmup_steps": 2}, parallel=2,
-                         epochs_per_trial=EPOCHS,
-                         space={"optim.lr": [0.01, BAD_LR], "model.dropout.classifier": [0.0, 0.1]})
+    other = write_search(
+        grid_search["path"].parent,
+        "other.yaml",
+        sampler="grid",
+        seed=GRID_SEED,
+        pruner_args={"n_startup_trials": 1, "n_warmup_steps": 2},
+        parallel=2,
+        epochs_per_trial=EPOCHS,
+        space={"optim.lr": [0.01, BAD_LR], "model.dropout.classifier": [0.0, 0.1]},
+    )
     with pytest.raises(ConfigError, match="different search"):
-        run_search(load_search_config(other), grid_search["data"], grid_search["out"], launch=launch,
-                   tracking_uri=grid_search["uri"])
+        run_search(
+            load_search_config(other),
+            grid_search["data"],
+            grid_search["out"],
+            launch=launch,
+            tracking_uri=grid_search["uri"],
+        )
 
 
 @pytest.mark.slow
 def test_random_search_samples_inside_bounds(tmp_path, tiny_prepared_imagenet, mlflow_uri):
-    path = write_search(tmp_path, sampler="random", seed=1, pruner="none", n_trials=2, parallel=2,
-                        epochs_per_trial=1, space={"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True},
-                                                   "optim.weight_decay": {"low": 0.0, "high": 0.1},
-                                                   "data.batch_size": [8, 16]})
+    path = write_search(
+        tmp_path,
+        sampler="random",
+        seed=1,
+        pruner="none",
+        n_trials=2,
+        parallel=2,
+        epochs_per_trial=1,
+        space={
+            "optim.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            "optim.weight_decay": {"low": 0.0, "high": 0.1},
+            "data.batch_size": [8, 16],
+        },
+    )
     summary = run_search(load_search_config(path), tiny_prepared_imagenet, tmp_path / "out", tracking_uri=mlflow_uri)
     assert summary["n_complete"] == 2
     lrs = [t["params"]["optim.lr"] for t in summary["trials"]]
@@ -186,17 +224,20 @@ def test_random_search_samples_inside_bounds(tmp_path, tiny_prepared_imagenet, m
     assert best["optim"]["lr"] == summary["best_params"]["optim.lr"]
 
 
-@pytest.mark.parametrize("fields, key", [
-    ({"space": {"optim.lrr": [0.1]}}, "optim.lrr"),
-    ({"sampler": "grid", "space": {"optim.lr": {"low": 0.01, "high": 0.1}}}, "space.optim.lr"),
-    ({"space": {"optim.lr": [0.1]}, "n_trails": 3}, "n_trails"),
-    ({"space": {"optim.lr": [0.1]}, "sampler": "bayes"}, "sampler"),
-    ({"space": {"optim.lr": [0.1]}, "pruner": "median", "pruner_args": {"patience": 3}}, "pruner"),
-    ({"space": {"data.batch_size": [16, "big"]}}, "space.data.batch_size"),
-    ({"space": {"model.dropout.head": [0.1]}}, "space.model.dropout.head"),
-    ({"space": {"optim.lr": {"low": 0.1, "high": 0.01}}}, "space.optim.lr"),
-    ({"space": {"optim.lr": [0.1]}, "metric": "val/f1"}, "metric"),
-])
+@pytest.mark.parametrize(
+    "fields, key",
+    [
+        ({"space": {"optim.lrr": [0.1]}}, "optim.lrr"),
+        ({"sampler": "grid", "space": {"optim.lr": {"low": 0.01, "high": 0.1}}}, "space.optim.lr"),
+        ({"space": {"optim.lr": [0.1]}, "n_trails": 3}, "n_trails"),
+        ({"space": {"optim.lr": [0.1]}, "sampler": "bayes"}, "sampler"),
+        ({"space": {"optim.lr": [0.1]}, "pruner": "median", "pruner_args": {"patience": 3}}, "pruner"),
+        ({"space": {"data.batch_size": [16, "big"]}}, "space.data.batch_size"),
+        ({"space": {"model.dropout.head": [0.1]}}, "space.model.dropout.head"),
+        ({"space": {"optim.lr": {"low": 0.1, "high": 0.01}}}, "space.optim.lr"),
+        ({"space": {"optim.lr": [0.1]}, "metric": "val/f1"}, "metric"),
+    ],
+)
 def test_bad_search_config_names_file_and_key(tmp_path, fields, key):
     path = write_search(tmp_path, **fields)
     with pytest.raises(ConfigError) as info:
@@ -206,8 +247,13 @@ def test_bad_search_config_names_file_and_key(tmp_path, fields, key):
 
 def test_search_cpu_config_loads():
     cfg = load_search_config(Path(__file__).resolve().parents[1] / "configs" / "search-cpu.yaml")
-    assert set(cfg.space) == {"optim.lr", "data.batch_size", "optim.momentum", "optim.weight_decay",
-                              "model.dropout.classifier"}
+    assert set(cfg.space) == {
+        "optim.lr",
+        "data.batch_size",
+        "optim.momentum",
+        "optim.weight_decay",
+        "model.dropout.classifier",
+    }
     assert cfg.job_config().optim.name == "sgd"
 
 
@@ -235,5 +281,7 @@ def test_pruning_callback_only_inside_a_search(tmp_path, monkeypatch):
     monkeypatch.setenv(pruning.ENV_TRIAL_ID, "1")
     (callback,) = pruning.pruning_callbacks(tmp_path)
     assert callback.args[2] == 1
-    assert type(pruning.build_pruner("successive_halving", pruning.PRUNER_DEFAULTS["successive_halving"])).__name__ \
+    assert (
+        type(pruning.build_pruner("successive_halving", pruning.PRUNER_DEFAULTS["successive_halving"])).__name__
         == "SuccessiveHalvingPruner"
+    )

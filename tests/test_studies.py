@@ -22,29 +22,49 @@ from lightning_modules.studies.epochs import early_stop_epoch
 from lightning_modules.studies.report import studies_report
 from lightning_modules.studies.runner import inprocess_launch, run_study
 
+pytestmark = pytest.mark.slow  # every study's training jobs
+
 # Verdict numbers each study must produce (a subset; all of them computed from the runs).
 REQUIRED = {
-    "vanishing_gradient": [f"{v}.{k}" for v in ("sigmoid", "tanh", "relu", "relu_bn", "residual")
-                           for k in ("init_first_over_last", "trained_first_over_last")],
-    "degradation": ["plain18.final_train_loss", "plain34.final_train_loss", "resnet18.final_train_loss",
-                    "resnet34.final_train_loss", "plain.deep_over_shallow", "residual.deep_over_shallow",
-                    "plain.deeper_trains_worse", "resnet34_over_plain34"],
-    "dropout": [f"p{p}.{k}" for p in ("0", "0.2", "0.5") for k in ("acc_gap", "best_val_acc1", "iterations_to_converge")]
-               + ["claim_less_overfitting", "claim_more_iterations"],
-    "batch_lr": ["b4.seconds_per_epoch", "b8-fixed.final_val_acc1", "b8-scaled.final_val_acc1",
-                 "b8-scaled.lr_effective", "epoch_speedup_largest_vs_smallest", "tuner.batch_size", "tuner.lr"],
+    "vanishing_gradient": [
+        f"{v}.{k}"
+        for v in ("sigmoid", "tanh", "relu", "relu_bn", "residual")
+        for k in ("init_first_over_last", "trained_first_over_last")
+    ],
+    "degradation": [
+        "plain18.final_train_loss",
+        "plain34.final_train_loss",
+        "resnet18.final_train_loss",
+        "resnet34.final_train_loss",
+        "plain.deep_over_shallow",
+        "residual.deep_over_shallow",
+        "plain.deeper_trains_worse",
+        "resnet34_over_plain34",
+    ],
+    "dropout": [
+        f"p{p}.{k}" for p in ("0", "0.2", "0.5") for k in ("acc_gap", "best_val_acc1", "iterations_to_converge")
+    ]
+    + ["claim_less_overfitting", "claim_more_iterations"],
+    "batch_lr": [
+        "b4.seconds_per_epoch",
+        "b8-fixed.final_val_acc1",
+        "b8-scaled.final_val_acc1",
+        "b8-scaled.lr_effective",
+        "epoch_speedup_largest_vs_smallest",
+        "tuner.batch_size",
+        "tuner.lr",
+    ],
     "epochs": ["optimum_epoch", "val_loss_optimum", "val_loss_last", "early_stop_kept_epoch"],
     "activations_losses": ["chance", "activation.bar", "loss.bar"]
-                          + [f"activation.{a}.best_val_acc1" for a in ("identity", "binary_step", "sigmoid", "tanh",
-                                                                        "relu", "leaky_relu")]
-                          + [f"loss.{loss}.best_val_acc1" for loss in ("cross_entropy", "nll", "mse", "hinge",
-                                                                       "soft_margin")],
+    + [f"activation.{a}.best_val_acc1" for a in ("identity", "binary_step", "sigmoid", "tanh", "relu", "leaky_relu")]
+    + [f"loss.{loss}.best_val_acc1" for loss in ("cross_entropy", "nll", "mse", "hinge", "soft_margin")],
 }
 
 
 @pytest.fixture(scope="module")
-def studies(tiny_prepared_imagenet: Path, prepared_transfer: Path, mlflow_uri: str,
-            tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+def studies(
+    tiny_prepared_imagenet: Path, prepared_transfer: Path, mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, dict]]:
     root = tmp_path_factory.mktemp("studies")
     records = {}
     for name, study in STUDIES.items():
@@ -52,8 +72,15 @@ def studies(tiny_prepared_imagenet: Path, prepared_transfer: Path, mlflow_uri: s
         launch = subprocess_launch if name == "epochs" else inprocess_launch
         # One thread per job: tiny convs gain nothing from two, and on a busy machine OpenMP threads
         # waiting for each other make a job many times slower.
-        records[name] = run_study(name, data, root / name, launch=launch, tracking_uri=mlflow_uri, size="tiny",
-                                  env={"VISIONFLOW_THREADS": "1"})
+        records[name] = run_study(
+            name,
+            data,
+            root / name,
+            launch=launch,
+            tracking_uri=mlflow_uri,
+            size="tiny",
+            env={"VISIONFLOW_THREADS": "1"},
+        )
     return root, records
 
 
@@ -114,9 +141,12 @@ def _results(root: Path, name: str) -> StudyResults:
     from lightning_modules.studies.base import VariantResult
 
     record = json.loads((root / name / "verdict.json").read_text())
-    variants = [VariantResult(v["name"], v["tags"], Path(v["run_dir"]),
-                              json.loads((Path(v["run_dir"]) / "result.json").read_text()))
-                for v in record["variants"]]
+    variants = [
+        VariantResult(
+            v["name"], v["tags"], Path(v["run_dir"]), json.loads((Path(v["run_dir"]) / "result.json").read_text())
+        )
+        for v in record["variants"]
+    ]
     return StudyResults(variants, record["params"], record.get("extra", {}))
 
 
@@ -166,13 +196,26 @@ def test_rerun_reuses_finished_variants_and_refuses_a_changed_config(studies, ti
     def no_training(req: LaunchRequest) -> dict:
         raise AssertionError(f"{req.run_dir} was launched again")
 
-    again = run_study("degradation", tiny_prepared_imagenet, root / "degradation", launch=no_training,
-                      tracking_uri=mlflow_uri, size="tiny")
+    again = run_study(
+        "degradation",
+        tiny_prepared_imagenet,
+        root / "degradation",
+        launch=no_training,
+        tracking_uri=mlflow_uri,
+        size="tiny",
+    )
     assert again["numbers"] == records["degradation"]["numbers"]
     assert again["parent_run_id"] == records["degradation"]["parent_run_id"]
     with pytest.raises(ConfigError, match="different config"):
-        run_study("degradation", tiny_prepared_imagenet, root / "degradation", launch=no_training,
-                  tracking_uri=mlflow_uri, size="tiny", overrides=["optim.lr=0.5"])
+        run_study(
+            "degradation",
+            tiny_prepared_imagenet,
+            root / "degradation",
+            launch=no_training,
+            tracking_uri=mlflow_uri,
+            size="tiny",
+            overrides=["optim.lr=0.5"],
+        )
 
 
 def test_report_gathers_every_verdict_and_plot(studies, mlflow_uri, tmp_path):
@@ -240,15 +283,24 @@ def test_report_takes_the_latest_verdict_of_each_study(tmp_path):
     assert found == {"dropout": "dropout/default", "epochs": "epochs"}  # the newest file, not the last listed
 
 
-def test_seeds_repeat_every_variant_and_the_verdict_uses_the_mean(tiny_prepared_imagenet, prepared_transfer,
-                                                                   mlflow_uri, tmp_path):
+def test_seeds_repeat_every_variant_and_the_verdict_uses_the_mean(
+    tiny_prepared_imagenet, prepared_transfer, mlflow_uri, tmp_path
+):
     import statistics
 
     from lightning_modules.studies.seeds import merge
 
     out = tmp_path / "dropout"
-    record = run_study("dropout", prepared_transfer, out, launch=inprocess_launch, tracking_uri=mlflow_uri,
-                       size="tiny", params={"p": [0.0, 0.5], "seeds": [0, 1]}, env={"VISIONFLOW_THREADS": "1"})
+    record = run_study(
+        "dropout",
+        prepared_transfer,
+        out,
+        launch=inprocess_launch,
+        tracking_uri=mlflow_uri,
+        size="tiny",
+        params={"p": [0.0, 0.5], "seeds": [0, 1]},
+        env={"VISIONFLOW_THREADS": "1"},
+    )
     assert [v["name"] for v in record["variants"]] == ["p0-s0", "p0-s1", "p0.5-s0", "p0.5-s1"]
     runs = {n: json.loads((out / n / "result.json").read_text()) for n in ("p0-s0", "p0-s1")}
     assert yaml.safe_load((out / "p0-s1" / "config.yaml").read_text())["trainer"]["seed"] == 1
@@ -264,7 +316,8 @@ def test_seeds_repeat_every_variant_and_the_verdict_uses_the_mean(tiny_prepared_
     merged = {v.name: v for v in merge(variants, res.variants, [0, 1])}
     assert merged["p0"].curve("train_loss")[-1] == pytest.approx(statistics.fmean(finals))
     assert record["numbers"]["p0.final_train_acc1"] == pytest.approx(
-        statistics.fmean(r["history"][-1]["train_acc1"] for r in runs.values()))
+        statistics.fmean(r["history"][-1]["train_acc1"] for r in runs.values())
+    )
 
 
 def test_seeds_parameter_is_checked():
@@ -287,8 +340,9 @@ def test_a_failed_seed_is_reported_never_dropped(tmp_path: Path) -> None:
     history = [{"epoch": 1, "val_acc1": 0.5, "train_loss": 1.0}]
     base = [Variant("p0", (), {})]
     runs = expand(base, [0, 1, 2])
-    results = [VariantResult(v.name, dict(v.tags), tmp_path, {"status": "finished", "history": history})
-               for v in runs[:2]] + [VariantResult(runs[2].name, dict(runs[2].tags), tmp_path, {}, error="OOM killed")]
+    results = [
+        VariantResult(v.name, dict(v.tags), tmp_path, {"status": "finished", "history": history}) for v in runs[:2]
+    ] + [VariantResult(runs[2].name, dict(runs[2].tags), tmp_path, {}, error="OOM killed")]
     merged = merge(base, results, [0, 1, 2])
     assert merged[0].result["seeds"] == ["0", "1"] and merged[0].result["failed_seeds"] == ["2"]
     n, text = failures(results)

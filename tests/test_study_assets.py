@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines.assets.search import hparam_search
 from pipelines.resources import MlflowResource, ProjectResource
+
+pytestmark = pytest.mark.slow  # studies and the search through Dagster and the launcher
 
 JOB = {
     "model": {"name": "resnet18", "width": 0.25, "small_input": True},
@@ -20,19 +23,31 @@ JOB = {
 }
 
 
-def test_hparam_search_asset_writes_the_best_config_for_pretraining(tmp_path: Path, tiny_prepared_imagenet: Path,
-                                                                    mlflow_uri: str) -> None:
+def test_hparam_search_asset_writes_the_best_config_for_pretraining(
+    tmp_path: Path, tiny_prepared_imagenet: Path, mlflow_uri: str
+) -> None:
     (tmp_path / "prepared").mkdir()
     (tmp_path / "prepared" / "imagenet").symlink_to(tiny_prepared_imagenet)
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "job.yaml").write_text(yaml.safe_dump(JOB))
-    search = {"base": ["job.yaml"], "sampler": "grid", "pruner": "none", "epochs_per_trial": 1, "parallel": 1,
-              "experiment": "asset-search", "space": {"optim.lr": [0.001, 0.003]}}
+    search = {
+        "base": ["job.yaml"],
+        "sampler": "grid",
+        "pruner": "none",
+        "epochs_per_trial": 1,
+        "parallel": 1,
+        "experiment": "asset-search",
+        "space": {"optim.lr": [0.001, 0.003]},
+    }
     (tmp_path / "configs" / "search.yaml").write_text(yaml.safe_dump(search))
     resources = {"project": ProjectResource(root=str(tmp_path)), "mlflow": MlflowResource(tracking_uri=mlflow_uri)}
     with dg.instance_for_test() as instance:
-        result = dg.materialize([hparam_search], instance=instance, resources=resources,
-                                run_config={"ops": {"hparam_search": {"config": {"search_file": "configs/search.yaml"}}}})
+        result = dg.materialize(
+            [hparam_search],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"hparam_search": {"config": {"search_file": "configs/search.yaml"}}}},
+        )
     assert result.success
     meta = {k: v.value for k, v in result.get_asset_materialization_events()[0].materialization.metadata.items()}
     assert meta["n_trials"] == 2 and meta["n_complete"] == 2
@@ -48,23 +63,33 @@ def test_hparam_search_asset_writes_the_best_config_for_pretraining(tmp_path: Pa
 
 
 def test_study_assets_run_variants_through_the_launcher_and_feed_the_report(
-        tmp_path: Path, tiny_prepared_imagenet: Path, prepared_transfer: Path, mlflow_uri: str) -> None:
+    tmp_path: Path, tiny_prepared_imagenet: Path, prepared_transfer: Path, mlflow_uri: str
+) -> None:
     from pipelines.assets.studies import STUDIES, studies_report
     from pipelines.resources import TrainingLauncher
 
     (tmp_path / "prepared").mkdir()
     (tmp_path / "prepared" / "imagenet").symlink_to(tiny_prepared_imagenet)
     (tmp_path / "prepared" / "transfer").symlink_to(prepared_transfer)
-    resources = {"project": ProjectResource(root=str(tmp_path)), "mlflow": MlflowResource(tracking_uri=mlflow_uri),
-                 "launcher": TrainingLauncher(backend="local", nproc_per_node=1)}
+    resources = {
+        "project": ProjectResource(root=str(tmp_path)),
+        "mlflow": MlflowResource(tracking_uri=mlflow_uri),
+        "launcher": TrainingLauncher(backend="local", nproc_per_node=1),
+    }
     chosen = [a for a in STUDIES if a.key.to_user_string() in ("vanishing_gradient_study", "dropout_study")]
     tiny = {"config": {"size": "tiny"}}
     with dg.instance_for_test() as instance:
-        result = dg.materialize([*chosen, studies_report], instance=instance, resources=resources,
-                                run_config={"ops": {a.key.to_user_string(): tiny for a in chosen}})
+        result = dg.materialize(
+            [*chosen, studies_report],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {a.key.to_user_string(): tiny for a in chosen}},
+        )
     assert result.success
-    metas = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-             for e in result.get_asset_materialization_events()}
+    metas = {
+        e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+    }
     vanishing = metas["vanishing_gradient_study"]
     assert vanishing["plot"].startswith("![vanishing_gradient](data:image/png;base64,")
     assert vanishing["verdict"] and all(v["ok"] for v in vanishing["variants"])

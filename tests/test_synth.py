@@ -16,8 +16,16 @@ from lightning_modules.data.synth import synthesize
 from lightning_modules.data.synth_classes import IMAGENET_SHAPES, make_classes, make_wnids
 from lightning_modules.errors import ConfigError, DataError
 
-TINY = dict(classes=3, per_class=10, val_per_class=2, transfer_classes=2, transfer_per_class=2,
-            transfer_val_per_class=1, det_train=6, det_val=4)
+TINY = dict(
+    classes=3,
+    per_class=10,
+    val_per_class=2,
+    transfer_classes=2,
+    transfer_per_class=2,
+    transfer_val_per_class=1,
+    det_train=6,
+    det_val=4,
+)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -48,7 +56,9 @@ def test_same_seed_gives_identical_bytes_whatever_the_workers(runs):
 
 def test_other_seed_differs(runs):
     a, d = _files(runs["a"]), _files(runs["d"])
-    assert (runs["a"] / "imagenet/LOC_synset_mapping.txt").read_text() != (runs["d"] / "imagenet/LOC_synset_mapping.txt").read_text()
+    assert (runs["a"] / "imagenet/LOC_synset_mapping.txt").read_text() != (
+        runs["d"] / "imagenet/LOC_synset_mapping.txt"
+    ).read_text()
     common = a.keys() & d.keys()
     assert sum(a[k] != d[k] for k in common) > 0.9 * len(common)
 
@@ -100,8 +110,10 @@ def test_transfer_is_an_imagefolder_with_other_classes(data):
     assert train == sorted(p.name for p in (root / "val").iterdir()) and len(train) == 2
     assert all(len(list((root / "train" / c).glob("*.jpg"))) == 2 for c in train)
     assert all(len(list((root / "val" / c).glob("*.jpg"))) == 1 for c in train)
-    imagenet_names = {line.split(" ", 1)[1].split(",")[0].replace("-", "_").replace(" ", "_")
-                      for line in (data / "imagenet/LOC_synset_mapping.txt").read_text().splitlines()}
+    imagenet_names = {
+        line.split(" ", 1)[1].split(",")[0].replace("-", "_").replace(" ", "_")
+        for line in (data / "imagenet/LOC_synset_mapping.txt").read_text().splitlines()
+    }
     assert not set(train) & imagenet_names
     imagenet_shapes = {name.rsplit("_", 1)[1] for name in imagenet_names}
     assert not {c.rsplit("_", 1)[1] for c in train} & imagenet_shapes
@@ -111,8 +123,9 @@ def test_test_splits_come_from_their_own_streams(tmp_path):
     """Held-out test images never change the train/val images of a seed (nor each other's counts)."""
     synthesize(tmp_path / "without", **{**TINY, "det_train": 4, "det_val": 2}, transfer_test_per_class=0)
     without = _files(tmp_path / "without")
-    summary = synthesize(tmp_path / "with", **{**TINY, "det_train": 4, "det_val": 2},
-                         transfer_test_per_class=3, test_per_class=2)
+    summary = synthesize(
+        tmp_path / "with", **{**TINY, "det_train": 4, "det_val": 2}, transfer_test_per_class=3, test_per_class=2
+    )
     with_test = _files(tmp_path / "with")
     test_keys = {k for k in with_test if "/test/" in k}
     assert {k for k in with_test if k not in test_keys and k != "synth.json"} == set(without) - {"synth.json"}
@@ -139,8 +152,13 @@ def _yolo(path: Path) -> list[list[float]]:
 def test_detection_yolo_and_coco_agree(data):
     root = data / "detection"
     meta = yaml.safe_load((root / "data.yaml").read_text())
-    assert meta == {"path": ".", "train": "images/train", "val": "images/val", "nc": 5,
-                    "names": ["disk", "square", "triangle", "star", "cross"]}
+    assert meta == {
+        "path": ".",
+        "train": "images/train",
+        "val": "images/val",
+        "nc": 5,
+        "names": ["disk", "square", "triangle", "star", "cross"],
+    }
     for split, n in (("train", 6), ("val", 4)):
         images = sorted((root / "images" / split).glob("*.jpg"))
         assert len(images) == n
@@ -196,7 +214,7 @@ def test_detection_has_small_and_overlapping_objects(tmp_path):
         by_image.setdefault(a["image_id"], []).append(a["bbox"])
     for boxes in by_image.values():
         for i, (x, y, w, h) in enumerate(boxes):
-            for x2, y2, w2, h2 in boxes[i + 1:]:
+            for x2, y2, w2, h2 in boxes[i + 1 :]:
                 overlapping += min(x + w, x2 + w2) > max(x, x2) and min(y + h, y2 + h2) > max(y, y2)
     assert overlapping > 0
 

@@ -20,9 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke-classify.yaml"
 
 # Small and fast: 32 px, batch 16, no loader workers, no gradient plots.
-FAST = ["--set", "data.num_workers=0", "--set", "data.batch_size=16", "--set", "data.image_size=32",
-        "--set", "trainer.grad_monitor_every_n_steps=0", "--set", "trainer.fast_dev_run=true",
-        "--set", "model.width=0.25"]
+FAST = [
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "data.batch_size=16",
+    "--set",
+    "data.image_size=32",
+    "--set",
+    "trainer.grad_monitor_every_n_steps=0",
+    "--set",
+    "trainer.fast_dev_run=true",
+    "--set",
+    "model.width=0.25",
+]
 
 
 def _train(config: Path, data: Path, out: Path, *sets: str) -> int:
@@ -36,8 +47,9 @@ def _train(config: Path, data: Path, out: Path, *sets: str) -> int:
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
-                "DATA_OPTIMIZER_CACHE_FOLDER": str(REPO / ".cache" / "litdata")})
+    env.update(
+        {"MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "DATA_OPTIMIZER_CACHE_FOLDER": str(REPO / ".cache" / "litdata")}
+    )
     env.update(extra)
     return env
 
@@ -109,11 +121,18 @@ def _backbone_cases():
 
 
 @pytest.mark.parametrize(("name", "activation"), list(_backbone_cases()))
-def test_fast_dev_run_every_backbone_and_activation(tiny_prepared_imagenet: Path, tmp_path: Path,
-                                                    name: str, activation: str) -> None:
+def test_fast_dev_run_every_backbone_and_activation(
+    tiny_prepared_imagenet: Path, tmp_path: Path, name: str, activation: str
+) -> None:
     width = 0.125 if name.startswith(("vgg", "darknet53", "yolo")) else 0.25
-    _fast_dev_run(tiny_prepared_imagenet, tmp_path / "run", f"model.name={name}",
-                  f"model.activation={activation}", f"model.width={width}", "model.small_input=true")
+    _fast_dev_run(
+        tiny_prepared_imagenet,
+        tmp_path / "run",
+        f"model.name={name}",
+        f"model.activation={activation}",
+        f"model.width={width}",
+        "model.small_input=true",
+    )
 
 
 def test_every_loss_trains_through_the_module(tiny_prepared_imagenet: Path, tmp_path: Path) -> None:
@@ -123,12 +142,15 @@ def test_every_loss_trains_through_the_module(tiny_prepared_imagenet: Path, tmp_
         _fast_dev_run(tiny_prepared_imagenet, tmp_path / loss, f"loss.name={loss}", "loss.label_smoothing=0.0")
 
 
-@pytest.mark.parametrize("sets", [
-    ("trainer.precision=bf16-mixed", "trainer.channels_last=true"),
-    ("trainer.precision=16-mixed",),
-    ("optim.name=sgd", "optim.schedule=step", "optim.step_size=1", "optim.reference_batch=8"),
-    ("optim.schedule=cosine", "optim.warmup_epochs=1", "trainer.accumulate_grad_batches=2"),
-])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("trainer.precision=bf16-mixed", "trainer.channels_last=true"),
+        ("trainer.precision=16-mixed",),
+        ("optim.name=sgd", "optim.schedule=step", "optim.step_size=1", "optim.reference_batch=8"),
+        ("optim.schedule=cosine", "optim.warmup_epochs=1", "trainer.accumulate_grad_batches=2"),
+    ],
+)
 def test_precisions_channels_last_and_schedules(tiny_prepared_imagenet: Path, tmp_path: Path, sets) -> None:
     result = _fast_dev_run(tiny_prepared_imagenet, tmp_path / "run", *sets)
     if "optim.reference_batch=8" in sets:
@@ -151,13 +173,19 @@ def test_weight_decay_skips_norms_and_biases() -> None:
 # -- a real (tiny) training run, tracked -----------------------------------------------------------
 
 
-def test_training_run_tracks_in_mlflow_and_is_never_overwritten(tiny_prepared_imagenet: Path, tmp_path: Path,
-                                                                mlflow_uri: str, capsys) -> None:
+def test_training_run_tracks_in_mlflow_and_is_never_overwritten(
+    tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str, capsys
+) -> None:
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "run"
-    sets = ["data.num_workers=0", "trainer.max_epochs=3", f"tracking.tracking_uri={mlflow_uri}",
-            "tracking.experiment=test-job", "trainer.grad_monitor_every_n_steps=2"]
+    sets = [
+        "data.num_workers=0",
+        "trainer.max_epochs=3",
+        f"tracking.tracking_uri={mlflow_uri}",
+        "tracking.experiment=test-job",
+        "trainer.grad_monitor_every_n_steps=2",
+    ]
     assert _train(SMOKE, tiny_prepared_imagenet, out, *sets) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "finished" and result["global_step"] == 3 * (64 // 32)
@@ -168,10 +196,18 @@ def test_training_run_tracks_in_mlflow_and_is_never_overwritten(tiny_prepared_im
     assert {"train/loss", "val/loss", "val/acc1", "val/acc5", "train/acc1", "effective_batch"} <= set(run.data.metrics)
     assert run.data.params["effective_batch"] == "32" and run.data.params["optim.lr"] == "0.003"
     assert run.data.tags["git_sha"] and run.data.tags["data_version"]
-    artifacts = {a.path for d in ("figures", "checkpoints", "config")
-                 for a in MlflowClient(mlflow_uri).list_artifacts(run.info.run_id, d)}
-    assert {"figures/confusion_matrix.png", "figures/learning_curves.png", "figures/gradient_flow.png",
-            "checkpoints/best.ckpt", "config/job.yaml"} <= artifacts
+    artifacts = {
+        a.path
+        for d in ("figures", "checkpoints", "config")
+        for a in MlflowClient(mlflow_uri).list_artifacts(run.info.run_id, d)
+    }
+    assert {
+        "figures/confusion_matrix.png",
+        "figures/learning_curves.png",
+        "figures/gradient_flow.png",
+        "checkpoints/best.ckpt",
+        "config/job.yaml",
+    } <= artifacts
     assert len(MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "val/loss")) == 3
 
     # A finished run is not trained again: the rerun reports the stored result.
@@ -185,11 +221,21 @@ def test_training_run_tracks_in_mlflow_and_is_never_overwritten(tiny_prepared_im
     assert "optim.lr" in capsys.readouterr().err
 
 
-def test_nan_guard_stops_with_a_clear_message(tiny_prepared_imagenet: Path, tmp_path: Path, capsys,
-                                              mlflow_uri: str) -> None:
-    rc = _train(SMOKE, tiny_prepared_imagenet, tmp_path / "run", "data.num_workers=0", "optim.lr=1e30",
-                "optim.name=sgd", "optim.schedule=constant", "optim.warmup_epochs=0",
-                "trainer.grad_monitor_every_n_steps=0", f"tracking.tracking_uri={mlflow_uri}")
+def test_nan_guard_stops_with_a_clear_message(
+    tiny_prepared_imagenet: Path, tmp_path: Path, capsys, mlflow_uri: str
+) -> None:
+    rc = _train(
+        SMOKE,
+        tiny_prepared_imagenet,
+        tmp_path / "run",
+        "data.num_workers=0",
+        "optim.lr=1e30",
+        "optim.name=sgd",
+        "optim.schedule=constant",
+        "optim.warmup_epochs=0",
+        "trainer.grad_monitor_every_n_steps=0",
+        f"tracking.tracking_uri={mlflow_uri}",
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "training diverged at global step" in err and ("gradient norm" in err or "train/loss" in err)
@@ -212,25 +258,56 @@ def test_tune_writes_an_overlay_config(tiny_prepared_imagenet: Path, tmp_path: P
     overlaid = load_config([SMOKE, path])
     assert overlaid.data.batch_size == tuned["batch_size"]
     # `train --tune` reuses RUN_DIR/tuned.yaml; its values win over --set and are stored in config.yaml.
-    assert _train(SMOKE, tiny_prepared_imagenet, tmp_path / "run", "data.num_workers=0", "data.batch_size=4",
-                  "trainer.fast_dev_run=true", "--tune") == 0
+    assert (
+        _train(
+            SMOKE,
+            tiny_prepared_imagenet,
+            tmp_path / "run",
+            "data.num_workers=0",
+            "data.batch_size=4",
+            "trainer.fast_dev_run=true",
+            "--tune",
+        )
+        == 0
+    )
 
 
 # -- kill mid-epoch, rerun, resume ----------------------------------------------------------------
 
 
-def test_sigkill_mid_epoch_then_rerun_resumes_into_the_same_mlflow_run(tiny_prepared_imagenet: Path,
-                                                                        tmp_path: Path, mlflow_uri: str) -> None:
+@pytest.mark.slow  # SIGKILLs a training process
+def test_sigkill_mid_epoch_then_rerun_resumes_into_the_same_mlflow_run(
+    tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "run"
     epochs, batch = 3, 8
     steps = 64 // batch
-    cmd = [sys.executable, "-m", "lightning_modules.train", str(SMOKE), "--data", str(tiny_prepared_imagenet),
-           "--out", str(out), "--set", f"data.batch_size={batch}", "--set", "data.num_workers=1",
-           "--set", f"trainer.max_epochs={epochs}", "--set", "trainer.checkpoint_every_n_steps=3",
-           "--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "tracking.experiment=test-resume",
-           "--set", "model.width=0.5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_modules.train",
+        str(SMOKE),
+        "--data",
+        str(tiny_prepared_imagenet),
+        "--out",
+        str(out),
+        "--set",
+        f"data.batch_size={batch}",
+        "--set",
+        "data.num_workers=1",
+        "--set",
+        f"trainer.max_epochs={epochs}",
+        "--set",
+        "trainer.checkpoint_every_n_steps=3",
+        "--set",
+        f"tracking.tracking_uri={mlflow_uri}",
+        "--set",
+        "tracking.experiment=test-resume",
+        "--set",
+        "model.width=0.5",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 180

@@ -11,6 +11,8 @@ import torch
 
 from lightning_modules.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.slow  # pretraining and transfer jobs
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke-classify.yaml"
 TRANSFER = REPO / "configs" / "transfer-cpu.yaml"
@@ -31,8 +33,19 @@ def _train(config: Path, data: Path, out: Path, *sets: str) -> int:
 def pretrained(tiny_prepared_imagenet: Path, tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Path:
     """best.ckpt of a one-epoch pretraining on the tiny 4-class set."""
     out = tmp_path_factory.mktemp("pretrain") / "run"
-    assert _train(SMOKE, tiny_prepared_imagenet, out, *QUICK, *MODEL, "trainer.max_epochs=1",
-                  f"tracking.tracking_uri={mlflow_uri}", "tracking.experiment=test-pretrain") == 0
+    assert (
+        _train(
+            SMOKE,
+            tiny_prepared_imagenet,
+            out,
+            *QUICK,
+            *MODEL,
+            "trainer.max_epochs=1",
+            f"tracking.tracking_uri={mlflow_uri}",
+            "tracking.experiment=test-pretrain",
+        )
+        == 0
+    )
     return Path(json.loads((out / "result.json").read_text())["best_checkpoint"])
 
 
@@ -41,7 +54,8 @@ def _body(state: dict) -> dict:
 
 
 def test_frozen_body_keeps_pretrained_weights_in_a_handed_over_mlflow_run(
-        pretrained: Path, prepared_transfer: Path, tmp_path: Path, mlflow_uri: str) -> None:
+    pretrained: Path, prepared_transfer: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
     """One epoch, body frozen: the body (BN statistics included) is the pretrained one, the new head learned.
     The job logs into the MLflow run it was handed (tracking.run_id) and records the epoch's history."""
     from mlflow.tracking import MlflowClient
@@ -50,9 +64,21 @@ def test_frozen_body_keeps_pretrained_weights_in_a_handed_over_mlflow_run(
     exp = client.create_experiment("test-handed-over")
     handed = client.create_run(exp, tags={"dagster_run_id": "abc"}).info.run_id
     out = tmp_path / "ft"
-    assert _train(TRANSFER, prepared_transfer, out, *QUICK, *MODEL, "trainer.max_epochs=1",
-                  "optim.freeze_body_epochs=1", f"model.pretrained_checkpoint={pretrained}",
-                  f"tracking.tracking_uri={mlflow_uri}", f"tracking.run_id={handed}") == 0
+    assert (
+        _train(
+            TRANSFER,
+            prepared_transfer,
+            out,
+            *QUICK,
+            *MODEL,
+            "trainer.max_epochs=1",
+            "optim.freeze_body_epochs=1",
+            f"model.pretrained_checkpoint={pretrained}",
+            f"tracking.tracking_uri={mlflow_uri}",
+            f"tracking.run_id={handed}",
+        )
+        == 0
+    )
     result = json.loads((out / "result.json").read_text())
     assert result["mlflow_run_id"] == handed == (out / "mlflow_run_id").read_text().strip()
     assert result["experiment"] == "test-handed-over" and result["init"] == "pretrained"
@@ -81,7 +107,8 @@ def test_unfrozen_body_trains_at_the_body_lr(pretrained: Path) -> None:
 
     module = ClassificationModule(
         model={"name": "resnet18", "width": 0.25, "small_input": True, "pretrained_checkpoint": str(pretrained)},
-        optim={"name": "sgd", "lr": 0.1, "body_lr_mult": 0.1, "freeze_body_epochs": 1}, loss={"name": "cross_entropy"},
+        optim={"name": "sgd", "lr": 0.1, "body_lr_mult": 0.1, "freeze_body_epochs": 1},
+        loss={"name": "cross_entropy"},
         num_classes=3,
     )
     groups = param_groups(module.model, 5e-4, lr=0.1, body_lr_mult=0.1)
@@ -97,10 +124,19 @@ def test_unfrozen_body_trains_at_the_body_lr(pretrained: Path) -> None:
     assert module.model.head.fc.out_features == 3
 
 
-def test_checkpoint_of_another_architecture_is_a_config_error(pretrained: Path, prepared_transfer: Path,
-                                                              tmp_path: Path, capsys) -> None:
-    rc = _train(TRANSFER, prepared_transfer, tmp_path / "bad", *QUICK, "model.width=0.5", "model.small_input=true",
-                f"model.pretrained_checkpoint={pretrained}", "trainer.fast_dev_run=true")
+def test_checkpoint_of_another_architecture_is_a_config_error(
+    pretrained: Path, prepared_transfer: Path, tmp_path: Path, capsys
+) -> None:
+    rc = _train(
+        TRANSFER,
+        prepared_transfer,
+        tmp_path / "bad",
+        *QUICK,
+        "model.width=0.5",
+        "model.small_input=true",
+        f"model.pretrained_checkpoint={pretrained}",
+        "trainer.fast_dev_run=true",
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "width" in err and str(pretrained) in err
     from lightning_modules.classification import load_pretrained
@@ -128,12 +164,16 @@ def test_torchvision_weights_initialise_the_body(prepared_transfer: Path, tmp_pa
     for key, value in reference.state_dict().items():
         for tv_prefix, our_prefix in reference.torchvision_keys:
             if key.startswith(our_prefix):
-                tv[tv_prefix + key[len(our_prefix):]] = value
+                tv[tv_prefix + key[len(our_prefix) :]] = value
                 break
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(tv, path)
-    module = ClassificationModule(model={"name": "resnet18", "torchvision_weights": str(path)},
-                                  optim={"name": "sgd", "lr": 0.1}, loss={"name": "cross_entropy"}, num_classes=2)
+    module = ClassificationModule(
+        model={"name": "resnet18", "torchvision_weights": str(path)},
+        optim={"name": "sgd", "lr": 0.1},
+        loss={"name": "cross_entropy"},
+        num_classes=2,
+    )
     ours = module.model.state_dict()
     body = [k for k in ours if k.startswith("body.")]
     assert body and all(torch.equal(ours[k], reference.state_dict()[k]) for k in body)
@@ -143,15 +183,28 @@ def test_torchvision_weights_initialise_the_body(prepared_transfer: Path, tmp_pa
 # -- evaluation on the held-out test split -----------------------------------------------------------
 
 
-def test_evaluate_checkpoint_on_the_test_split(pretrained: Path, prepared_transfer: Path,
-                                               tiny_prepared_imagenet: Path, tmp_path: Path, capsys) -> None:
+def test_evaluate_checkpoint_on_the_test_split(
+    pretrained: Path, prepared_transfer: Path, tiny_prepared_imagenet: Path, tmp_path: Path, capsys
+) -> None:
     from lightning_modules.cli import main as cli
     from lightning_modules.evaluate import evaluate, evaluate_module, load_classifier
 
     ft = tmp_path / "ft"
-    assert _train(TRANSFER, prepared_transfer, ft, *QUICK, *MODEL, "trainer.max_epochs=1", "trainer.fast_dev_run=false",
-                  f"model.pretrained_checkpoint={pretrained}", "optim.freeze_body_epochs=0",
-                  f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}") == 0
+    assert (
+        _train(
+            TRANSFER,
+            prepared_transfer,
+            ft,
+            *QUICK,
+            *MODEL,
+            "trainer.max_epochs=1",
+            "trainer.fast_dev_run=false",
+            f"model.pretrained_checkpoint={pretrained}",
+            "optim.freeze_body_epochs=0",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        )
+        == 0
+    )
     ckpt = Path(json.loads((ft / "result.json").read_text())["best_checkpoint"])
     manifest = json.loads((prepared_transfer / "manifest.json").read_text())
     n_test = manifest["totals"]["test"]
@@ -164,19 +217,39 @@ def test_evaluate_checkpoint_on_the_test_split(pretrained: Path, prepared_transf
     assert sum(map(sum, res["confusion_matrix"])) == n_test
     assert all(Path(p).is_file() for p in res["figures"]) and len(res["figures"]) == 2
     again = evaluate(ckpt, prepared_transfer, split="test", out_dir=tmp_path / "eval2", batch_size=64)
-    assert {k: again[k] for k in ("top1", "top5", "per_class", "confusion_matrix")} == \
-           {k: res[k] for k in ("top1", "top5", "per_class", "confusion_matrix")}
+    assert {k: again[k] for k in ("top1", "top5", "per_class", "confusion_matrix")} == {
+        k: res[k] for k in ("top1", "top5", "per_class", "confusion_matrix")
+    }
     assert again["mean_loss"] == pytest.approx(res["mean_loss"], rel=1e-5)
 
     # A model loaded another way (a bare backbone): normalised with the given statistics, same numbers.
     clf = load_classifier(ckpt)
-    bare = evaluate_module(clf.backbone, prepared_transfer, out_dir=tmp_path / "bare",
-                           mean=(clf.mean / 255).flatten().tolist(), std=(clf.std / 255).flatten().tolist())
+    bare = evaluate_module(
+        clf.backbone,
+        prepared_transfer,
+        out_dir=tmp_path / "bare",
+        mean=(clf.mean / 255).flatten().tolist(),
+        std=(clf.std / 255).flatten().tolist(),
+    )
     assert bare["confusion_matrix"] == res["confusion_matrix"]
 
     capsys.readouterr()
-    assert cli(["evaluate", str(ckpt), "--data", str(prepared_transfer), "--split", "test",
-                "--out", str(tmp_path / "cli"), "--json"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                str(ckpt),
+                "--data",
+                str(prepared_transfer),
+                "--split",
+                "test",
+                "--out",
+                str(tmp_path / "cli"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["top1"] == res["top1"]
     assert json.loads((tmp_path / "cli" / "evaluation.json").read_text())["n"] == n_test
 

@@ -6,6 +6,16 @@ from lightning_modules.darknet.model import DarknetModel, build_model, format_su
 from lightning_modules.darknet.weights import count_floats, load_weights, read_header, save_weights
 
 __all__ = [
-    "DarknetCfg", "DarknetModel", "build_model", "count_floats", "format_summary", "infer_layers",
-    "load_weights", "parse_cfg", "parse_cfg_text", "read_header", "save_weights", "summary",
+    "DarknetCfg",
+    "DarknetModel",
+    "build_model",
+    "count_floats",
+    "format_summary",
+    "infer_layers",
+    "load_weights",
+    "parse_cfg",
+    "parse_cfg_text",
+    "read_header",
+    "save_weights",
+    "summary",
 ]

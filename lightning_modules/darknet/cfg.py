@@ -16,8 +16,24 @@ from pathlib import Path
 from lightning_modules.errors import DataError
 
 ACTIVATION_NAMES = (
-    "linear", "leaky", "relu", "relu6", "logistic", "tanh", "elu", "selu", "swish", "mish",
-    "hard_mish", "gelu", "relie", "ramp", "loggy", "plse", "hardtan", "lhtan",
+    "linear",
+    "leaky",
+    "relu",
+    "relu6",
+    "logistic",
+    "tanh",
+    "elu",
+    "selu",
+    "swish",
+    "mish",
+    "hard_mish",
+    "gelu",
+    "relie",
+    "ramp",
+    "loggy",
+    "plse",
+    "hardtan",
+    "lhtan",
 )
 
 
@@ -54,8 +70,17 @@ class Net(Section):
 class Convolutional(Section):
     type: typing.ClassVar[str] = "convolutional"
     unsupported: typing.ClassVar[tuple[str, ...]] = (
-        "binary", "xnor", "deform", "antialiasing", "share_index", "assisted_excitation",
-        "sway", "rotate", "stretch", "stretch_sway")
+        "binary",
+        "xnor",
+        "deform",
+        "antialiasing",
+        "share_index",
+        "assisted_excitation",
+        "sway",
+        "rotate",
+        "stretch",
+        "stretch_sway",
+    )
     filters: int = 1
     size: int = 1
     stride: int = 1
@@ -240,18 +265,24 @@ class Detection(Section):
 
 
 SECTION_TYPES: dict[str, type[Section]] = {
-    "net": Net, "network": Net,
-    "convolutional": Convolutional, "conv": Convolutional,
+    "net": Net,
+    "network": Net,
+    "convolutional": Convolutional,
+    "conv": Convolutional,
     "local": Local,
-    "connected": Connected, "conn": Connected,
-    "maxpool": Maxpool, "max": Maxpool,
-    "avgpool": Avgpool, "avg": Avgpool,
+    "connected": Connected,
+    "conn": Connected,
+    "maxpool": Maxpool,
+    "max": Maxpool,
+    "avgpool": Avgpool,
+    "avg": Avgpool,
     "route": Route,
     "shortcut": Shortcut,
     "upsample": Upsample,
     "reorg": Reorg,
     "dropout": Dropout,
-    "softmax": Softmax, "soft": Softmax,
+    "softmax": Softmax,
+    "soft": Softmax,
     "crop": Crop,
     "cost": Cost,
     "region": Region,

@@ -25,10 +25,13 @@ def add_darknet_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the `darknet` group (`darknet summary CFG [--size S] [--json]`) to `subparsers`."""
     group = subparsers.add_parser("darknet", help="Darknet cfg/weights interoperability")
     sub = group.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("summary", help="layers, output shapes, parameters and BFLOPs of a Darknet .cfg "
-                                       "(counted as Darknet prints them)")
+    s = sub.add_parser(
+        "summary",
+        help="layers, output shapes, parameters and BFLOPs of a Darknet .cfg (counted as Darknet prints them)",
+    )
     s.add_argument("cfg", help="Darknet .cfg file")
-    s.add_argument("--size", type=_size, default=None,
-                   help="input size S or HxW (default: the cfg's [net] width/height)")
+    s.add_argument(
+        "--size", type=_size, default=None, help="input size S or HxW (default: the cfg's [net] width/height)"
+    )
     s.add_argument("--json", action="store_true", help="print JSON (keys params, bflops, layers, ...)")
     s.set_defaults(fn=_summary)

@@ -126,14 +126,18 @@ def _infer_one(s: Section, i: int, shape: Shape, prev: list[LayerInfo]) -> Layer
     elif isinstance(s, C.Yolo):
         mask = s.mask or list(range(s.num))
         if c != len(mask) * (s.classes + 5):
-            raise s.fail(f"the layer before has {c} filters; {len(mask)} masks x (classes {s.classes} + 5) "
-                         f"= {len(mask) * (s.classes + 5)} expected")
+            raise s.fail(
+                f"the layer before has {c} filters; {len(mask)} masks x (classes {s.classes} + 5) "
+                f"= {len(mask) * (s.classes + 5)} expected"
+            )
         if len(s.anchors) < 2 * s.num or max(mask, default=0) >= len(s.anchors) // 2:
             raise s.fail(f"mask {mask} / num {s.num} do not match the {len(s.anchors) // 2} anchors")
     elif isinstance(s, C.Region):
         if c != s.num * (s.coords + 1 + s.classes):
-            raise s.fail(f"the layer before has {c} filters; num {s.num} x (coords {s.coords} + 1 + classes "
-                         f"{s.classes}) = {s.num * (s.coords + 1 + s.classes)} expected")
+            raise s.fail(
+                f"the layer before has {c} filters; num {s.num} x (coords {s.coords} + 1 + classes "
+                f"{s.classes}) = {s.num * (s.coords + 1 + s.classes)} expected"
+            )
     elif isinstance(s, C.Detection):
         want = s.side * s.side * ((1 + s.coords) * s.num + s.classes)
         if c * h * w != want:
@@ -160,8 +164,10 @@ def infer_layers(cfg: DarknetCfg, size: int | tuple[int, int] | None = None) -> 
     for i, s in enumerate(cfg.layers):
         info = _infer_one(s, i, shape, infos)
         if min(info.out_shape) <= 0:
-            raise s.fail(f"layer {i} gets input {info.in_shape} and would output {info.out_shape}; "
-                         f"input size {h}x{w} is too small for this cfg")
+            raise s.fail(
+                f"layer {i} gets input {info.in_shape} and would output {info.out_shape}; "
+                f"input size {h}x{w} is too small for this cfg"
+            )
         infos.append(info)
         shape = info.out_shape
     return infos
@@ -180,36 +186,53 @@ def summary(cfg_path: str | Path | DarknetCfg, size: int | tuple[int, int] | Non
     by_type: dict[str, float] = {}
     for info in infos:
         s = info.section
-        layers.append({
-            "index": info.index, "type": info.type, "line": s.line,
-            "filters": getattr(s, "filters", getattr(s, "output", None)),
-            "size": getattr(s, "size", None), "stride": getattr(s, "stride", None),
-            "input_shape": list(info.in_shape), "output_shape": list(info.out_shape),
-            "bflops": info.bflops, "params": info.params,
-            **({"sources": list(info.sources)} if info.sources else {}),
-        })
+        layers.append(
+            {
+                "index": info.index,
+                "type": info.type,
+                "line": s.line,
+                "filters": getattr(s, "filters", getattr(s, "output", None)),
+                "size": getattr(s, "size", None),
+                "stride": getattr(s, "stride", None),
+                "input_shape": list(info.in_shape),
+                "output_shape": list(info.out_shape),
+                "bflops": info.bflops,
+                "params": info.params,
+                **({"sources": list(info.sources)} if info.sources else {}),
+            }
+        )
         if info.bflops:
             by_type[info.type] = by_type.get(info.type, 0.0) + info.bflops
     return {
-        "cfg": cfg.path, "input_size": list(_as_hw(size, cfg.net)), "channels": cfg.net.channels,
-        "layers": layers, "params": sum(i.params for i in infos),
-        "bflops": sum(i.bflops for i in infos), "bflops_by_type": by_type,
+        "cfg": cfg.path,
+        "input_size": list(_as_hw(size, cfg.net)),
+        "channels": cfg.net.channels,
+        "layers": layers,
+        "params": sum(i.params for i in infos),
+        "bflops": sum(i.bflops for i in infos),
+        "bflops_by_type": by_type,
     }
 
 
 def format_summary(d: dict[str, Any]) -> str:
     """Darknet-style table."""
-    lines = [f"{'layer':>5} {'type':<14}{'filters':>8} {'size/strd':>10} {'input':>16}    {'output':>16} "
-             f"{'BFLOPs':>8} {'params':>11}"]
+    lines = [
+        f"{'layer':>5} {'type':<14}{'filters':>8} {'size/strd':>10} {'input':>16}    {'output':>16} "
+        f"{'BFLOPs':>8} {'params':>11}"
+    ]
     for r in d["layers"]:
         ss = f"{r['size']}x{r['size']}/{r['stride']}" if r["size"] else (f"/{r['stride']}" if r["stride"] else "")
         shp = lambda t: f"{t[2]}x{t[1]}x{t[0]}"  # noqa: E731  Darknet prints w x h x c
         src = f" <- {','.join(map(str, r['sources']))}" if "sources" in r else ""
-        lines.append(f"{r['index']:>5} {r['type']:<14}{r['filters'] or '':>8} {ss:>10} "
-                     f"{shp(r['input_shape']):>16} -> {shp(r['output_shape']):>16} "
-                     f"{r['bflops']:>8.3f} {r['params']:>11,}{src}")
-    lines.append(f"input {d['input_size'][1]}x{d['input_size'][0]}x{d['channels']}: "
-                 f"{d['params']:,} parameters, {d['bflops']:.3f} BFLOPs")
+        lines.append(
+            f"{r['index']:>5} {r['type']:<14}{r['filters'] or '':>8} {ss:>10} "
+            f"{shp(r['input_shape']):>16} -> {shp(r['output_shape']):>16} "
+            f"{r['bflops']:>8.3f} {r['params']:>11,}{src}"
+        )
+    lines.append(
+        f"input {d['input_size'][1]}x{d['input_size'][0]}x{d['channels']}: "
+        f"{d['params']:,} parameters, {d['bflops']:.3f} BFLOPs"
+    )
     return "\n".join(lines)
 
 
@@ -256,8 +279,9 @@ class ConvBlock(nn.Module):
 
     def __init__(self, s: C.Convolutional, c: int):
         super().__init__()
-        self.conv = nn.Conv2d(c, s.filters, s.size, (s.stride_y, s.stride_x), s.padding, s.dilation,
-                              s.groups, bias=not s.batch_normalize)
+        self.conv = nn.Conv2d(
+            c, s.filters, s.size, (s.stride_y, s.stride_x), s.padding, s.dilation, s.groups, bias=not s.batch_normalize
+        )
         self.bn = nn.BatchNorm2d(s.filters) if s.batch_normalize else None
         self.act = Activation(s.activation)
 
@@ -353,7 +377,7 @@ class Shortcut(nn.Module):
         c, h, w = min(c1, c2), min(h1, h2), min(w1, w2)
         y = x.clone()
         dst = (slice(None), slice(0, c), slice(0, h * sample, sample), slice(0, w * sample, sample))
-        src = add[:, :c, 0:h * stride:stride, 0:w * stride:stride]
+        src = add[:, :c, 0 : h * stride : stride, 0 : w * stride : stride]
         y[dst] = self.alpha * y[dst] + self.beta * src
         return self.act(y)
 
@@ -428,7 +452,7 @@ class Crop(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = min(self.h, x.shape[2]), min(self.w, x.shape[3])
         dh, dw = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
-        x = x[:, :, dh:dh + h, dw:dw + w]
+        x = x[:, :, dh : dh + h, dw : dw + w]
         return x * 2 - 1 if self.adjust else x
 
 
@@ -502,8 +526,9 @@ class DarknetModel(nn.Module):
     run on any input size the cfg allows; connected/local layers fix the size to the one built for.
     """
 
-    def __init__(self, cfg: str | Path | DarknetCfg, size: int | tuple[int, int] | None = None,
-                 reorg: str = "pjreddie"):
+    def __init__(
+        self, cfg: str | Path | DarknetCfg, size: int | tuple[int, int] | None = None, reorg: str = "pjreddie"
+    ):
         super().__init__()
         self.cfg = _load(cfg)
         self.infos = infer_layers(self.cfg, size)
@@ -536,7 +561,8 @@ class DarknetModel(nn.Module):
         return heads if heads else x
 
 
-def build_model(cfg: str | Path | DarknetCfg, size: int | tuple[int, int] | None = None,
-                reorg: str = "pjreddie") -> DarknetModel:
+def build_model(
+    cfg: str | Path | DarknetCfg, size: int | tuple[int, int] | None = None, reorg: str = "pjreddie"
+) -> DarknetModel:
     """Parse (if needed) and build. Use `with torch.device("meta"):` to build without memory."""
     return DarknetModel(cfg, size, reorg)

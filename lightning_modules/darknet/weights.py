@@ -26,16 +26,25 @@ def _layer_tensors(layer: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     if isinstance(layer, ConvBlock):
         if layer.bn is not None:
             bn = layer.bn
-            head = [("bn beta", bn.bias), ("bn gamma", bn.weight), ("bn mean", bn.running_mean),
-                    ("bn var", bn.running_var)]
+            head = [
+                ("bn beta", bn.bias),
+                ("bn gamma", bn.weight),
+                ("bn mean", bn.running_mean),
+                ("bn var", bn.running_var),
+            ]
         else:
             head = [("bias", layer.conv.bias)]
         return [*head, ("kernels", layer.conv.weight)]
     if isinstance(layer, ConnectedBlock):
         if layer.bn is not None:
             bn = layer.bn
-            return [("bias", bn.bias), ("weights", layer.linear.weight), ("bn gamma", bn.weight),
-                    ("bn mean", bn.running_mean), ("bn var", bn.running_var)]
+            return [
+                ("bias", bn.bias),
+                ("weights", layer.linear.weight),
+                ("bn gamma", bn.weight),
+                ("bn mean", bn.running_mean),
+                ("bn var", bn.running_var),
+            ]
         return [("bias", layer.linear.bias), ("weights", layer.linear.weight)]
     if isinstance(layer, LocalBlock):
         return [("bias", layer.bias), ("weights", layer.weight)]
@@ -86,29 +95,38 @@ def load_weights(model: DarknetModel, path: str | Path, *, upto: int | None = No
             for name, t in _layer_tensors(layer):
                 n = t.numel()
                 if pos + n > data.size:
-                    raise DataError(path, f"ends too early: layer {i} ({s.type}, cfg line {s.line}) {name} needs "
-                                    f"{n} floats, only {data.size - pos} left (file has {data.size} floats after the "
-                                    f"header, the model needs {count_floats(model, upto)})")
-                arr = data[pos:pos + n]
+                    raise DataError(
+                        path,
+                        f"ends too early: layer {i} ({s.type}, cfg line {s.line}) {name} needs "
+                        f"{n} floats, only {data.size - pos} left (file has {data.size} floats after the "
+                        f"header, the model needs {count_floats(model, upto)})",
+                    )
+                arr = data[pos : pos + n]
                 if name == "weights" and isinstance(layer, ConnectedBlock) and _transposed(header):
                     arr = arr.reshape(t.shape[1], t.shape[0]).T
                 t.copy_(torch.from_numpy(np.ascontiguousarray(arr)).reshape(t.shape))
                 pos += n
     if pos != data.size:
-        raise DataError(path, f"{data.size - pos} floats left after the last layer: the file has {data.size} "
-                        f"floats after the header, the cfg needs {pos} (wrong cfg for these weights?)")
+        raise DataError(
+            path,
+            f"{data.size - pos} floats left after the last layer: the file has {data.size} "
+            f"floats after the header, the cfg needs {pos} (wrong cfg for these weights?)",
+        )
     model.header = dict(header)
     return header
 
 
-def save_weights(model: DarknetModel, path: str | Path, *, upto: int | None = None,
-                 header: dict[str, int] | None = None) -> int:
+def save_weights(
+    model: DarknetModel, path: str | Path, *, upto: int | None = None, header: dict[str, int] | None = None
+) -> int:
     """Write `model` (layers < `upto`) as Darknet `.weights`; header defaults to `model.header`.
     Returns the number of floats written."""
     header = dict(model.header if header is None else header)
     major, minor = header["major"], header["minor"]
-    parts = [np.array([major, minor, header["revision"]], "<i4").tobytes(),
-             np.array([header["seen"]], "<i8" if _seen_is_64(major, minor) else "<i4").tobytes()]
+    parts = [
+        np.array([major, minor, header["revision"]], "<i4").tobytes(),
+        np.array([header["seen"]], "<i8" if _seen_is_64(major, minor) else "<i4").tobytes(),
+    ]
     total = 0
     last = len(model.layers) if upto is None else upto
     for i, layer in enumerate(model.layers):

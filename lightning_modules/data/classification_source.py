@@ -66,8 +66,15 @@ def discover(src: Path) -> ClassificationSource:
     val = _val_files(val_root, wnids, [src, data_root], files) if val_root is not None and val_root.is_dir() else None
     test_root = data_root / "test" if layout != "imagefolder" else None
     test = _test_files(test_root, wnids, files) if test_root is not None and test_root.is_dir() else None
-    log.info("%s: %s layout, %d classes, %d train files, %s val files, %s test files", src, layout, len(wnids),
-             len(train), "no" if val is None else len(val), "no" if test is None else len(test))
+    log.info(
+        "%s: %s layout, %d classes, %d train files, %s val files, %s test files",
+        src,
+        layout,
+        len(wnids),
+        len(train),
+        "no" if val is None else len(val),
+        "no" if test is None else len(test),
+    )
     return ClassificationSource(src, layout, wnids, names, train, val, test, files.refused)
 
 
@@ -109,8 +116,11 @@ class _ClassFiles:
         listing = walk_files(folder, self.root, keep=lambda name: is_candidate(Path(name)))
         self.refused += listing.refused
         if not listing.files:
-            raise DataError(folder, f"class folder '{folder.name}' is empty: it holds no image files"
-                            + (f" inside the source ({listing.refused[0][1]})" if listing.refused else ""))
+            raise DataError(
+                folder,
+                f"class folder '{folder.name}' is empty: it holds no image files"
+                + (f" inside the source ({listing.refused[0][1]})" if listing.refused else ""),
+            )
         return listing.files
 
 
@@ -139,14 +149,19 @@ def _val_files(val_root: Path, wnids: list[str], search: list[Path], class_files
     if folders:  # torchvision / ImageFolder style val/<class>/
         unknown = [f.name for f in folders if f.name not in index]
         if unknown:
-            raise DataError(val_root / unknown[0], f"val class folder '{unknown[0]}' has no matching train class folder")
+            raise DataError(
+                val_root / unknown[0], f"val class folder '{unknown[0]}' has no matching train class folder"
+            )
         return [(path, index[f.name]) for f in folders for path in class_files(f)]
     if not loose:
         log.warning("%s is empty; splitting val off train instead", val_root)
         return None
     if csv_path is None:
-        raise DataError(val_root, f"val/ holds loose images but no {VAL_CSV} was found (looked in "
-                                  f"{', '.join(str(p) for p in search)}) to label them")
+        raise DataError(
+            val_root,
+            f"val/ holds loose images but no {VAL_CSV} was found (looked in "
+            f"{', '.join(str(p) for p in search)}) to label them",
+        )
     labels = _read_val_csv(csv_path, index)
     out = []
     for path in loose:
@@ -187,8 +202,7 @@ def _read_val_csv(csv_path: Path, index: dict[str, int]) -> dict[str, int]:
                 raise DataError(csv_path, f"{where}: empty PredictionString, expected a wnid first")
             wnid = tokens[0]
             if wnid not in index:
-                raise DataError(csv_path, f"{where}: wnid '{wnid}' is not one of the {len(index)} train class "
-                                          "folders")
+                raise DataError(csv_path, f"{where}: wnid '{wnid}' is not one of the {len(index)} train class folders")
             if labels.get(row["ImageId"], index[wnid]) != index[wnid]:
                 raise DataError(csv_path, f"{where}: image listed twice with different classes")
             labels[row["ImageId"]] = index[wnid]
@@ -197,4 +211,3 @@ def _read_val_csv(csv_path: Path, index: dict[str, int]) -> dict[str, int]:
 
 def _find(name: str, search: list[Path]) -> Path | None:
     return next((d / name for d in search if (d / name).is_file()), None)
-

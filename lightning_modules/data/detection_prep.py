@@ -16,7 +16,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,7 @@ def prep_detection(
             # what lineage (Dagster, MLflow) keys on: the DVC version when known, else what was prepared
             "data_version": data_version(source_data_version, content_hash),
             "max_image_pixels": max_image_pixels,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         for split, rows in records.items():
             (stage / f"{split}.json").write_text(json.dumps(rows))
@@ -174,10 +174,14 @@ def _reject_duplicate(data: DetectionSource, written: _Written, im: DetImage, ke
         why = "the same image twice in one split: the first copy is kept"
     else:
         written.duplicates["across_splits"] += 1
-        why = ("held-out images must not be seen in training" if kept.split == "train"
-               else "an image may be in only one held-out split")
-    data.rejected.append(Rejection(str(im.path), None, f"duplicate of {kept.path} ({kept.split}): {why}"
-                                                       f"{dropped_with(len(im.boxes))}"))
+        why = (
+            "held-out images must not be seen in training"
+            if kept.split == "train"
+            else "an image may be in only one held-out split"
+        )
+    data.rejected.append(
+        Rejection(str(im.path), None, f"duplicate of {kept.path} ({kept.split}): {why}{dropped_with(len(im.boxes))}")
+    )
 
 
 def _record(im: DetImage, name: str) -> dict:
@@ -194,8 +198,11 @@ def _record(im: DetImage, name: str) -> dict:
 def _content_hash(records: dict[str, list[dict]], md5: dict[str, str], classes: list[str]) -> str:
     """md5 over what was prepared: per image its split, name, source bytes' md5, boxes, labels and difficult
     flags, plus the class list. Any change of pixels, labels, split or classes changes it."""
-    lines = [f"{split}\t{r['image']}\t{md5[r['image']]}\t{json.dumps([r['boxes'], r['labels'], r['difficult']])}"
-             for split, rows in records.items() for r in rows]
+    lines = [
+        f"{split}\t{r['image']}\t{md5[r['image']]}\t{json.dumps([r['boxes'], r['labels'], r['difficult']])}"
+        for split, rows in records.items()
+        for r in rows
+    ]
     return lineage_hash([*lines, "classes\t" + json.dumps(classes)])
 
 
@@ -233,8 +240,11 @@ def _check_rejected(data: DetectionSource, max_fraction: float, src: Path) -> No
         if seen and len(rej) / seen > max_fraction:
             worst = Counter(r.path for r in rej).most_common(10)
             files = ", ".join(f"{p} ({n})" for p, n in worst)
-            raise DataError(src, f"{len(rej)} of {seen} {what} rejected ({len(rej) / seen:.0%} > "
-                                 f"{max_fraction:.0%}); worst files: {files}; first: {rej[0].reason}")
+            raise DataError(
+                src,
+                f"{len(rej)} of {seen} {what} rejected ({len(rej) / seen:.0%} > "
+                f"{max_fraction:.0%}); worst files: {files}; first: {rej[0].reason}",
+            )
 
 
 def _anchors(images: list[DetImage], size: int, seed: int, src: Path) -> tuple[dict, dict]:
@@ -264,9 +274,13 @@ def _preview(stage: Path, rows: list[dict], classes: list[str]) -> None:
         with Image.open(stage / row["image"]) as pil:
             t = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1).contiguous()
         if row["boxes"]:
-            t = draw_bounding_boxes(t, torch.tensor(row["boxes"], dtype=torch.float32),
-                                    labels=[classes[i] for i in row["labels"]], colors="red",
-                                    width=max(2, max(t.shape[1:]) // 64))  # stays visible in a 128 px tile
+            t = draw_bounding_boxes(
+                t,
+                torch.tensor(row["boxes"], dtype=torch.float32),
+                labels=[classes[i] for i in row["labels"]],
+                colors="red",
+                width=max(2, max(t.shape[1:]) // 64),
+            )  # stays visible in a 128 px tile
         images.append(t)
         captions.append(f"{Path(row['image']).name}: {len(row['boxes'])} boxes")
     save_grid(images, captions, stage / "preview.png")

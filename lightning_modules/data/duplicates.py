@@ -65,10 +65,12 @@ def dedupe(splits: dict[str, Labelled], digests: dict[str, str | None], names: l
 def _judge(copies: list[tuple[str, str, int]], names: list[str], drop: dict[str, str], counts: dict[str, int]) -> None:
     labels = {label for _, _, label in copies}
     if len(labels) > 1:
-        for split, path, label in copies:
+        for _split, path, label in copies:
             others = "; ".join(f"{p} ({s}, class {names[lab]})" for s, p, lab in copies if p != path)
-            drop[path] = (f"same image as {others}: one image under two classes has no single label "
-                          f"(here class {names[label]}); remove the wrong copy")
+            drop[path] = (
+                f"same image as {others}: one image under two classes has no single label "
+                f"(here class {names[label]}); remove the wrong copy"
+            )
         counts["across_classes"] += len(copies)
         return
     first_split, first, _ = copies[0]
@@ -77,6 +79,7 @@ def _judge(copies: list[tuple[str, str, int]], names: list[str], drop: dict[str,
             drop[path] = f"duplicate of {first} (same bytes, same class): counted once"
             counts["within_split"] += 1
         else:
-            drop[path] = (f"duplicate of {first} ({first_split}): a held-out image must not also be a "
-                          f"{first_split} image")
+            drop[path] = (
+                f"duplicate of {first} ({first_split}): a held-out image must not also be a {first_split} image"
+            )
             counts["across_splits"] += 1

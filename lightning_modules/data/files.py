@@ -60,8 +60,13 @@ def _walk(folder: Path, root: Path, keep, out: Listing, seen: set[str]) -> None:
         path = Path(entry.path)
         if entry.is_symlink() and not inside(path, root):
             target = os.path.realpath(path)
-            out.refused.append((str(path), f"symlink to {target}, outside the source {root}: not followed "
-                                           "(copy the data in, or prepare its real folder)"))
+            out.refused.append(
+                (
+                    str(path),
+                    f"symlink to {target}, outside the source {root}: not followed "
+                    "(copy the data in, or prepare its real folder)",
+                )
+            )
             continue
         if entry.is_dir():
             if not entry.name.startswith("."):

@@ -19,17 +19,17 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from lightning_modules.data.classification_source import ClassificationSource, Labelled, discover, stratified_split
-from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImage, load_chw
-from lightning_modules.data.previews import save_grid
 from lightning_modules.data.duplicates import dedupe, hash_files
+from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImage, load_chw
 from lightning_modules.data.lineage import content_hash, data_version
+from lightning_modules.data.previews import save_grid
 from lightning_modules.data.staging import PRODUCER, check_not_overlapping, staged_output
 from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.progress import track
@@ -84,7 +84,9 @@ def prep_classification(
         train, val, test = unique.splits["train"], unique.splits["val"], unique.splits["test"]
         train_split = _write_split(stage, "train", train, image_size, pool, budget, source, max_image_pixels)
         val_split = _write_split(stage, "val", val, image_size, pool, budget, source, max_image_pixels)
-        test_split = _write_split(stage, "test", test, image_size, pool, budget, source, max_image_pixels) if test else None
+        test_split = (
+            _write_split(stage, "test", test, image_size, pool, budget, source, max_image_pixels) if test else None
+        )
         budget.check_final()
         _check_classes(source, train_split, val_split, src)
         manifest = _manifest(source, image_size, train_split, val_split, budget, source_data_version, test_split)
@@ -93,8 +95,15 @@ def prep_classification(
         manifest["content_hash"], manifest["data_version"] = content, data_version(source_data_version, content)
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _save_preview(train_split, source, stage / "preview.png")
-    log.info("prepared %s -> %s: %d train, %d val, %d test, %d rejected", src, out, manifest["totals"]["train"],
-             manifest["totals"]["val"], manifest["totals"].get("test", 0), manifest["totals"]["rejected"])
+    log.info(
+        "prepared %s -> %s: %d train, %d val, %d test, %d rejected",
+        src,
+        out,
+        manifest["totals"]["train"],
+        manifest["totals"]["val"],
+        manifest["totals"].get("test", 0),
+        manifest["totals"]["rejected"],
+    )
     return manifest
 
 
@@ -278,8 +287,10 @@ def _write_split(
     folder.mkdir()
     parts.mkdir()
     size = chunk_size_for(len(items), 3 * image_size * image_size)
-    tasks = [_ChunkTask(k, items[i : i + size], image_size, size, folder, parts, split == "train" and k < 4)
-             for k, i in enumerate(range(0, len(items), size))]
+    tasks = [
+        _ChunkTask(k, items[i : i + size], image_size, size, folder, parts, split == "train" and k < 4)
+        for k, i in enumerate(range(0, len(items), size))
+    ]
     work = partial(_write_chunk, num_classes=len(source.wnids), max_pixels=max_pixels)
     # Results in task order, so the manifest and preview do not depend on `workers`.
     results = pool.map(work, tasks) if pool is not None else map(work, tasks)
@@ -294,8 +305,7 @@ def _write_split(
     # Merge the per-chunk {k}.index.json files (in k order) into the split's index.json.
     BinaryWriter(str(folder), chunk_size=size).merge(num_workers=written)
     shutil.rmtree(parts)
-    result.preview = sorted(result.preview + result.spares[: PREVIEW_COUNT - len(result.preview)],
-                            key=lambda s: s[1])
+    result.preview = sorted(result.preview + result.spares[: PREVIEW_COUNT - len(result.preview)], key=lambda s: s[1])
     return result
 
 
@@ -306,8 +316,11 @@ def _check_classes(source: ClassificationSource, train: _SplitResult, val: _Spli
     empty = [w for w, n in zip(source.wnids, train.counts) if n == 0]
     if empty:
         folder = _train_folder(source, empty[0])
-        raise DataError(folder, f"class '{empty[0]}' has no valid training image left after rejecting bad files"
-                                + (f" (also: {', '.join(empty[1:6])})" if len(empty) > 1 else ""))
+        raise DataError(
+            folder,
+            f"class '{empty[0]}' has no valid training image left after rejecting bad files"
+            + (f" (also: {', '.join(empty[1:6])})" if len(empty) > 1 else ""),
+        )
     no_val = [w for w, n in zip(source.wnids, val.counts) if n == 0]
     if no_val:
         log.warning("%s: %d classes have no val image (e.g. %s)", src, len(no_val), no_val[0])
@@ -327,12 +340,21 @@ def mean_std(split: _SplitResult, image_size: int) -> tuple[list[float], list[fl
     return [round(float(m) / 255.0, 6) for m in mean], [round(float(math.sqrt(v)) / 255.0, 6) for v in var]
 
 
-def _manifest(source, image_size, train: _SplitResult, val: _SplitResult, budget, source_data_version,
-              test: _SplitResult | None = None) -> dict:
+def _manifest(
+    source,
+    image_size,
+    train: _SplitResult,
+    val: _SplitResult,
+    budget,
+    source_data_version,
+    test: _SplitResult | None = None,
+) -> dict:
     """The manifest; "test" counts (per class and in totals) only when the source has a test split."""
     mean, std = mean_std(train, image_size)
-    classes = [{"wnid": w, "name": name, "index": i, "train": int(train.counts[i]), "val": int(val.counts[i])}
-               for i, (w, name) in enumerate(zip(source.wnids, source.names))]
+    classes = [
+        {"wnid": w, "name": name, "index": i, "train": int(train.counts[i]), "val": int(val.counts[i])}
+        for i, (w, name) in enumerate(zip(source.wnids, source.names))
+    ]
     totals = {"train": train.total, "val": val.total, "rejected": len(budget.rejected)}
     if test is not None:
         for c in classes:
@@ -350,16 +372,25 @@ def _manifest(source, image_size, train: _SplitResult, val: _SplitResult, budget
         "std": std,
         "source": str(source.root.resolve()),
         "source_data_version": source_data_version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
-def _content_hash(source: ClassificationSource, image_size: int, splits: dict[str, Labelled],
-                  digests: dict[str, str | None], budget: _RejectBudget) -> str:
+def _content_hash(
+    source: ClassificationSource,
+    image_size: int,
+    splits: dict[str, Labelled],
+    digests: dict[str, str | None],
+    budget: _RejectBudget,
+) -> str:
     """What the prepared set holds: each kept file's bytes, class and split, plus the size it was stored at."""
     rejected = {r["path"] for r in budget.rejected}
-    lines = [f"{split}\t{source.wnids[label]}\t{digests.get(path)}" for split, items in splits.items()
-             for path, label in items if path not in rejected]
+    lines = [
+        f"{split}\t{source.wnids[label]}\t{digests.get(path)}"
+        for split, items in splits.items()
+        for path, label in items
+        if path not in rejected
+    ]
     return content_hash([f"image_size\t{image_size}", *lines])
 
 

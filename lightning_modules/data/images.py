@@ -43,8 +43,7 @@ def too_many_pixels(size: tuple[int, int], max_pixels: int = DEFAULT_MAX_IMAGE_P
     w, h = size
     if w * h <= max_pixels:
         return None
-    return (f"image is {w}x{h} ({w * h / 1e6:.1f} MP), over the max_image_pixels limit of "
-            f"{max_pixels / 1e6:g} MP")
+    return f"image is {w}x{h} ({w * h / 1e6:.1f} MP), over the max_image_pixels limit of {max_pixels / 1e6:g} MP"
 
 
 @contextmanager
@@ -72,8 +71,9 @@ def open_image(source: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_IMAG
             yield img
 
 
-def open_rgb(path: str | Path, draft_size: int | None = None, *,
-             max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def open_rgb(
+    path: str | Path, draft_size: int | None = None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
     """Fully decode `path` into an RGB image, or raise BadImage with the reason.
 
     `draft_size` lets the JPEG decoder downscale by 1/2..1/8 while decoding (much faster) as long as the

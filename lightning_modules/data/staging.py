@@ -52,19 +52,29 @@ def check_not_overlapping(source: Path, out: Path) -> None:
     """Refuse an output that equals, contains or sits inside its source: the swap would delete the source."""
     src, dst = Path(source).resolve(), Path(out).resolve()
     if src == dst:
-        raise DataError(out, "the output folder is the source folder itself; choose another output folder "
-                             "(a prep replaces its output, which would delete the source)")
+        raise DataError(
+            out,
+            "the output folder is the source folder itself; choose another output folder "
+            "(a prep replaces its output, which would delete the source)",
+        )
     if src.is_relative_to(dst):
-        raise DataError(out, f"the output folder contains the source {source}; choose an output folder "
-                             "outside it (replacing the output would delete the source)")
+        raise DataError(
+            out,
+            f"the output folder contains the source {source}; choose an output folder "
+            "outside it (replacing the output would delete the source)",
+        )
     if dst.is_relative_to(src):
-        raise DataError(out, f"the output folder is inside the source {source}; choose an output folder "
-                             "outside it (the prep would read its own output as data)")
+        raise DataError(
+            out,
+            f"the output folder is inside the source {source}; choose an output folder "
+            "outside it (the prep would read its own output as data)",
+        )
 
 
 @contextmanager
-def staged_output(out: Path, *, source: Path | None = None,
-                  may_replace: Callable[[Path], bool] = is_prep_output) -> Iterator[Path]:
+def staged_output(
+    out: Path, *, source: Path | None = None, may_replace: Callable[[Path], bool] = is_prep_output
+) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces `out`, on any error it is removed.
 
     source: the folder the output is made from (checked not to overlap `out`).
@@ -98,8 +108,11 @@ def _check_replaceable(out: Path, may_replace: Callable[[Path], bool]) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise DataError(out, "exists and is not a folder; not replacing it: choose another output folder")
     if out.exists() and not may_replace(out):
-        raise DataError(out, "exists and is not an output of a visionflow prep (no manifest.json of ours); not "
-                             "replacing it: choose another output folder, or remove it yourself")
+        raise DataError(
+            out,
+            "exists and is not an output of a visionflow prep (no manifest.json of ours); not "
+            "replacing it: choose another output folder, or remove it yourself",
+        )
 
 
 @contextmanager
@@ -117,8 +130,11 @@ def exclusive_lock(out: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise DataError(out, f"another prep (pid {holder}) is writing this output folder right now; wait for "
-                                 f"it to finish or choose another output folder (lock: {path})") from None
+            raise DataError(
+                out,
+                f"another prep (pid {holder}) is writing this output folder right now; wait for "
+                f"it to finish or choose another output folder (lock: {path})",
+            ) from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

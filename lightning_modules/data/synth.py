@@ -35,8 +35,16 @@ from lightning_modules.progress import track
 SUMMARY_FILE = "synth.json"  # marks `out` as generated, so a rerun may replace it
 SETS = ("imagenet", "transfer", "detection")
 # Stream ids for the per-image generators; never renumber (it would change every image).
-_SET_ID = {"imagenet/train": 1, "imagenet/val": 2, "transfer/train": 3, "transfer/val": 4,
-           "detection/train": 5, "detection/val": 6, "transfer/test": 7, "imagenet/test": 8}
+_SET_ID = {
+    "imagenet/train": 1,
+    "imagenet/val": 2,
+    "transfer/train": 3,
+    "transfer/val": 4,
+    "detection/train": 5,
+    "detection/val": 6,
+    "transfer/test": 7,
+    "imagenet/test": 8,
+}
 _CATALOGUE_ID = {"imagenet": 100, "wnids": 101, "transfer": 102, "val_order": 103, "dirt": 104, "background": 105}
 DIRT_KINDS = ("grayscale", "cmyk", "png")
 JPEG_QUALITY = 90
@@ -65,11 +73,23 @@ def synthesize(
     train/val images of a seed are the same bytes with or without them.
     """
     out = Path(out)
-    _check_args(classes=classes, per_class=per_class, transfer_classes=transfer_classes,
-                transfer_per_class=transfer_per_class, det_train=det_train, workers=workers)
-    _check_args(minimum=0, val_per_class=val_per_class, transfer_val_per_class=transfer_val_per_class,
-                det_val=det_val, seed=seed, transfer_test_per_class=transfer_test_per_class,
-                test_per_class=test_per_class)
+    _check_args(
+        classes=classes,
+        per_class=per_class,
+        transfer_classes=transfer_classes,
+        transfer_per_class=transfer_per_class,
+        det_train=det_train,
+        workers=workers,
+    )
+    _check_args(
+        minimum=0,
+        val_per_class=val_per_class,
+        transfer_val_per_class=transfer_val_per_class,
+        det_val=det_val,
+        seed=seed,
+        transfer_test_per_class=transfer_test_per_class,
+        test_per_class=test_per_class,
+    )
     _refuse_foreign(out)
     specs = make_classes(classes, IMAGENET_SHAPES, _rng(seed, "imagenet"))
     wnids = make_wnids(classes, _rng(seed, "wnids"))
@@ -83,10 +103,12 @@ def synthesize(
         run = partial(_run, pool=pool, seed=seed, workers=workers)
         summary = {
             "seed": seed,
-            "imagenet": _write_imagenet(dirs["imagenet"], specs, wnids, per_class, val_per_class, seed, run,
-                                        test_per_class),
-            "transfer": _write_transfer(dirs["transfer"], t_specs, transfer_per_class, transfer_val_per_class, run,
-                                        transfer_test_per_class),
+            "imagenet": _write_imagenet(
+                dirs["imagenet"], specs, wnids, per_class, val_per_class, seed, run, test_per_class
+            ),
+            "transfer": _write_transfer(
+                dirs["transfer"], t_specs, transfer_per_class, transfer_val_per_class, run, transfer_test_per_class
+            ),
             "detection": _write_detection(dirs["detection"], {"train": det_train, "val": det_val}, seed, run),
             "classes": [{"wnid": w, "name": s.name} for w, s in zip(wnids, specs, strict=True)],
             "transfer_classes": [s.folder for s in t_specs],
@@ -110,7 +132,9 @@ def _refuse_foreign(out: Path) -> None:
         return
     for name in SETS:
         if (out / name).exists():
-            raise DataError(out / name, f"exists but {out / SUMMARY_FILE} does not; not generated data, not replacing it")
+            raise DataError(
+                out / name, f"exists but {out / SUMMARY_FILE} does not; not generated data, not replacing it"
+            )
 
 
 def _rng(seed: int, what: str, *more: int) -> np.random.Generator:
@@ -122,8 +146,17 @@ def _pool(workers: int):
     return multiprocessing.get_context("spawn").Pool(workers)
 
 
-def _run(tasks: Iterable[tuple], desc: str, fn: Callable, *, total: int, pool: Any, seed: int, workers: int,
-         keep: bool = True) -> list:
+def _run(
+    tasks: Iterable[tuple],
+    desc: str,
+    fn: Callable,
+    *,
+    total: int,
+    pool: Any,
+    seed: int,
+    workers: int,
+    keep: bool = True,
+) -> list:
     """Apply `fn(task, seed=...)` to every task, in order, in the pool when there is one.
 
     `tasks` may be a generator (1,000 classes x 1,300 images never sit in memory as one list);
@@ -176,8 +209,16 @@ def _render_classification(task: tuple, *, seed: int) -> tuple[int, int, int, in
     return box
 
 
-def _write_imagenet(root: Path, specs: list[ClassSpec], wnids: list[str], per_class: int, val_per_class: int,
-                    seed: int, run: Callable, test_per_class: int = 0) -> dict:
+def _write_imagenet(
+    root: Path,
+    specs: list[ClassSpec],
+    wnids: list[str],
+    per_class: int,
+    val_per_class: int,
+    seed: int,
+    run: Callable,
+    test_per_class: int = 0,
+) -> dict:
     n_train = len(specs) * per_class
     dirt_rng = _rng(seed, "dirt")
     train_dirt = _pick_dirt(n_train, dirt_rng, guarantee=True)
@@ -188,8 +229,10 @@ def _write_imagenet(root: Path, specs: list[ClassSpec], wnids: list[str], per_cl
         wnid = wnids[i // per_class]
         return f"train/{wnid}/{wnid}_{i % per_class + 1}.JPEG"
 
-    tasks = ((_SET_ID["imagenet/train"], i, str(root / train_path(i)), specs[i // per_class], train_dirt[i])
-             for i in range(n_train))
+    tasks = (
+        (_SET_ID["imagenet/train"], i, str(root / train_path(i)), specs[i // per_class], train_dirt[i])
+        for i in range(n_train)
+    )
     run(tasks, "synth imagenet/train", _render_classification, total=n_train, keep=False)
 
     # Validation: one flat folder, classes interleaved, boxes in the Kaggle LOC csv.
@@ -197,36 +240,53 @@ def _write_imagenet(root: Path, specs: list[ClassSpec], wnids: list[str], per_cl
     labels = _rng(seed, "val_order").permutation(np.repeat(np.arange(len(specs)), val_per_class))
     val_dirt = _pick_dirt(len(labels), dirt_rng, guarantee=False)
     ids = [f"ILSVRC2012_val_{i + 1:08d}" for i in range(len(labels))]
-    val_tasks = [(_SET_ID["imagenet/val"], i, str(root / "val" / f"{ids[i]}.JPEG"), specs[int(c)], val_dirt[i])
-                 for i, c in enumerate(labels)]
+    val_tasks = [
+        (_SET_ID["imagenet/val"], i, str(root / "val" / f"{ids[i]}.JPEG"), specs[int(c)], val_dirt[i])
+        for i, c in enumerate(labels)
+    ]
     boxes = run(val_tasks, "synth imagenet/val", _render_classification, total=len(val_tasks))
     rows = [f"{ids[i]},{wnids[int(c)]} {' '.join(str(v) for v in boxes[i])}" for i, c in enumerate(labels)]
     (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(r + "\n" for r in rows))
     (root / "LOC_synset_mapping.txt").write_text(
         "".join(f"{w} {s.name}, {s.other_name}\n" for w, s in zip(wnids, specs, strict=True))
     )
-    n_test = _write_class_folders(root / "test", "imagenet/test", specs, wnids, test_per_class, run,
-                                  lambda wnid, k: f"{wnid}_test_{k + 1}.JPEG")
+    n_test = _write_class_folders(
+        root / "test", "imagenet/test", specs, wnids, test_per_class, run, lambda wnid, k: f"{wnid}_test_{k + 1}.JPEG"
+    )
     dirt = {kind: [train_path(i) for i, d in enumerate(train_dirt) if d == kind] for kind in DIRT_KINDS}
-    return {"classes": len(specs), "train": n_train, "val": len(labels), **({"test": n_test} if n_test else {}),
-            "dirt": {kind: len(paths) for kind, paths in dirt.items()},
-            "dirt_examples": {kind: paths[:3] for kind, paths in dirt.items()}}
+    return {
+        "classes": len(specs),
+        "train": n_train,
+        "val": len(labels),
+        **({"test": n_test} if n_test else {}),
+        "dirt": {kind: len(paths) for kind, paths in dirt.items()},
+        "dirt_examples": {kind: paths[:3] for kind, paths in dirt.items()},
+    }
 
 
-def _write_transfer(root: Path, specs: list[ClassSpec], per_class: int, val_per_class: int, run: Callable,
-                    test_per_class: int = 0) -> dict:
+def _write_transfer(
+    root: Path, specs: list[ClassSpec], per_class: int, val_per_class: int, run: Callable, test_per_class: int = 0
+) -> dict:
     counts = {}
     folders = [s.folder for s in specs]
     for split, n in (("train", per_class), ("val", val_per_class), ("test", test_per_class)):
         if split == "test" and n == 0:
             continue
-        counts[split] = _write_class_folders(root / split, f"transfer/{split}", specs, folders, n, run,
-                                             lambda folder, k: f"{k + 1:04d}.jpg")
+        counts[split] = _write_class_folders(
+            root / split, f"transfer/{split}", specs, folders, n, run, lambda folder, k: f"{k + 1:04d}.jpg"
+        )
     return {"classes": len(specs), **counts}
 
 
-def _write_class_folders(root: Path, set_name: str, specs: list[ClassSpec], folders: list[str], n: int,
-                         run: Callable, name: Callable[[str, int], str]) -> int:
+def _write_class_folders(
+    root: Path,
+    set_name: str,
+    specs: list[ClassSpec],
+    folders: list[str],
+    n: int,
+    run: Callable,
+    name: Callable[[str, int], str],
+) -> int:
     """n clean images per class into root/<folder>/ (ImageFolder), drawn from the set's own stream."""
     if n == 0:
         return 0
@@ -252,8 +312,11 @@ def _render_detection(task: tuple, *, seed: int) -> tuple[int, int, list]:
     _save(img, Path(img_path))
     w, h = img.size
     if label_mode != "missing":
-        lines = [f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} "
-                 f"{(b[3] - b[1]) / h:.6f}\n" for c, b in labels]
+        lines = [
+            f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} "
+            f"{(b[3] - b[1]) / h:.6f}\n"
+            for c, b in labels
+        ]
         Path(label_path).write_text("".join(lines))
     return w, h, labels
 
@@ -277,8 +340,16 @@ def _write_detection(root: Path, sizes: dict[str, int], seed: int, run: Callable
         (root / "labels" / split).mkdir(parents=True)
         modes = _background_modes(n, _rng(seed, "background", _SET_ID[f"detection/{split}"]))
         stems = [f"{split}_{i + 1:05d}" for i in range(n)]
-        tasks = [(_SET_ID[f"detection/{split}"], i, str(root / "images" / split / f"{stems[i]}.jpg"),
-                  str(root / "labels" / split / f"{stems[i]}.txt"), modes[i]) for i in range(n)]
+        tasks = [
+            (
+                _SET_ID[f"detection/{split}"],
+                i,
+                str(root / "images" / split / f"{stems[i]}.jpg"),
+                str(root / "labels" / split / f"{stems[i]}.txt"),
+                modes[i],
+            )
+            for i in range(n)
+        ]
         results = run(tasks, f"synth detection/{split}", _render_detection, total=len(tasks))
         _write_coco(root / "annotations" / f"instances_{split}.json", stems, results, names)
         summary[split] = {
@@ -287,9 +358,13 @@ def _write_detection(root: Path, sizes: dict[str, int], seed: int, run: Callable
             "background": sum(m != "objects" for m in modes),
             "missing_label_files": sum(m == "missing" for m in modes),
         }
-    (root / "data.yaml").write_text(yaml.safe_dump(
-        {"path": ".", "train": "images/train", "val": "images/val", "nc": len(names), "names": names},
-        sort_keys=False, default_flow_style=None))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump(
+            {"path": ".", "train": "images/train", "val": "images/val", "nc": len(names), "names": names},
+            sort_keys=False,
+            default_flow_style=None,
+        )
+    )
     return summary
 
 
@@ -299,11 +374,22 @@ def _write_coco(path: Path, stems: list[str], results: list, names: list[str]) -
     for image_id, (stem, (w, h, labels)) in enumerate(zip(stems, results, strict=True), start=1):
         images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": w, "height": h})
         for cls, (x1, y1, x2, y2) in labels:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
-                                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                                "area": float((x2 - x1) * (y2 - y1)), "iscrowd": 0})
-    coco = {"info": {"description": "visionflow synthetic detection set", "version": "1"}, "licenses": [],
-            "images": images, "annotations": annotations,
-            "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(names)]}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cls + 1,
+                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                    "area": float((x2 - x1) * (y2 - y1)),
+                    "iscrowd": 0,
+                }
+            )
+    coco = {
+        "info": {"description": "visionflow synthetic detection set", "version": "1"},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(names)],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(coco))

@@ -43,8 +43,20 @@ _POLYGONS: dict[str, list[tuple[float, float]]] = {
     "square": [(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)],
     "triangle": [(x, y + 0.2) for x, y in _regular(3, 1.1)],
     "star": _star(),
-    "cross": [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1),
-              (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)],
+    "cross": [
+        (-0.3, -1),
+        (0.3, -1),
+        (0.3, -0.3),
+        (1, -0.3),
+        (1, 0.3),
+        (0.3, 0.3),
+        (0.3, 1),
+        (-0.3, 1),
+        (-0.3, 0.3),
+        (-1, 0.3),
+        (-1, -0.3),
+        (-0.3, -0.3),
+    ],
     "hexagon": _regular(6),
     "rhombus": [(0, -1), (0.55, 0), (0, 1), (-0.55, 0)],
     "heart": _heart(),
@@ -193,7 +205,9 @@ def add_noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def classification_image(spec: ClassSpec, rng: np.random.Generator, lo: int = 64, hi: int = 400) -> tuple[Image.Image, Box]:
+def classification_image(
+    spec: ClassSpec, rng: np.random.Generator, lo: int = 64, hi: int = 400
+) -> tuple[Image.Image, Box]:
     """One photo-like image of class `spec`, with the object's box."""
     w, h = photo_size(rng, lo, hi)
     img = background(w, h, rng, avoid=spec.colours)

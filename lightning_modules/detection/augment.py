@@ -22,8 +22,8 @@ def make_sample(image: torch.Tensor, boxes, labels) -> tuple[tv_tensors.Image, d
     """Wrap a uint8 CHW tensor, XYXY pixel boxes and labels as a v2 sample."""
     image = tv_tensors.Image(image)
     boxes = tv_tensors.BoundingBoxes(
-        torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=tuple(image.shape[-2:])
+    )
     return image, {"boxes": boxes, "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1)}
 
 
@@ -35,6 +35,7 @@ def _with_boxes(target: dict, boxes: torch.Tensor, keep: torch.Tensor, canvas: t
 
 
 # --- letterbox -----------------------------------------------------------------------------------
+
 
 def letterbox(image: torch.Tensor, target: dict, size: int, fill: int = FILL):
     """Resize keeping aspect ratio so the long side is `size`, pad to `size` x `size` (centred).
@@ -58,8 +59,9 @@ def unletterbox_boxes(boxes: torch.Tensor, scale, pad, orig_size: tuple[int, int
     out = (boxes - shift) / scale
     if orig_size is not None:
         h, w = orig_size
-        out = torch.stack([out[..., 0].clamp(0, w), out[..., 1].clamp(0, h),
-                           out[..., 2].clamp(0, w), out[..., 3].clamp(0, h)], dim=-1)
+        out = torch.stack(
+            [out[..., 0].clamp(0, w), out[..., 1].clamp(0, h), out[..., 2].clamp(0, w), out[..., 3].clamp(0, h)], dim=-1
+        )
     return out
 
 
@@ -77,13 +79,19 @@ class Letterbox:
 
 # --- mosaic --------------------------------------------------------------------------------------
 
+
 def _randint(lo: int, hi: int) -> int:
     """Uniform integer in [lo, hi] from torch's generator (seeded by torch.manual_seed)."""
     return int(torch.randint(lo, hi + 1, ()).item()) if hi > lo else lo
 
 
-def mosaic(samples: Sequence[tuple[torch.Tensor, dict]], size: int, fill: int = FILL,
-           min_size: float = 2.0, min_visible: float = 0.2):
+def mosaic(
+    samples: Sequence[tuple[torch.Tensor, dict]],
+    size: int,
+    fill: int = FILL,
+    min_size: float = 2.0,
+    min_visible: float = 0.2,
+):
     """Four samples, each resized to long side `size`, meet at a random centre of a 2S canvas.
 
     An S x S window containing the centre is cropped out. Boxes are clipped to the window and dropped
@@ -105,13 +113,13 @@ def mosaic(samples: Sequence[tuple[torch.Tensor, dict]], size: int, fill: int = 
         ox = xc - nw if k in (0, 2) else xc
         oy = yc - nh if k in (0, 1) else yc
         x0, y0, x1, y1 = max(ox, 0), max(oy, 0), min(ox + nw, s2), min(oy + nh, s2)
-        canvas[:, y0:y1, x0:x1] = image[:, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        canvas[:, y0:y1, x0:x1] = image[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
         all_boxes.append(boxes.as_subclass(torch.Tensor).float() + boxes.new_tensor([ox, oy, ox, oy]).float())
         all_labels.append(target["labels"])
     # crop window: inside the canvas and containing the centre, so all four images can show
     cx0 = _randint(max(0, xc - size), min(s2 - size, xc))
     cy0 = _randint(max(0, yc - size), min(s2 - size, yc))
-    out = tv_tensors.Image(canvas[:, cy0:cy0 + size, cx0:cx0 + size].clone())
+    out = tv_tensors.Image(canvas[:, cy0 : cy0 + size, cx0 : cx0 + size].clone())
     boxes = torch.cat(all_boxes)
     boxes = boxes - boxes.new_tensor([cx0, cy0, cx0, cy0])
     labels = torch.cat(all_labels)
@@ -126,9 +134,11 @@ def mosaic(samples: Sequence[tuple[torch.Tensor, dict]], size: int, fill: int = 
 
 # --- pipelines -----------------------------------------------------------------------------------
 
+
 @dataclass
 class AffineConfig:
     """Small geometric jitter (v2.RandomAffine); translate/scale are fractions, degrees/shear degrees."""
+
     degrees: float = 0.0
     translate: float = 0.1
     scale: tuple[float, float] = (0.75, 1.25)
@@ -138,6 +148,7 @@ class AffineConfig:
 @dataclass
 class HSVConfig:
     """Colour jitter (v2.ColorJitter): hue in [0, 0.5], saturation/brightness as +- fractions."""
+
     hue: float = 0.015
     saturation: float = 0.7
     brightness: float = 0.4
@@ -155,8 +166,16 @@ class TrainTransform:
     samples so mosaic can happen; without them the sample is only letterboxed.
     """
 
-    def __init__(self, image_size: int, *, mosaic_prob: float = 0.0, affine: AffineConfig | bool | None = None,
-                 hsv: HSVConfig | bool | None = None, flip: float | bool = 0.5, fill: int = FILL):
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        mosaic_prob: float = 0.0,
+        affine: AffineConfig | bool | None = None,
+        hsv: HSVConfig | bool | None = None,
+        flip: float | bool = 0.5,
+        fill: int = FILL,
+    ):
         self.size, self.mosaic_prob, self.fill = image_size, mosaic_prob, fill
         # True means "on with defaults", False/None "off"; flip=True is the usual p=0.5
         affine = AffineConfig() if affine is True else (affine or None)
@@ -164,8 +183,15 @@ class TrainTransform:
         flip = (0.5 if flip else 0.0) if isinstance(flip, bool) else float(flip)
         steps: list = []
         if affine is not None:
-            steps.append(v2.RandomAffine(degrees=affine.degrees, translate=(affine.translate,) * 2,
-                                         scale=affine.scale, shear=affine.shear or None, fill=fill))
+            steps.append(
+                v2.RandomAffine(
+                    degrees=affine.degrees,
+                    translate=(affine.translate,) * 2,
+                    scale=affine.scale,
+                    shear=affine.shear or None,
+                    fill=fill,
+                )
+            )
         if hsv is not None:
             steps.append(v2.ColorJitter(brightness=hsv.brightness, saturation=hsv.saturation, hue=hsv.hue))
         if flip > 0:
@@ -186,9 +212,14 @@ class TrainTransform:
         return self.rest(image, target)
 
 
-def build_train_transform(image_size: int, *, mosaic_prob: float = 0.5,
-                          affine: AffineConfig | bool | None = True, hsv: HSVConfig | bool | None = True,
-                          flip: float | bool = 0.5) -> TrainTransform:
+def build_train_transform(
+    image_size: int,
+    *,
+    mosaic_prob: float = 0.5,
+    affine: AffineConfig | bool | None = True,
+    hsv: HSVConfig | bool | None = True,
+    flip: float | bool = 0.5,
+) -> TrainTransform:
     """Training pipeline; `affine`/`hsv` take a config, True (defaults) or False/None (off)."""
     return TrainTransform(image_size, mosaic_prob=mosaic_prob, affine=affine, hsv=hsv, flip=flip)
 

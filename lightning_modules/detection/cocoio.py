@@ -41,8 +41,11 @@ def _read_json(path: Path):
 
 def _bbox(path, what: str, ann: dict) -> list[float]:
     b = ann.get("bbox")
-    if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b):
+    if (
+        not isinstance(b, (list, tuple))
+        or len(b) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)
+    ):
         raise DataError(path, f"{what}: bbox must be 4 finite numbers [x, y, w, h], got {b!r}")
     if b[2] < 0 or b[3] < 0:
         raise DataError(path, f"{what}: bbox has negative width or height: {b!r}")
@@ -95,10 +98,15 @@ def load_coco_gt(path: str | Path) -> CocoGroundTruth:
             raise DataError(path, f"{what}: area must be a number, got {area!r}")
         p["area"].append(float(area))
         p["iscrowd"].append(int(bool(a.get("iscrowd", 0))))
-    items = [{"boxes": torch.tensor(p["boxes"], dtype=torch.float64).reshape(-1, 4),
-              "labels": torch.tensor(p["labels"], dtype=torch.int64),
-              "area": torch.tensor(p["area"], dtype=torch.float64),
-              "iscrowd": torch.tensor(p["iscrowd"], dtype=torch.int64)} for p in per]
+    items = [
+        {
+            "boxes": torch.tensor(p["boxes"], dtype=torch.float64).reshape(-1, 4),
+            "labels": torch.tensor(p["labels"], dtype=torch.int64),
+            "area": torch.tensor(p["area"], dtype=torch.float64),
+            "iscrowd": torch.tensor(p["iscrowd"], dtype=torch.int64),
+        }
+        for p in per
+    ]
     return CocoGroundTruth(image_ids, files, names, cat_ids, items)
 
 
@@ -130,9 +138,14 @@ def load_coco_results(path: str | Path, gt: CocoGroundTruth) -> list[dict]:
         p["boxes"].append([x, y, x + w, y + h])
         p["labels"].append(label_of[r["category_id"]])
         p["scores"].append(float(s))
-    return [{"boxes": torch.tensor(p["boxes"], dtype=torch.float64).reshape(-1, 4),
-             "labels": torch.tensor(p["labels"], dtype=torch.int64),
-             "scores": torch.tensor(p["scores"], dtype=torch.float64)} for p in per]
+    return [
+        {
+            "boxes": torch.tensor(p["boxes"], dtype=torch.float64).reshape(-1, 4),
+            "labels": torch.tensor(p["labels"], dtype=torch.int64),
+            "scores": torch.tensor(p["scores"], dtype=torch.float64),
+        }
+        for p in per
+    ]
 
 
 def _xywh(box) -> list[float]:
@@ -140,8 +153,9 @@ def _xywh(box) -> list[float]:
     return [x1, y1, x2 - x1, y2 - y1]
 
 
-def write_coco_gt(path: str | Path, gts: list[dict], class_names, *, image_ids=None, file_names=None,
-                  sizes=None, cat_ids=None) -> Path:
+def write_coco_gt(
+    path: str | Path, gts: list[dict], class_names, *, image_ids=None, file_names=None, sizes=None, cat_ids=None
+) -> Path:
     """Write per-image GT (xyxy, labels 0..K-1, optional area/iscrowd) as a COCO instances json."""
     image_ids = list(image_ids) if image_ids is not None else list(range(1, len(gts) + 1))
     cat_ids = list(cat_ids) if cat_ids is not None else list(range(1, len(class_names) + 1))
@@ -155,8 +169,16 @@ def write_coco_gt(path: str | Path, gts: list[dict], class_names, *, image_ids=N
             b = _xywh(box)
             area = float(g["area"][k]) if g.get("area") is not None else b[2] * b[3]
             crowd = int(g["iscrowd"][k]) if g.get("iscrowd") is not None else 0
-            anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat_ids[int(lab)],
-                         "bbox": b, "area": area, "iscrowd": crowd})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img,
+                    "category_id": cat_ids[int(lab)],
+                    "bbox": b,
+                    "area": area,
+                    "iscrowd": crowd,
+                }
+            )
     cats = [{"id": c, "name": str(n)} for c, n in zip(cat_ids, class_names)]
     path = Path(path)
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -169,8 +191,14 @@ def write_coco_results(path: str | Path, preds: list[dict], *, image_ids=None, c
     out = []
     for img, p in zip(image_ids, preds):
         for box, lab, s in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist()):
-            out.append({"image_id": img, "category_id": cat_ids[int(lab)] if cat_ids else int(lab) + 1,
-                        "bbox": _xywh(box), "score": float(s)})
+            out.append(
+                {
+                    "image_id": img,
+                    "category_id": cat_ids[int(lab)] if cat_ids else int(lab) + 1,
+                    "bbox": _xywh(box),
+                    "score": float(s),
+                }
+            )
     path = Path(path)
     path.write_text(json.dumps(out))
     return path

@@ -64,8 +64,14 @@ def read_prepared_detection(root: str | Path) -> PreparedDetection:
         raise DataError(path, f"kind is {m.get('kind')!r}, expected 'detection' (is this a classification set?)")
     if not m.get("classes"):
         raise DataError(path, "no classes")
-    return PreparedDetection(root, list(m["classes"]), m.get("anchors") or {}, int(m.get("anchor_image_size", 416)),
-                             m.get("counts", {}), m.get("source_data_version"))
+    return PreparedDetection(
+        root,
+        list(m["classes"]),
+        m.get("anchors") or {},
+        int(m.get("anchor_image_size", 416)),
+        m.get("counts", {}),
+        m.get("source_data_version"),
+    )
 
 
 def anchors_for(info: PreparedDetection, version: str, image_size: int) -> list[list[float]] | None:
@@ -74,7 +80,9 @@ def anchors_for(info: PreparedDetection, version: str, image_size: int) -> list[
         return None
     key = {"yolov2": "v2", "yolov3": "v3"}[version]
     if key not in info.anchors:
-        raise DataError(info.root / "manifest.json", f"no {key} anchors: prepare the data again or set detection.anchors")
+        raise DataError(
+            info.root / "manifest.json", f"no {key} anchors: prepare the data again or set detection.anchors"
+        )
     k = image_size / info.anchor_image_size
     return [[round(w * k, 2), round(h * k, 2)] for w, h in info.anchors[key]]
 
@@ -113,8 +121,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             image, target = self.transform(image, target, extras=[self.load(j) for j in others])
         else:
             image, target = self.transform(image, target)
-        out = {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"],
-               "image_id": i}
+        out = {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"], "image_id": i}
         for key in ("scale", "pad", "orig_size"):
             if key in target:
                 out[key] = target[key]
@@ -152,8 +159,13 @@ class DetectionDataModule(L.LightningDataModule):
         if self.train_ds is None and stage in (None, "fit"):
             d = self.det
             aug = self.cfg.augment
-            t = build_train_transform(self.image_size, mosaic_prob=d.mosaic_prob if aug else 0.0,
-                                      affine=d.affine and aug, hsv=d.hsv and aug, flip=d.flip if aug else 0.0)
+            t = build_train_transform(
+                self.image_size,
+                mosaic_prob=d.mosaic_prob if aug else 0.0,
+                affine=d.affine and aug,
+                hsv=d.hsv and aug,
+                flip=d.flip if aug else 0.0,
+            )
             self.train_ds = DetectionDataset(self.info, "train", t, mosaic_extras=t.num_extras)
             if len(self.train_ds) == 0:
                 raise DataError(self.prepared_dir / "train.json", "the train split has no images")
@@ -162,13 +174,21 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _loader(self, ds, *, shuffle: bool, drop_last: bool):
         return torch.utils.data.DataLoader(
-            ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last, collate_fn=collate,
-            num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
-            pin_memory=torch.cuda.is_available())
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            collate_fn=collate,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self):
         # drop_last only when it loses little: a 60-image set must not lose a third of an epoch
-        return self._loader(self.train_ds, shuffle=self.cfg.shuffle, drop_last=len(self.train_ds) >= 4 * self.batch_size)
+        return self._loader(
+            self.train_ds, shuffle=self.cfg.shuffle, drop_last=len(self.train_ds) >= 4 * self.batch_size
+        )
 
     def val_dataloader(self):
         return self._loader(self.val_ds, shuffle=False, drop_last=False)

@@ -51,7 +51,7 @@ def decode_v1(raw: torch.Tensor, size, *, boxes: int = 2) -> tuple[torch.Tensor,
     n = raw.shape[0]
     b = cxcywh_to_xyxy(v1_boxes(raw, boxes, size)).reshape(n, -1, 4)
     conf = raw[..., : boxes * 5].reshape(*raw.shape[:3], boxes, 5)[..., 4].sigmoid()
-    cls = raw[..., boxes * 5:].softmax(-1)
+    cls = raw[..., boxes * 5 :].softmax(-1)
     scores = conf[..., None] * cls[..., None, :]  # [N, S, S, B, C]
     return b, scores.reshape(n, -1, cls.shape[-1])
 
@@ -69,13 +69,21 @@ def decode_v3(raw: list[torch.Tensor], anchors: torch.Tensor, size) -> tuple[tor
     all_b, all_s = [], []
     for i, r in enumerate(raw):
         n = r.shape[0]
-        all_b.append(cxcywh_to_xyxy(anchor_boxes(r, anchors[i * na:(i + 1) * na], size)).reshape(n, -1, 4))
+        all_b.append(cxcywh_to_xyxy(anchor_boxes(r, anchors[i * na : (i + 1) * na], size)).reshape(n, -1, 4))
         all_s.append((r[..., 4:5].sigmoid() * r[..., 5:].sigmoid()).reshape(n, -1, r.shape[-1] - 5))
     return torch.cat(all_b, 1), torch.cat(all_s, 1)
 
 
-def postprocess(boxes: torch.Tensor, scores: torch.Tensor, size, *, conf: float = 0.25, iou: float = 0.45,
-                agnostic: bool = False, max_det: int = 100) -> list[dict[str, torch.Tensor]]:
+def postprocess(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    size,
+    *,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    agnostic: bool = False,
+    max_det: int = 100,
+) -> list[dict[str, torch.Tensor]]:
     """boxes [N, K, 4] xyxy, scores [N, K, C] -> per image {"boxes", "scores", "labels"} after NMS.
 
     Each box keeps its best class; NMS is per class (`batched_nms`) unless `agnostic`.

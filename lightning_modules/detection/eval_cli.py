@@ -29,8 +29,13 @@ def run_detect_eval(a: argparse.Namespace) -> None:
     if a.out and a.images:
         files = [Path(a.images) / f for f in gt.file_names]
         shown = [i for i, f in enumerate(files) if f.is_file()][:8]
-        paths = draw_samples([files[i] for i in shown], [gt.items[i] for i in shown],
-                             [pred[i] for i in shown], gt.class_names, Path(a.out) / "samples")
+        paths = draw_samples(
+            [files[i] for i in shown],
+            [gt.items[i] for i in shown],
+            [pred[i] for i in shown],
+            gt.class_names,
+            Path(a.out) / "samples",
+        )
         result["figures"]["samples"] = [str(p) for p in paths]
     if a.json:
         print(json.dumps(result, indent=2))

@@ -26,8 +26,19 @@ class YoloPredictor(nn.Module):
     `predict_images` gives the same as a list of {"boxes", "scores", "labels"}.
     """
 
-    def __init__(self, detector: nn.Module, mean, std, image_size: int, class_names: list[str], *,
-                 conf: float = 0.001, iou: float = 0.6, max_det: int = 100, agnostic: bool = False):
+    def __init__(
+        self,
+        detector: nn.Module,
+        mean,
+        std,
+        image_size: int,
+        class_names: list[str],
+        *,
+        conf: float = 0.001,
+        iou: float = 0.6,
+        max_det: int = 100,
+        agnostic: bool = False,
+    ):
         super().__init__()
         self.detector = detector
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
@@ -50,8 +61,15 @@ class YoloPredictor(nn.Module):
             boxes, scores = self.detector.decode(self.detector(x), x.shape[-2:])
         finally:
             self.train(was)
-        return postprocess(boxes.float(), scores.float(), x.shape[-2:], conf=self.conf if conf is None else conf,
-                           iou=self.iou, agnostic=self.agnostic, max_det=self.max_det)
+        return postprocess(
+            boxes.float(),
+            scores.float(),
+            x.shape[-2:],
+            conf=self.conf if conf is None else conf,
+            iou=self.iou,
+            agnostic=self.agnostic,
+            max_det=self.max_det,
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = torch.full((images.shape[0], self.max_det, 6), -1.0, device=images.device)
@@ -65,16 +83,23 @@ def predictor_from_module(module) -> YoloPredictor:
     """The predictor of a DetectionModule (sharing its detector, so EMA weights swapped in are used)."""
     hp, d = module.hparams, module.hparams.detection
     mean, std = (module.mean / 255).flatten().tolist(), (module.std / 255).flatten().tolist()
-    return YoloPredictor(module.detector, mean, std, hp.image_size, hp.class_names or [str(i) for i in range(hp.num_classes)],
-                         conf=d.get("conf_threshold", 0.001), iou=d.get("nms_iou", 0.6), max_det=d.get("max_det", 100),
-                         agnostic=d.get("class_agnostic_nms", False)).to(module.device)
+    return YoloPredictor(
+        module.detector,
+        mean,
+        std,
+        hp.image_size,
+        hp.class_names or [str(i) for i in range(hp.num_classes)],
+        conf=d.get("conf_threshold", 0.001),
+        iou=d.get("nms_iou", 0.6),
+        max_det=d.get("max_det", 100),
+        agnostic=d.get("class_agnostic_nms", False),
+    ).to(module.device)
 
 
 def load_predictor(checkpoint: str | Path) -> YoloPredictor:
     """The predictor of one of our detector checkpoints (EMA weights when training used EMA)."""
-    from lightning_modules.detection.module import DetectionModule
-
     from lightning_modules.checkpoints import load_checkpoint
+    from lightning_modules.detection.module import DetectionModule
 
     path = Path(checkpoint)
     blob = load_checkpoint(path, "detector checkpoint")
@@ -111,15 +136,18 @@ def _read(path: Path) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_files(predictor: YoloPredictor, files: list[Path], *, conf: float = 0.25,
-                  batch_size: int = 8) -> list[dict[str, Any]]:
+def predict_files(
+    predictor: YoloPredictor, files: list[Path], *, conf: float = 0.25, batch_size: int = 8
+) -> list[dict[str, Any]]:
     """Per file {"boxes" xyxy in the file's pixels, "scores", "labels"}: letterbox, detect, map back."""
     from lightning_modules.detection.augment import letterbox, make_sample, unletterbox_boxes
 
     size = predictor.image_size
     out: list[dict[str, Any]] = []
-    for start in track(range(0, len(files), batch_size), "detecting", total=(len(files) + batch_size - 1) // batch_size):
-        chunk = files[start:start + batch_size]
+    for start in track(
+        range(0, len(files), batch_size), "detecting", total=(len(files) + batch_size - 1) // batch_size
+    ):
+        chunk = files[start : start + batch_size]
         images, geometry = [], []
         for f in chunk:
             image = _read(f)
@@ -128,13 +156,25 @@ def predict_files(predictor: YoloPredictor, files: list[Path], *, conf: float = 
             geometry.append((scale, pad, tuple(image.shape[-2:])))
         preds = predictor.predict_images(torch.stack(images).to(predictor.device), conf=conf)
         for p, (scale, pad, hw) in zip(preds, geometry):
-            out.append({"boxes": unletterbox_boxes(p["boxes"].cpu(), scale, pad, hw), "scores": p["scores"].cpu(),
-                        "labels": p["labels"].cpu()})
+            out.append(
+                {
+                    "boxes": unletterbox_boxes(p["boxes"].cpu(), scale, pad, hw),
+                    "scores": p["scores"].cpu(),
+                    "labels": p["labels"].cpu(),
+                }
+            )
     return out
 
 
-def predict(checkpoint: str | Path, images: list[str | Path], out: str | Path, *, conf: float = 0.25,
-            iou: float | None = None, draw: int = 50) -> Path:
+def predict(
+    checkpoint: str | Path,
+    images: list[str | Path],
+    out: str | Path,
+    *,
+    conf: float = 0.25,
+    iou: float | None = None,
+    draw: int = 50,
+) -> Path:
     """`visionflow predict`: OUT/predictions.json (boxes per image, in its pixels) and drawn images.
 
     OUT must be new or empty: earlier predictions are never overwritten.
@@ -152,11 +192,24 @@ def predict(checkpoint: str | Path, images: list[str | Path], out: str | Path, *
     names = predictor.class_names
     rows = []
     for f, p in zip(files, preds):
-        rows.append({"image": str(f), "detections": [
-            {"box": [round(v, 2) for v in b], "score": round(float(s), 4), "label": int(c), "class": names[int(c)]}
-            for b, s, c in zip(p["boxes"].tolist(), p["scores"], p["labels"])]})
+        rows.append(
+            {
+                "image": str(f),
+                "detections": [
+                    {
+                        "box": [round(v, 2) for v in b],
+                        "score": round(float(s), 4),
+                        "label": int(c),
+                        "class": names[int(c)],
+                    }
+                    for b, s, c in zip(p["boxes"].tolist(), p["scores"], p["labels"])
+                ],
+            }
+        )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "predictions.json").write_text(json.dumps({"checkpoint": str(checkpoint), "conf": conf, "images": rows}, indent=1))
+    (out / "predictions.json").write_text(
+        json.dumps({"checkpoint": str(checkpoint), "conf": conf, "images": rows}, indent=1)
+    )
     drawn = draw_samples(files[:draw], None, preds[:draw], names, out / "drawn", n=draw, score_threshold=conf)
     for f, d in zip(files, drawn):  # name drawings after their images
         d.rename(d.with_name(f"{f.stem}.png"))
@@ -164,15 +217,27 @@ def predict(checkpoint: str | Path, images: list[str | Path], out: str | Path, *
 
 
 def _ground_truth(rows: list[dict]) -> list[dict]:
-    return [{"boxes": torch.as_tensor(r.get("boxes") or [], dtype=torch.float32).reshape(-1, 4),
-             "labels": torch.as_tensor(r.get("labels") or [], dtype=torch.int64),
-             "difficult": torch.as_tensor(r.get("difficult") or [False] * len(r.get("labels") or []))}
-            for r in rows]
+    return [
+        {
+            "boxes": torch.as_tensor(r.get("boxes") or [], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(r.get("labels") or [], dtype=torch.int64),
+            "difficult": torch.as_tensor(r.get("difficult") or [False] * len(r.get("labels") or [])),
+        }
+        for r in rows
+    ]
 
 
 @torch.no_grad()
-def evaluate_loader(predictor: YoloPredictor, loader, class_names, out_dir: str | Path, *, rows: list[dict],
-                    root: Path, samples: int = 8) -> dict[str, Any]:
+def evaluate_loader(
+    predictor: YoloPredictor,
+    loader,
+    class_names,
+    out_dir: str | Path,
+    *,
+    rows: list[dict],
+    root: Path,
+    samples: int = 8,
+) -> dict[str, Any]:
     """Detect every image of a letterboxing loader; score against the prepared rows in original pixels."""
     from lightning_modules.detection.augment import unletterbox_boxes
     from lightning_modules.detection.cocoio import write_coco_gt, write_coco_results
@@ -191,14 +256,21 @@ def evaluate_loader(predictor: YoloPredictor, loader, class_names, out_dir: str 
     gt = _ground_truth([rows[i] for i in ids])
     result = evaluate_detections(gt, pred, class_names, out_dir=out)
     files = [root / rows[i]["image"] for i in ids]
-    write_coco_gt(out / "gt_coco.json", gt, class_names, file_names=[rows[i]["image"] for i in ids],
-                  sizes=[(rows[i]["width"], rows[i]["height"]) for i in ids])
+    write_coco_gt(
+        out / "gt_coco.json",
+        gt,
+        class_names,
+        file_names=[rows[i]["image"] for i in ids],
+        sizes=[(rows[i]["width"], rows[i]["height"]) for i in ids],
+    )
     write_coco_results(out / "pred_coco.json", pred)
     drawn = draw_samples(files, gt, pred, class_names, out / "samples", n=samples)
     grid = sample_grid(drawn, out / "detections.png")
     result["figure_paths"] = [result["figures"]["pr_curves"], result["figures"]["confusion_matrix"], str(grid)]
     result["n"] = len(ids)
-    (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=1))
+    (out / "metrics.json").write_text(
+        json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=1)
+    )
     return result
 
 
@@ -216,22 +288,32 @@ def sample_grid(paths: list[Path], out: Path, cell: int = 256) -> Path:
     return out
 
 
-def evaluate_checkpoint(checkpoint: str | Path, prepared: str | Path, *, split: str = "val", out_dir: str | Path,
-                        batch_size: int = 8) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path, prepared: str | Path, *, split: str = "val", out_dir: str | Path, batch_size: int = 8
+) -> dict[str, Any]:
     """Score a detector checkpoint on a prepared split (original pixels); figures + COCO jsons in OUT_DIR."""
     return evaluate_predictor(load_predictor(checkpoint), prepared, split=split, out_dir=out_dir, batch_size=batch_size)
 
 
-def evaluate_predictor(predictor: YoloPredictor, prepared: str | Path, *, split: str = "val", out_dir: str | Path,
-                       batch_size: int = 8, samples: int = 8) -> dict[str, Any]:
+def evaluate_predictor(
+    predictor: YoloPredictor,
+    prepared: str | Path,
+    *,
+    split: str = "val",
+    out_dir: str | Path,
+    batch_size: int = 8,
+    samples: int = 8,
+) -> dict[str, Any]:
     """Score a predictor (e.g. the registry's champion) on a prepared split, in the images' own pixels."""
     from lightning_modules.detection.augment import build_eval_transform
     from lightning_modules.detection.data import DetectionDataset, collate, read_prepared_detection
 
     info = read_prepared_detection(prepared)
     if info.classes != predictor.class_names:
-        raise DataError(Path(prepared) / "manifest.json",
-                        f"classes {info.classes} differ from the detector's {predictor.class_names}")
+        raise DataError(
+            Path(prepared) / "manifest.json",
+            f"classes {info.classes} differ from the detector's {predictor.class_names}",
+        )
     ds = DetectionDataset(info, split, build_eval_transform(predictor.image_size))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     result = evaluate_loader(predictor, loader, info.classes, out_dir, rows=ds.rows, root=info.root, samples=samples)

@@ -15,24 +15,38 @@ from torch import nn
 
 def conv_bn(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     """Darknet's conv block: conv (no bias) + BN + leaky ReLU 0.1."""
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True)
+    )
 
 
 class YoloV1Head(nn.Module):
     """S x S grid, B boxes per cell, C classes; fully connected as in the paper (`fc=True`) or 1x1 conv."""
 
-    def __init__(self, in_channels: int, num_classes: int, *, grid: int = 7, boxes: int = 2,
-                 hidden: int = 256, fc: bool = True, dropout: float = 0.5):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        grid: int = 7,
+        boxes: int = 2,
+        hidden: int = 256,
+        fc: bool = True,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         self.grid, self.boxes, self.num_classes = grid, boxes, num_classes
         out = boxes * 5 + num_classes
         self.conv = conv_bn(in_channels, hidden)
         self.pool = nn.AdaptiveAvgPool2d(grid)  # any input size -> S x S
         if fc:
-            self.out = nn.Sequential(nn.Flatten(1), nn.Linear(hidden * grid * grid, hidden * 2),
-                                     nn.LeakyReLU(0.1, inplace=True), nn.Dropout(dropout),
-                                     nn.Linear(hidden * 2, grid * grid * out))
+            self.out = nn.Sequential(
+                nn.Flatten(1),
+                nn.Linear(hidden * grid * grid, hidden * 2),
+                nn.LeakyReLU(0.1, inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(hidden * 2, grid * grid * out),
+            )
         else:
             self.out = nn.Conv2d(hidden, out, 1)
         self.fc = fc
@@ -46,8 +60,9 @@ class YoloV1Head(nn.Module):
 class YoloV2Head(nn.Module):
     """Anchors at stride 32 with the passthrough layer: stride-16 features, space-to-depth, concatenated."""
 
-    def __init__(self, c16: int, c32: int, num_classes: int, *, anchors: int = 5, hidden: int = 256,
-                 passthrough: int = 32):
+    def __init__(
+        self, c16: int, c32: int, num_classes: int, *, anchors: int = 5, hidden: int = 256, passthrough: int = 32
+    ):
         super().__init__()
         self.anchors, self.num_classes = anchors, num_classes
         self.top = nn.Sequential(conv_bn(c32, hidden), conv_bn(hidden, hidden))
@@ -65,8 +80,7 @@ class YoloV2Head(nn.Module):
 class YoloV3Head(nn.Module):
     """Three scales (strides 8/16/32): top-down upsample + concat (FPN style), 3 anchors per scale."""
 
-    def __init__(self, channels: dict[int, int], num_classes: int, *, anchors_per_scale: int = 3,
-                 hidden: int = 128):
+    def __init__(self, channels: dict[int, int], num_classes: int, *, anchors_per_scale: int = 3, hidden: int = 128):
         super().__init__()
         self.na, self.num_classes = anchors_per_scale, num_classes
         out = anchors_per_scale * (5 + num_classes)

@@ -72,7 +72,7 @@ class YoloV1Loss(nn.Module):
         conf = sig[..., 4]
         obj = ((conf - iou) ** 2)[resp].sum()
         noobj = self.lambda_noobj * (conf[~resp] ** 2).sum()
-        cls = ((raw[..., self.b * 5:].softmax(-1) - tcls) ** 2).sum(-1)[has].sum()
+        cls = ((raw[..., self.b * 5 :].softmax(-1) - tcls) ** 2).sum(-1)[has].sum()
         total = (coord + obj + noobj + cls) / n
         return total, _parts(coord=coord / n, obj=obj / n, noobj=noobj / n, cls=cls / n)
 
@@ -85,15 +85,29 @@ class YoloV2Loss(nn.Module):
     sigmoid(obj)^2 for predictions whose best IoU with every ground truth is below `ignore_iou`.
     """
 
-    def __init__(self, num_classes: int, anchors: torch.Tensor, *, lambda_coord: float = 1.0,
-                 lambda_obj: float = 5.0, lambda_noobj: float = 1.0, lambda_cls: float = 1.0,
-                 ignore_iou: float = 0.6, obj_target: str = "iou"):
+    def __init__(
+        self,
+        num_classes: int,
+        anchors: torch.Tensor,
+        *,
+        lambda_coord: float = 1.0,
+        lambda_obj: float = 5.0,
+        lambda_noobj: float = 1.0,
+        lambda_cls: float = 1.0,
+        ignore_iou: float = 0.6,
+        obj_target: str = "iou",
+    ):
         super().__init__()
         if obj_target not in ("iou", "one"):
             raise ConfigError(f"obj_target: {obj_target!r}; choose 'iou' or 'one'")
         self.c = num_classes
         self.register_buffer("anchors", torch.as_tensor(anchors, dtype=torch.float32).reshape(-1, 2))
-        self.lambda_coord, self.lambda_obj, self.lambda_noobj, self.lambda_cls = lambda_coord, lambda_obj, lambda_noobj, lambda_cls
+        self.lambda_coord, self.lambda_obj, self.lambda_noobj, self.lambda_cls = (
+            lambda_coord,
+            lambda_obj,
+            lambda_noobj,
+            lambda_cls,
+        )
         self.ignore_iou, self.obj_target = ignore_iou, obj_target
 
     def forward(self, raw: torch.Tensor, targets: list[dict], image_size, anchors: torch.Tensor | None = None):
@@ -117,14 +131,18 @@ class YoloV2Loss(nn.Module):
             fx, fy = c[:, 0] / iw * w, c[:, 1] / ih * h
             gx, gy = fx.long().clamp(0, w - 1), fy.long().clamp(0, h - 1)
             pos[i, k, gy, gx] = True
-            t[i, k, gy, gx] = torch.stack([fx - gx, fy - gy, (c[:, 2] / anchors[k, 0]).log(),
-                                           (c[:, 3] / anchors[k, 1]).log()], 1)
+            t[i, k, gy, gx] = torch.stack(
+                [fx - gx, fy - gy, (c[:, 2] / anchors[k, 0]).log(), (c[:, 3] / anchors[k, 1]).log()], 1
+            )
             tscale[i, k, gy, gx] = 2 - c[:, 2] * c[:, 3] / (iw * ih)
             tlab[i, k, gy, gx] = labels
             tbox[i, k, gy, gx] = boxes
         noobj &= ~pos
         rp = raw[pos]
-        coord = self.lambda_coord * (tscale[pos][:, None] * (torch.cat([rp[:, :2].sigmoid(), rp[:, 2:4]], 1) - t[pos]) ** 2).sum()
+        coord = (
+            self.lambda_coord
+            * (tscale[pos][:, None] * (torch.cat([rp[:, :2].sigmoid(), rp[:, 2:4]], 1) - t[pos]) ** 2).sum()
+        )
         conf = raw[..., 4].sigmoid()
         target = paired_iou(pred[pos], tbox[pos]).detach() if self.obj_target == "iou" else torch.ones_like(conf[pos])
         obj = self.lambda_obj * ((conf[pos] - target) ** 2).sum()
@@ -157,9 +175,18 @@ class YoloV3Loss(nn.Module):
     weights, which needs far more steps to lift objectness off its prior.
     """
 
-    def __init__(self, num_classes: int, anchors: torch.Tensor, *, box_loss: str = "ciou",
-                 match_iou: float | None = None, ignore_iou: float = 0.5, obj_target: str = "one",
-                 obj_norm: str = "positives", weights: V3Weights | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        anchors: torch.Tensor,
+        *,
+        box_loss: str = "ciou",
+        match_iou: float | None = None,
+        ignore_iou: float = 0.5,
+        obj_target: str = "one",
+        obj_norm: str = "positives",
+        weights: V3Weights | None = None,
+    ):
         super().__init__()
         if box_loss not in ("giou", "ciou", "mse"):
             raise ConfigError(f"box_loss: {box_loss!r}; choose giou, ciou or mse")
@@ -168,7 +195,13 @@ class YoloV3Loss(nn.Module):
         self.obj_norm = obj_norm
         if obj_target not in ("iou", "one"):
             raise ConfigError(f"obj_target: {obj_target!r}; choose 'iou' or 'one'")
-        self.c, self.box_loss, self.match_iou, self.ignore_iou, self.obj_target = num_classes, box_loss, match_iou, ignore_iou, obj_target
+        self.c, self.box_loss, self.match_iou, self.ignore_iou, self.obj_target = (
+            num_classes,
+            box_loss,
+            match_iou,
+            ignore_iou,
+            obj_target,
+        )
         self.w = weights or V3Weights()
         self.register_buffer("anchors", torch.as_tensor(anchors, dtype=torch.float32).reshape(-1, 2))
 
@@ -181,7 +214,7 @@ class YoloV3Loss(nn.Module):
         box_terms, cls_terms, obj = [], [], raw[0].new_zeros(())
         for s, r in enumerate(raw):
             n, _, h, w = r.shape[:4]
-            anc = anchors[s * na:(s + 1) * na]
+            anc = anchors[s * na : (s + 1) * na]
             pred = cxcywh_to_xyxy(anchor_boxes(r, anc, image_size))
             tobj = torch.zeros_like(r[..., 4])
             weight = torch.ones_like(tobj)
@@ -195,7 +228,7 @@ class YoloV3Loss(nn.Module):
                 match = F.one_hot(ious.argmax(1), len(anchors)).bool()
                 if self.match_iou is not None:
                     match |= ious > self.match_iou
-                g, k = match[:, s * na:(s + 1) * na].nonzero(as_tuple=True)
+                g, k = match[:, s * na : (s + 1) * na].nonzero(as_tuple=True)
                 if len(g) == 0:
                     continue
                 fx, fy = c[g, 0] / iw * w, c[g, 1] / ih * h
@@ -207,8 +240,11 @@ class YoloV3Loss(nn.Module):
                 else:
                     fn = giou_loss if self.box_loss == "giou" else ciou_loss
                     box_terms.append(fn(pb, boxes[g]))
-                cls_terms.append(F.binary_cross_entropy_with_logits(
-                    rp[:, 5:], F.one_hot(labels[g], self.c).float(), reduction="none").sum(1))
+                cls_terms.append(
+                    F.binary_cross_entropy_with_logits(
+                        rp[:, 5:], F.one_hot(labels[g], self.c).float(), reduction="none"
+                    ).sum(1)
+                )
                 tobj[i, k, gy, gx] = paired_iou(pb, boxes[g]).detach().clamp(0) if self.obj_target == "iou" else 1.0
                 weight[i, k, gy, gx] = 1.0
             bce = F.binary_cross_entropy_with_logits(r[..., 4], tobj, weight=weight, reduction="sum")

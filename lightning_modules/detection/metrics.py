@@ -10,20 +10,33 @@ from __future__ import annotations
 
 import contextlib
 import io
-
 from pathlib import Path
 
 import torch
 
-COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
-             "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
+COCO_KEYS = (
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
 VOC_IOU = 0.5
 
 
 def _gt_item(g: dict) -> dict:
     # float64 so xyxy -> xywh conversion does not move boxes compared with the json's xywh.
-    item = {"boxes": torch.as_tensor(g["boxes"], dtype=torch.float64).reshape(-1, 4),
-            "labels": torch.as_tensor(g["labels"], dtype=torch.int64).reshape(-1)}
+    item = {
+        "boxes": torch.as_tensor(g["boxes"], dtype=torch.float64).reshape(-1, 4),
+        "labels": torch.as_tensor(g["labels"], dtype=torch.int64).reshape(-1),
+    }
     for key, dtype in (("area", torch.float64), ("iscrowd", torch.int64)):
         if g.get(key) is not None:
             item[key] = torch.as_tensor(g[key], dtype=dtype).reshape(-1)
@@ -31,9 +44,11 @@ def _gt_item(g: dict) -> dict:
 
 
 def _pred_item(p: dict) -> dict:
-    return {"boxes": torch.as_tensor(p["boxes"], dtype=torch.float64).reshape(-1, 4),
-            "labels": torch.as_tensor(p["labels"], dtype=torch.int64).reshape(-1),
-            "scores": torch.as_tensor(p["scores"], dtype=torch.float64).reshape(-1)}
+    return {
+        "boxes": torch.as_tensor(p["boxes"], dtype=torch.float64).reshape(-1, 4),
+        "labels": torch.as_tensor(p["labels"], dtype=torch.int64).reshape(-1),
+        "scores": torch.as_tensor(p["scores"], dtype=torch.float64).reshape(-1),
+    }
 
 
 def coco_map(gt: list[dict], pred: list[dict]) -> dict:
@@ -47,12 +62,18 @@ def coco_map(gt: list[dict], pred: list[dict]) -> dict:
     # threshold like float32(0.2) > 0.2 moves COCOeval's searchsorted (mAP off by up to ~1e-2).
     iou_thr = np.linspace(0.5, 0.95, 10).tolist()
     rec_thr = np.linspace(0.0, 1.0, 101).tolist()
-    metric = MeanAveragePrecision(backend="faster_coco_eval", iou_type="bbox", class_metrics=True,
-                                  extended_summary=True, iou_thresholds=iou_thr, rec_thresholds=rec_thr,
-                                  max_detection_thresholds=[1, 10, 100],
-                                  # one process scores everything it is given: never wait on other
-                                  # ranks (rank 0 scores the validation set after a DDP fit)
-                                  sync_on_compute=False)
+    metric = MeanAveragePrecision(
+        backend="faster_coco_eval",
+        iou_type="bbox",
+        class_metrics=True,
+        extended_summary=True,
+        iou_thresholds=iou_thr,
+        rec_thresholds=rec_thr,
+        max_detection_thresholds=[1, 10, 100],
+        # one process scores everything it is given: never wait on other
+        # ranks (rank 0 scores the validation set after a DDP fit)
+        sync_on_compute=False,
+    )
     metric.warn_on_many_detections = False
     metric.update([_pred_item(p) for p in pred], [_gt_item(g) for g in gt])
     # faster-coco-eval prints COCOeval's summary for every class; keep stdout for our own table.
@@ -164,12 +185,18 @@ def voc_map(gt: list[dict], pred: list[dict], num_classes: int) -> dict:
         per10.append(voc_ap(rec, prec, use_07=False) if npos else -1.0)
     valid = [k for k in range(num_classes) if curves[k][2] > 0]
     mean = lambda v: sum(v[k] for k in valid) / len(valid) if valid else -1.0  # noqa: E731
-    return {"voc07_ap50": mean(per07), "voc10_ap50": mean(per10), "voc07_per_class": per07,
-            "voc10_per_class": per10, "curves": curves}
+    return {
+        "voc07_ap50": mean(per07),
+        "voc10_ap50": mean(per10),
+        "voc07_per_class": per07,
+        "voc10_per_class": per10,
+        "curves": curves,
+    }
 
 
-def confusion_matrix(gt: list[dict], pred: list[dict], num_classes: int, *, iou: float = 0.5,
-                     score_threshold: float = 0.25) -> torch.Tensor:
+def confusion_matrix(
+    gt: list[dict], pred: list[dict], num_classes: int, *, iou: float = 0.5, score_threshold: float = 0.25
+) -> torch.Tensor:
     """[K+1, K+1] counts, rows = true class, columns = predicted; index K is background.
 
     Predictions above `score_threshold` are matched one-to-one to GT at IoU >= `iou`, regardless of
@@ -256,8 +283,10 @@ def format_table(result: dict) -> str:
     w = max([5] + [len(n) for n in result["per_class"]])
     lines.append(f"{'class':<{w}} {'gt':>6} {'AP':>7} {'AP50':>7} {'VOC07':>7} {'VOC10':>7}")
     for name, r in result["per_class"].items():
-        lines.append(f"{name:<{w}} {r['gt']:>6} {r['ap']:>7.4f} {r['ap50']:>7.4f} "
-                     f"{r['voc07_ap50']:>7.4f} {r['voc10_ap50']:>7.4f}")
+        lines.append(
+            f"{name:<{w}} {r['gt']:>6} {r['ap']:>7.4f} {r['ap50']:>7.4f} "
+            f"{r['voc07_ap50']:>7.4f} {r['voc10_ap50']:>7.4f}"
+        )
     return "\n".join(lines)
 
 
@@ -307,8 +336,7 @@ def plot_confusion_matrix(cm: torch.Tensor, names, path: Path) -> Path:
     return path
 
 
-def draw_samples(images, gts, preds, class_names, out_dir, n: int = 8, *,
-                 score_threshold: float = 0.25) -> list[Path]:
+def draw_samples(images, gts, preds, class_names, out_dir, n: int = 8, *, score_threshold: float = 0.25) -> list[Path]:
     """Save up to `n` images with true boxes (green) and predictions (red, 'name score').
 
     `images`: uint8 tensors [3,H,W] or image file paths; `gts` may be None.
@@ -324,15 +352,19 @@ def draw_samples(images, gts, preds, class_names, out_dir, n: int = 8, *,
             img = read_image(str(img), mode=ImageReadMode.RGB)
         img = img[:3] if img.shape[0] >= 3 else img.expand(3, -1, -1)
         if gts is not None and len(gts[i]["labels"]):
-            img = draw_bounding_boxes(img, torch.as_tensor(gts[i]["boxes"]).float().reshape(-1, 4),
-                                      colors="lime", width=1)
+            img = draw_bounding_boxes(
+                img, torch.as_tensor(gts[i]["boxes"]).float().reshape(-1, 4), colors="lime", width=1
+            )
         p = preds[i]
         keep = torch.as_tensor(p["scores"]).reshape(-1) >= score_threshold
         if keep.any():
             boxes = torch.as_tensor(p["boxes"]).float().reshape(-1, 4)[keep]
-            text = [f"{class_names[int(c)]} {float(s):.2f}"
-                    for c, s in zip(torch.as_tensor(p["labels"]).reshape(-1)[keep],
-                                    torch.as_tensor(p["scores"]).reshape(-1)[keep])]
+            text = [
+                f"{class_names[int(c)]} {float(s):.2f}"
+                for c, s in zip(
+                    torch.as_tensor(p["labels"]).reshape(-1)[keep], torch.as_tensor(p["scores"]).reshape(-1)[keep]
+                )
+            ]
             img = draw_bounding_boxes(img, boxes, labels=text, colors="red", width=1)
         path = out / f"sample_{i:03d}.png"
         save_image(img.float() / 255, path)

@@ -24,8 +24,16 @@ from lightning_modules.models import build_model
 class Detector(nn.Module):
     """forward(images) -> raw head outputs; loss(raw, targets, image_size); predict(images, conf, iou)."""
 
-    def __init__(self, version: str, backbone: nn.Module, head: nn.Module, criterion: nn.Module,
-                 num_classes: int, image_size: int, anchors: torch.Tensor | None = None):
+    def __init__(
+        self,
+        version: str,
+        backbone: nn.Module,
+        head: nn.Module,
+        criterion: nn.Module,
+        num_classes: int,
+        image_size: int,
+        anchors: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.version, self.num_classes, self.image_size = version, num_classes, int(image_size)
         self.backbone, self.head, self.criterion = backbone, head, criterion
@@ -57,8 +65,9 @@ class Detector(nn.Module):
         return dec.decode_v3(raw, self._anchors_at(image_size), image_size)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, conf: float = 0.25, iou: float = 0.45, *, agnostic: bool = False,
-                max_det: int = 100) -> list[dict[str, torch.Tensor]]:
+    def predict(
+        self, images: torch.Tensor, conf: float = 0.25, iou: float = 0.45, *, agnostic: bool = False, max_det: int = 100
+    ) -> list[dict[str, torch.Tensor]]:
         """Per image {"boxes" xyxy pixels, "scores", "labels"} after confidence filtering and NMS."""
         was = self.training
         self.eval()
@@ -81,11 +90,20 @@ def _backbone(name: str, width: float, small_input: bool) -> nn.Module:
     return bb
 
 
-def _yolov1(backbone_name, num_classes, anchors, *, width, small_input, image_size, grid=7, boxes=2, fc=True, **loss_kw):
+def _yolov1(
+    backbone_name, num_classes, anchors, *, width, small_input, image_size, grid=7, boxes=2, fc=True, **loss_kw
+):
     bb = _backbone(backbone_name, width, small_input)
     cin = bb.num_features if bb.name == "yolov1" else bb.feature_channels[32]
-    head = YoloV1Head(cin, num_classes, grid=grid, boxes=boxes, hidden=_hidden(width, 1024 if fc else 512), fc=fc,
-                      dropout=0.5 if fc else 0.0)
+    head = YoloV1Head(
+        cin,
+        num_classes,
+        grid=grid,
+        boxes=boxes,
+        hidden=_hidden(width, 1024 if fc else 512),
+        fc=fc,
+        dropout=0.5 if fc else 0.0,
+    )
     return Detector("yolov1", bb, head, YoloV1Loss(num_classes, boxes=boxes, **loss_kw), num_classes, image_size)
 
 
@@ -102,8 +120,9 @@ def _yolov2(backbone_name, num_classes, anchors, *, width, small_input, image_si
     a = _check_anchors(anchors, 5, "yolov2")
     bb = _backbone(backbone_name, width, small_input)
     ch = bb.feature_channels
-    head = YoloV2Head(ch[16], ch[32], num_classes, anchors=len(a), hidden=_hidden(width, 1024),
-                      passthrough=_hidden(width, 64))
+    head = YoloV2Head(
+        ch[16], ch[32], num_classes, anchors=len(a), hidden=_hidden(width, 1024), passthrough=_hidden(width, 64)
+    )
     _prior_obj(head.out, len(a), num_classes)
     return Detector("yolov2", bb, head, YoloV2Loss(num_classes, a, **loss_kw), num_classes, image_size, a)
 
@@ -127,8 +146,17 @@ def _prior_obj(conv: nn.Conv2d, anchors: int, num_classes: int, prior: float = 0
 DETECTORS: dict[str, Callable[..., Detector]] = {"yolov1": _yolov1, "yolov2": _yolov2, "yolov3": _yolov3}
 
 
-def build_detector(version: str, backbone_name: str, num_classes: int, anchors: Sequence | torch.Tensor | None = None,
-                   *, width: float = 1.0, small_input: bool = False, image_size: int = 416, **options) -> Detector:
+def build_detector(
+    version: str,
+    backbone_name: str,
+    num_classes: int,
+    anchors: Sequence | torch.Tensor | None = None,
+    *,
+    width: float = 1.0,
+    small_input: bool = False,
+    image_size: int = 416,
+    **options,
+) -> Detector:
     """Build a YOLO detector; `options` go to the head (v1: grid, boxes, fc) or the loss."""
     try:
         builder = DETECTORS[version]
@@ -136,8 +164,9 @@ def build_detector(version: str, backbone_name: str, num_classes: int, anchors: 
         raise ConfigError(f"detector {version!r} is unknown; choose one of: {', '.join(DETECTORS)}") from None
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes: {num_classes!r} must be a positive integer")
-    return builder(backbone_name, num_classes, anchors, width=width, small_input=small_input,
-                   image_size=image_size, **options)
+    return builder(
+        backbone_name, num_classes, anchors, width=width, small_input=small_input, image_size=image_size, **options
+    )
 
 
 def load_backbone(detector: Detector, checkpoint: str | Path) -> dict[str, list[str]]:

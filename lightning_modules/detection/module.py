@@ -31,10 +31,20 @@ class DetectionModule(BodyFreezing, L.LightningModule):
     `anchors` are (w, h) pixels at `image_size`; `lr` is the effective (already scaled) LR.
     """
 
-    def __init__(self, model: dict[str, Any], detection: dict[str, Any], optim: dict[str, Any], num_classes: int,
-                 image_size: int, anchors: list[list[float]] | None = None, class_names: list[str] | None = None,
-                 mean: tuple[float, float, float] = (0.5, 0.5, 0.5), std: tuple[float, float, float] = (0.25, 0.25, 0.25),
-                 lr: float | None = None, seed: int = 0):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        detection: dict[str, Any],
+        optim: dict[str, Any],
+        num_classes: int,
+        image_size: int,
+        anchors: list[list[float]] | None = None,
+        class_names: list[str] | None = None,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.25, 0.25, 0.25),
+        lr: float | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         from torchmetrics.detection import MeanAveragePrecision
@@ -47,8 +57,16 @@ class DetectionModule(BodyFreezing, L.LightningModule):
             options.update(grid=d.get("grid", 7), boxes=d.get("boxes", 2))
         elif d["version"] == "yolov3":
             options["box_loss"] = d.get("box_loss", "ciou")
-        self.detector = build_detector(d["version"], model["name"], num_classes, anchors, width=model.get("width", 1.0),
-                                       small_input=model.get("small_input", False), image_size=image_size, **options)
+        self.detector = build_detector(
+            d["version"],
+            model["name"],
+            num_classes,
+            anchors,
+            width=model.get("width", 1.0),
+            small_input=model.get("small_input", False),
+            image_size=image_size,
+            **options,
+        )
         if model.get("pretrained_checkpoint"):
             load_backbone(self.detector, model["pretrained_checkpoint"])
         self.lr = lr if lr is not None else optim["lr"]
@@ -73,7 +91,9 @@ class DetectionModule(BodyFreezing, L.LightningModule):
             images, targets = self._rescale(images, targets)
         return images, targets
 
-    def _rescale(self, images: torch.Tensor, targets: list[dict], step: int | None = None) -> tuple[torch.Tensor, list[dict]]:
+    def _rescale(
+        self, images: torch.Tensor, targets: list[dict], step: int | None = None
+    ) -> tuple[torch.Tensor, list[dict]]:
         """YOLOv2's multi-scale training: a new input size every k batches, the same on every rank
         (drawn from the step number), boxes scaled with the images."""
         d = self.hparams.detection
@@ -109,17 +129,24 @@ class DetectionModule(BodyFreezing, L.LightningModule):
         raw = self(images)
         loss, _ = self.detector.loss(raw, targets, images.shape[-2:])
         self.log("val/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
-        self.val_map.update(self.decode(raw, images.shape[-2:]),
-                            [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        self.val_map.update(
+            self.decode(raw, images.shape[-2:]), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+        )
 
     def decode(self, raw, size) -> list[dict[str, torch.Tensor]]:
         from lightning_modules.detection.decode import postprocess
 
         d = self.hparams.detection
         boxes, scores = self.detector.decode(raw, size)
-        return postprocess(boxes.float(), scores.float(), size, conf=d.get("conf_threshold", 0.001),
-                           iou=d.get("nms_iou", 0.6), agnostic=d.get("class_agnostic_nms", False),
-                           max_det=d.get("max_det", 100))
+        return postprocess(
+            boxes.float(),
+            scores.float(),
+            size,
+            conf=d.get("conf_threshold", 0.001),
+            iou=d.get("nms_iou", 0.6),
+            agnostic=d.get("class_agnostic_nms", False),
+            max_det=d.get("max_det", 100),
+        )
 
     def on_validation_epoch_end(self) -> None:
         # compute() gathers every rank's detections (a collective: all ranks call it).
@@ -141,6 +168,12 @@ class DetectionModule(BodyFreezing, L.LightningModule):
         """Validation PR curves, confusion matrix and drawn samples (rank 0, after fit)."""
         from lightning_modules.detection.evaluation import evaluate_loader, predictor_from_module
 
-        res = evaluate_loader(predictor_from_module(self), datamodule.val_dataloader(), datamodule.class_names,
-                              out_dir, rows=datamodule.val_ds.rows, root=datamodule.prepared_dir)
+        res = evaluate_loader(
+            predictor_from_module(self),
+            datamodule.val_dataloader(),
+            datamodule.class_names,
+            out_dir,
+            rows=datamodule.val_ds.rows,
+            root=datamodule.prepared_dir,
+        )
         return [Path(p) for p in res["figure_paths"]], {f"val_{k}": res[k] for k in ("map", "map_50", "voc07_ap50")}

@@ -217,7 +217,7 @@ class Backbone(nn.Module):
 def _map_key(model: Backbone, key: str) -> str | None:
     for tv_prefix, our_prefix in model.torchvision_keys:
         if key.startswith(tv_prefix):
-            return our_prefix + key[len(tv_prefix):]
+            return our_prefix + key[len(tv_prefix) :]
     return None
 
 
@@ -247,14 +247,18 @@ def load_torchvision_weights(model: Backbone, state_dict_or_path: Mapping[str, t
         if new is None or new not in ours:
             unexpected.append(key)
         elif ours[new].shape != value.shape:
-            (skipped if new.startswith("head.fc.") else mismatched).append(f"{key} {tuple(value.shape)} vs {tuple(ours[new].shape)}")
+            (skipped if new.startswith("head.fc.") else mismatched).append(
+                f"{key} {tuple(value.shape)} vs {tuple(ours[new].shape)}"
+            )
         else:
             mapped[new] = value
     missing = [k for k in ours if k not in mapped and not k.startswith("head.fc.")]
     if unexpected or mismatched or missing:
-        problems = [f"unexpected keys {unexpected[:5]}" if unexpected else "",
-                    f"shape mismatches {mismatched[:5]}" if mismatched else "",
-                    f"missing keys {missing[:5]}" if missing else ""]
+        problems = [
+            f"unexpected keys {unexpected[:5]}" if unexpected else "",
+            f"shape mismatches {mismatched[:5]}" if mismatched else "",
+            f"missing keys {missing[:5]}" if missing else "",
+        ]
         raise ConfigError(f"{source}: does not fit {model.name} ({'; '.join(p for p in problems if p)})")
     if skipped:
         log.info("%s: classifier shape differs (%s); keeping a fresh classifier", source, skipped[0])

@@ -24,11 +24,13 @@ from lightning_modules.models.backbone import (
 
 
 def conv_bn_act(cin: int, cout: int, k: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False),
-        bn=nn.BatchNorm2d(cout),
-        act=nn.LeakyReLU(0.1, inplace=True),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False),
+            bn=nn.BatchNorm2d(cout),
+            act=nn.LeakyReLU(0.1, inplace=True),
+        )
+    )
 
 
 class Residual(nn.Module):
@@ -53,15 +55,52 @@ def _init(model: nn.Module) -> None:
 
 
 # (filters, kernel, stride) per conv, "M" = 2x2/2 max-pool.
-DARKNET19 = [(32, 3, 1), "M", (64, 3, 1), "M", (128, 3, 1), (64, 1, 1), (128, 3, 1), "M",
-             (256, 3, 1), (128, 1, 1), (256, 3, 1), "M",
-             (512, 3, 1), (256, 1, 1), (512, 3, 1), (256, 1, 1), (512, 3, 1), "M",
-             (1024, 3, 1), (512, 1, 1), (1024, 3, 1), (512, 1, 1), (1024, 3, 1)]
+DARKNET19 = [
+    (32, 3, 1),
+    "M",
+    (64, 3, 1),
+    "M",
+    (128, 3, 1),
+    (64, 1, 1),
+    (128, 3, 1),
+    "M",
+    (256, 3, 1),
+    (128, 1, 1),
+    (256, 3, 1),
+    "M",
+    (512, 3, 1),
+    (256, 1, 1),
+    (512, 3, 1),
+    (256, 1, 1),
+    (512, 3, 1),
+    "M",
+    (1024, 3, 1),
+    (512, 1, 1),
+    (1024, 3, 1),
+    (512, 1, 1),
+    (1024, 3, 1),
+]
 
-YOLOV1 = [(64, 7, 2), "M", (192, 3, 1), "M", (128, 1, 1), (256, 3, 1), (256, 1, 1), (512, 3, 1), "M",
-          *[(256, 1, 1), (512, 3, 1)] * 4, (512, 1, 1), (1024, 3, 1), "M",
-          *[(512, 1, 1), (1024, 3, 1)] * 2, (1024, 3, 1), (1024, 3, 2),
-          (1024, 3, 1), (1024, 3, 1)]
+YOLOV1 = [
+    (64, 7, 2),
+    "M",
+    (192, 3, 1),
+    "M",
+    (128, 1, 1),
+    (256, 3, 1),
+    (256, 1, 1),
+    (512, 3, 1),
+    "M",
+    *[(256, 1, 1), (512, 3, 1)] * 4,
+    (512, 1, 1),
+    (1024, 3, 1),
+    "M",
+    *[(512, 1, 1), (1024, 3, 1)] * 2,
+    (1024, 3, 1),
+    (1024, 3, 2),
+    (1024, 3, 1),
+    (1024, 3, 1),
+]
 
 
 def _plain_body(spec: list, width: float, dropout: DropoutConfig, small_input: bool) -> BodyBuilder:
@@ -93,19 +132,24 @@ def _plain_body(spec: list, width: float, dropout: DropoutConfig, small_input: b
     return b
 
 
-def darknet19(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False) -> Backbone:
+def darknet19(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     """YOLOv2's classifier: 19 convs (the last a 1x1 to the classes, on the 7x7 map) and 5 max-pools."""
     width = check_width(width)
     dropout = DropoutConfig.coerce(dropout, DropoutConfig())
     b = _plain_body(DARKNET19, width, dropout, small_input)
     head = ConvClassifier(b.out_channels, num_classes, dropout.classifier)
-    model = Backbone("darknet19", b, global_pool(), head, num_features=b.out_channels,
-                     small_input=small_input, head_on_map=True)
+    model = Backbone(
+        "darknet19", b, global_pool(), head, num_features=b.out_channels, small_input=small_input, head_on_map=True
+    )
     _init(model.body)
     return model
 
 
-def yolov1(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False) -> Backbone:
+def yolov1(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     """YOLOv1's 24 conv layers (final stride 64) + global average pool + Linear as a classifier.
 
     YOLOv1 pretrained only its first 20 convs on ImageNet; here all 24 form the body, and
@@ -114,13 +158,21 @@ def yolov1(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig |
     width = check_width(width)
     dropout = DropoutConfig.coerce(dropout, DropoutConfig())
     b = _plain_body(YOLOV1, width, dropout, small_input)
-    model = Backbone("yolov1", b, global_pool(), linear_head(b.out_channels, num_classes, dropout.classifier),
-                     num_features=b.out_channels, small_input=small_input)
+    model = Backbone(
+        "yolov1",
+        b,
+        global_pool(),
+        linear_head(b.out_channels, num_classes, dropout.classifier),
+        num_features=b.out_channels,
+        small_input=small_input,
+    )
     _init(model.body)
     return model
 
 
-def darknet53(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False) -> Backbone:
+def darknet53(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     """YOLOv3's backbone: 52 convs (stem + 5 x (stride-2 conv + residual blocks)) + the 1000-way layer."""
     width = check_width(width)
     dropout = DropoutConfig.coerce(dropout, DropoutConfig())
@@ -135,7 +187,13 @@ def darknet53(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfi
         b.add(f"stage{i + 1}", nn.Sequential(layers), stride=2, channels=cout)
         b.end_stage()
         cin = cout
-    model = Backbone("darknet53", b, global_pool(), linear_head(cin, num_classes, dropout.classifier),
-                     num_features=cin, small_input=small_input)
+    model = Backbone(
+        "darknet53",
+        b,
+        global_pool(),
+        linear_head(cin, num_classes, dropout.classifier),
+        num_features=cin,
+        small_input=small_input,
+    )
     _init(model.body)
     return model

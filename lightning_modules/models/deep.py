@@ -81,11 +81,13 @@ class ResidualUnit(nn.Module):
 def _stage(cin: int, cout: int, stride: int, kind: str) -> nn.Sequential:
     """One stage: the first unit changes channels and stride, the others keep them."""
     if kind == "residual":
-        return nn.Sequential(*[ResidualUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                               for i in range(CONVS_PER_STAGE // 2)])
+        return nn.Sequential(
+            *[ResidualUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(CONVS_PER_STAGE // 2)]
+        )
     bn = kind == "plain_bn"
-    return nn.Sequential(*[ConvUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1, bn)
-                           for i in range(CONVS_PER_STAGE)])
+    return nn.Sequential(
+        *[ConvUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1, bn) for i in range(CONVS_PER_STAGE)]
+    )
 
 
 def _init(model: nn.Module) -> None:
@@ -99,8 +101,9 @@ def _init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _build(name: str, kind: str, num_classes: int, width: float, dropout: DropoutConfig | None,
-           small_input: bool) -> Backbone:
+def _build(
+    name: str, kind: str, num_classes: int, width: float, dropout: DropoutConfig | None, small_input: bool
+) -> Backbone:
     width = check_width(width)
     dropout = DropoutConfig.coerce(dropout, DropoutConfig())
     c = [scaled(n, width) for n in CHANNELS]
@@ -117,24 +120,33 @@ def _build(name: str, kind: str, num_classes: int, width: float, dropout: Dropou
         b.add(f"layer{i + 1}", _stage(cin, cout, stride, kind), stride=stride, channels=cout)
         b.end_stage()
         cin = cout
-    model = Backbone(name, b, global_pool(), linear_head(c[3], num_classes, dropout.classifier),
-                     num_features=c[3], small_input=small_input)
+    model = Backbone(
+        name,
+        b,
+        global_pool(),
+        linear_head(c[3], num_classes, dropout.classifier),
+        num_features=c[3],
+        small_input=small_input,
+    )
     _init(model.body)
     return model
 
 
-def deep_plain(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None,
-               small_input: bool = False) -> Backbone:
+def deep_plain(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     return _build("deep_plain", "plain", num_classes, width, dropout, small_input)
 
 
-def deep_plain_bn(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None,
-                  small_input: bool = False) -> Backbone:
+def deep_plain_bn(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     return _build("deep_plain_bn", "plain_bn", num_classes, width, dropout, small_input)
 
 
-def deep_residual(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None,
-                  small_input: bool = False) -> Backbone:
+def deep_residual(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     return _build("deep_residual", "residual", num_classes, width, dropout, small_input)
 
 

@@ -41,7 +41,9 @@ class PlainBlock(BasicBlock):
 def _make_layer(inplanes: int, planes: int, blocks: int, stride: int, plain: bool) -> nn.Sequential:
     """torchvision's ResNet._make_layer for BasicBlock (or PlainBlock)."""
     if plain:
-        return nn.Sequential(*[PlainBlock(inplanes if i == 0 else planes, planes, stride if i == 0 else 1) for i in range(blocks)])
+        return nn.Sequential(
+            *[PlainBlock(inplanes if i == 0 else planes, planes, stride if i == 0 else 1) for i in range(blocks)]
+        )
     downsample = None
     if stride != 1 or inplanes != planes:
         downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
@@ -59,8 +61,15 @@ def _init_like_torchvision(model: nn.Module) -> None:
             nn.init.constant_(m.bias, 0)
 
 
-def _build(name: str, layers: list[int], plain: bool, num_classes: int, width: float,
-           dropout: DropoutConfig | None, small_input: bool) -> Backbone:
+def _build(
+    name: str,
+    layers: list[int],
+    plain: bool,
+    num_classes: int,
+    width: float,
+    dropout: DropoutConfig | None,
+    small_input: bool,
+) -> Backbone:
     width = check_width(width)
     dropout = DropoutConfig.coerce(dropout, DropoutConfig())
     c = [scaled(n, width) for n in (64, 128, 256, 512)]
@@ -82,23 +91,38 @@ def _build(name: str, layers: list[int], plain: bool, num_classes: int, width: f
         b.end_stage()
         inplanes = planes
     head = linear_head(c[3], num_classes, dropout.classifier)
-    model = Backbone(name, b, global_pool(), head, num_features=c[3], small_input=small_input,
-                     torchvision_keys=() if plain else TORCHVISION_KEYS)
+    model = Backbone(
+        name,
+        b,
+        global_pool(),
+        head,
+        num_features=c[3],
+        small_input=small_input,
+        torchvision_keys=() if plain else TORCHVISION_KEYS,
+    )
     _init_like_torchvision(model.body)
     return model
 
 
-def resnet18(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False) -> Backbone:
+def resnet18(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     return _build("resnet18", [2, 2, 2, 2], False, num_classes, width, dropout, small_input)
 
 
-def resnet34(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False) -> Backbone:
+def resnet34(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     return _build("resnet34", [3, 4, 6, 3], False, num_classes, width, dropout, small_input)
 
 
-def plain18(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False) -> Backbone:
+def plain18(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     return _build("plain18", [2, 2, 2, 2], True, num_classes, width, dropout, small_input)
 
 
-def plain34(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False) -> Backbone:
+def plain34(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     return _build("plain34", [3, 4, 6, 3], True, num_classes, width, dropout, small_input)

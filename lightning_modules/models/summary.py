@@ -29,8 +29,10 @@ def summarize(name: str, *, num_classes: int = 1000, size: int = 224, device: st
     model.eval()
     shapes: dict[str, list[int]] = {}
     layers = _top_level_layers(model)
-    hooks = [m.register_forward_hook(lambda _m, _i, out, key=key: shapes.__setitem__(key, list(out.shape)))
-             for key, m in layers]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, key=key: shapes.__setitem__(key, list(out.shape)))
+        for key, m in layers
+    ]
     x = torch.zeros(1, 3, size, size, device=device)
     counter = FlopCounterMode(display=False)
     try:
@@ -45,16 +47,21 @@ def summarize(name: str, *, num_classes: int = 1000, size: int = 224, device: st
         "flops": int(counter.get_total_flops()),
         "input_size": size,
         "layers": [
-            {"name": key, "type": type(m).__name__, "output_shape": shapes[key],
-             "params": sum(p.numel() for p in m.parameters())}
-            for key, m in layers if key in shapes  # layers the forward did not use are left out
+            {
+                "name": key,
+                "type": type(m).__name__,
+                "output_shape": shapes[key],
+                "params": sum(p.numel() for p in m.parameters()),
+            }
+            for key, m in layers
+            if key in shapes  # layers the forward did not use are left out
         ],
     }
 
 
 def format_summary(d: dict) -> str:
     """A plain-text table of `summarize`'s result."""
-    rows = [(l["name"], l["type"], "x".join(map(str, l["output_shape"])), f"{l['params']:,}") for l in d["layers"]]
+    rows = [(r["name"], r["type"], "x".join(map(str, r["output_shape"])), f"{r['params']:,}") for r in d["layers"]]
     head = ("layer", "type", "output", "params")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
 
@@ -62,9 +69,15 @@ def format_summary(d: dict) -> str:
         return "  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     rule = "-" * len(line(head))
-    return "\n".join([
-        f"{d['name']} at {d['input_size']}x{d['input_size']}",
-        rule, line(head), rule, *map(line, rows), rule,
-        f"params: {d['params']:,}",
-        f"FLOPs:  {d['flops'] / 1e9:.3f} G (2 x multiply-adds = Darknet's 'Bn ops')",
-    ])
+    return "\n".join(
+        [
+            f"{d['name']} at {d['input_size']}x{d['input_size']}",
+            rule,
+            line(head),
+            rule,
+            *map(line, rows),
+            rule,
+            f"params: {d['params']:,}",
+            f"FLOPs:  {d['flops'] / 1e9:.3f} G (2 x multiply-adds = Darknet's 'Bn ops')",
+        ]
+    )

@@ -34,8 +34,9 @@ def _init_like_torchvision(model: nn.Module) -> None:
             nn.init.constant_(m.bias, 0)
 
 
-def _build(name: str, batch_norm: bool, num_classes: int, width: float,
-           dropout: DropoutConfig | None, small_input: bool) -> Backbone:
+def _build(
+    name: str, batch_norm: bool, num_classes: int, width: float, dropout: DropoutConfig | None, small_input: bool
+) -> Backbone:
     width = check_width(width)
     dropout = DropoutConfig.coerce(dropout, DropoutConfig(classifier=0.5))  # torchvision's default
     cfg = [v if v == "M" else scaled(v, width) for v in cfgs["D"]]
@@ -53,21 +54,34 @@ def _build(name: str, batch_norm: bool, num_classes: int, width: float,
         else:
             b.add(str(i), layer, channels=layer.out_channels if isinstance(layer, nn.Conv2d) else None)
     in_features, hidden, p = cfg[-2] * 7 * 7, scaled(4096, width), dropout.classifier
-    head = nn.Sequential(OrderedDict([
-        ("0", nn.Linear(in_features, hidden)), ("1", nn.ReLU(True)), ("2", nn.Dropout(p)),
-        ("3", nn.Linear(hidden, hidden)), ("4", nn.ReLU(True)), ("5", nn.Dropout(p)),
-        ("fc", nn.Linear(hidden, num_classes)),
-    ]))
+    head = nn.Sequential(
+        OrderedDict(
+            [
+                ("0", nn.Linear(in_features, hidden)),
+                ("1", nn.ReLU(True)),
+                ("2", nn.Dropout(p)),
+                ("3", nn.Linear(hidden, hidden)),
+                ("4", nn.ReLU(True)),
+                ("5", nn.Dropout(p)),
+                ("fc", nn.Linear(hidden, num_classes)),
+            ]
+        )
+    )
     pool = nn.Sequential(nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(1))
-    model = Backbone(name, b, pool, head, num_features=in_features, small_input=small_input,
-                     torchvision_keys=TORCHVISION_KEYS)
+    model = Backbone(
+        name, b, pool, head, num_features=in_features, small_input=small_input, torchvision_keys=TORCHVISION_KEYS
+    )
     _init_like_torchvision(model)
     return model
 
 
-def vgg16(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False) -> Backbone:
+def vgg16(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     return _build("vgg16", False, num_classes, width, dropout, small_input)
 
 
-def vgg16_bn(num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False) -> Backbone:
+def vgg16_bn(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
     return _build("vgg16_bn", True, num_classes, width, dropout, small_input)

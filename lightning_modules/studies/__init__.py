@@ -39,5 +39,14 @@ def studies_report(*args, **kwargs):
     return report(*args, **kwargs)
 
 
-__all__ = ["SIZES", "STUDIES", "Study", "StudyResults", "Variant", "VariantResult", "get_study", "run_study",
-           "studies_report"]
+__all__ = [
+    "SIZES",
+    "STUDIES",
+    "Study",
+    "StudyResults",
+    "Variant",
+    "VariantResult",
+    "get_study",
+    "run_study",
+    "studies_report",
+]

@@ -37,13 +37,24 @@ def _loss_name(loss: str) -> str:
 
 
 def variants(params: dict) -> list[Variant]:
-    out = [Variant(_act_name(a), (f"model.activation={a}", f"loss.name={BASE_LOSS}"),
-                   {"activation": a, "loss": BASE_LOSS, "sweep": "activation"}) for a in params["activations"]]
+    out = [
+        Variant(
+            _act_name(a),
+            (f"model.activation={a}", f"loss.name={BASE_LOSS}"),
+            {"activation": a, "loss": BASE_LOSS, "sweep": "activation"},
+        )
+        for a in params["activations"]
+    ]
     names = {v.name for v in out}
     for loss in params["losses"]:
         if _loss_name(loss) not in names:
-            out.append(Variant(_loss_name(loss), (f"model.activation={BASE_ACTIVATION}", f"loss.name={loss}"),
-                               {"activation": BASE_ACTIVATION, "loss": loss, "sweep": "loss"}))
+            out.append(
+                Variant(
+                    _loss_name(loss),
+                    (f"model.activation={BASE_ACTIVATION}", f"loss.name={loss}"),
+                    {"activation": BASE_ACTIVATION, "loss": loss, "sweep": "loss"},
+                )
+            )
     return out
 
 
@@ -67,12 +78,18 @@ def _row(results: StudyResults, name: str, bar: float | None) -> dict[str, float
         return {"best_val_acc1": None, "final_val_acc1": None, "epochs_to_bar": None, "final_train_loss": None}
     acc = v.curve("val_acc1")
     ep = epochs_to(acc, bar)
-    return {"best_val_acc1": best(acc), "final_val_acc1": last(acc),
-            "epochs_to_bar": None if ep is None else float(ep), "final_train_loss": last(v.curve("train_loss"))}
+    return {
+        "best_val_acc1": best(acc),
+        "final_val_acc1": last(acc),
+        "epochs_to_bar": None if ep is None else float(ep),
+        "final_train_loss": last(v.curve("train_loss")),
+    }
 
 
-SWEEPS = (("activation", "activations", _act_name, f"{BASE_LOSS} loss"),
-          ("loss", "losses", _loss_name, f"{BASE_ACTIVATION} activation"))
+SWEEPS = (
+    ("activation", "activations", _act_name, f"{BASE_LOSS} loss"),
+    ("loss", "losses", _loss_name, f"{BASE_ACTIVATION} activation"),
+)
 
 
 def verdict(results: StudyResults) -> dict:
@@ -87,17 +104,22 @@ def verdict(results: StudyResults) -> dict:
         for item, row in rows.items():
             for k, val in row.items():
                 numbers[f"{sweep}.{item}.{k}"] = val
-        ranked = sorted((i for i in rows if rows[i]["best_val_acc1"] is not None),
-                        key=lambda i: -rows[i]["best_val_acc1"])
+        ranked = sorted(
+            (i for i in rows if rows[i]["best_val_acc1"] is not None), key=lambda i: -rows[i]["best_val_acc1"]
+        )
         epochs = {i: rows[i]["epochs_to_bar"] for i in rows}
-        parts = ", ".join(f"{i} {pct(rows[i]['best_val_acc1'])} "
-                          f"({'never' if epochs[i] is None else f'{int(epochs[i])} ep'})" for i in ranked)
+        parts = ", ".join(
+            f"{i} {pct(rows[i]['best_val_acc1'])} ({'never' if epochs[i] is None else f'{int(epochs[i])} ep'})"
+            for i in ranked
+        )
         reached = [e for e in epochs.values() if e is not None]
         fastest = [i for i in rows if reached and epochs[i] == min(reached)]
         top = [i for i in ranked if rows[i]["best_val_acc1"] == rows[ranked[0]]["best_val_acc1"]] if ranked else []
-        text.append(f"{plural.capitalize()} (with the {fixed}): best val top-1, and epochs until val top-1 reaches "
-                    f"{pct(bar)}: {parts}. Most accurate: {', '.join(top) or 'n/a'}; fastest to {pct(bar)}: "
-                    f"{', '.join(fastest) or 'none'}.")
+        text.append(
+            f"{plural.capitalize()} (with the {fixed}): best val top-1, and epochs until val top-1 reaches "
+            f"{pct(bar)}: {parts}. Most accurate: {', '.join(top) or 'n/a'}; fastest to {pct(bar)}: "
+            f"{', '.join(fastest) or 'none'}."
+        )
     text.append(f"(Chance is {pct(chance)}; each sweep's bar is halfway from chance to its best variant.)")
     return {"numbers": numbers, "text": " ".join(text) + failed_note(results)}
 
@@ -130,7 +152,9 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     tolerate_failures=True,
-    params={"activations": ["identity", "binary_step", "sigmoid", "tanh", "relu", "leaky_relu"],
-            "losses": ["cross_entropy", "nll", "mse", "hinge", "soft_margin"]},
+    params={
+        "activations": ["identity", "binary_step", "sigmoid", "tanh", "relu", "leaky_relu"],
+        "losses": ["cross_entropy", "nll", "mse", "hinge", "soft_margin"],
+    },
     sizes=tiny(train_batches=1, epochs=2),
 )

@@ -160,7 +160,7 @@ def fmt(v: float | None, digits: int = 3) -> str:
         return str(v)
     if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4):
         return f"{v:.{max(1, digits - 1)}e}"
-    if abs(v) >= 10 ** digits:
+    if abs(v) >= 10**digits:
         return f"{v:.0f}"  # .3g would print 1590 as 1.59e+03
     return f"{v:.{digits}g}"
 
@@ -203,8 +203,13 @@ def finish(fig, axes, path: Path, title: str, xlabel: str = "epoch", legend_size
     return save(fig, path)
 
 
-def tiny(train_batches: int, epochs: int | None = None, *extra: str, batch: int | None = 8,
-         params: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def tiny(
+    train_batches: int,
+    epochs: int | None = None,
+    *extra: str,
+    batch: int | None = 8,
+    params: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
     """`Study.sizes` with the `tiny` size (tests): eighth-width nets, a few train batches, one val batch."""
     overrides = ["model.width=0.125", f"trainer.limit_train_batches={train_batches}", "trainer.limit_val_batches=1"]
     overrides += [f"trainer.max_epochs={epochs}"] if epochs is not None else []
@@ -216,4 +221,8 @@ def failed_note(results: StudyResults) -> str:
     bad = [v for v in results.variants if not v.ok]
     if not bad:
         return ""
-    return " Failed variants (no numbers): " + "; ".join(f"{v.name} ({(v.error or 'unfinished')[:120]})" for v in bad) + "."
+    return (
+        " Failed variants (no numbers): "
+        + "; ".join(f"{v.name} ({(v.error or 'unfinished')[:120]})" for v in bad)
+        + "."
+    )

@@ -8,7 +8,8 @@ at the reference batch both are the same job. Time per epoch is the job's fit wa
 The batch-size finder and the LR finder (lightning_modules.tune, Lightning's Tuner) run in this
 process after the jobs, at the reference batch: a launched job cannot be asked for them, because
 LaunchRequest carries only configs and `--set` overrides (no `--tune` flag), and tuning is
-single-device by necessity anyway. Their picks are in OUT/tune/{batch,lr}/tuned.yaml and OUT/tune/lr/figures/lr_find.png.
+single-device by necessity anyway. Their picks are in OUT/tune/{batch,lr}/tuned.yaml and
+OUT/tune/lr/figures/lr_find.png.
 On a CPU the batch-size finder has no out-of-memory signal: its "largest batch" is where its trials
 (or the data) ran out, and the verdict says so.
 """
@@ -49,13 +50,28 @@ def variants(params: dict) -> list[Variant]:
     for b in params["batch_sizes"]:
         b = int(b)
         if b == ref:
-            out.append(Variant(_name(b, None), (f"data.batch_size={b}", f"optim.lr={lr}", "optim.reference_batch=null"),
-                               {"batch": str(b), "rule": "reference"}))
+            out.append(
+                Variant(
+                    _name(b, None),
+                    (f"data.batch_size={b}", f"optim.lr={lr}", "optim.reference_batch=null"),
+                    {"batch": str(b), "rule": "reference"},
+                )
+            )
             continue
-        out.append(Variant(_name(b, "fixed"), (f"data.batch_size={b}", f"optim.lr={lr}", "optim.reference_batch=null"),
-                           {"batch": str(b), "rule": "fixed"}))
-        out.append(Variant(_name(b, "scaled"), (f"data.batch_size={b}", f"optim.lr={lr}", f"optim.reference_batch={ref}"),
-                           {"batch": str(b), "rule": "scaled"}))
+        out.append(
+            Variant(
+                _name(b, "fixed"),
+                (f"data.batch_size={b}", f"optim.lr={lr}", "optim.reference_batch=null"),
+                {"batch": str(b), "rule": "fixed"},
+            )
+        )
+        out.append(
+            Variant(
+                _name(b, "scaled"),
+                (f"data.batch_size={b}", f"optim.lr={lr}", f"optim.reference_batch={ref}"),
+                {"batch": str(b), "rule": "scaled"},
+            )
+        )
     return out
 
 
@@ -69,22 +85,43 @@ def tune_step(ctx: dict[str, Any]) -> dict[str, Any]:
     train_images = json.loads((Path(ctx["data"]) / "manifest.json").read_text())["totals"]["train"]
     # lr_find stops at the trainer's max_epochs: give it enough epochs for all of its steps.
     epochs = max(1, math.ceil(lr_steps / max(1, train_images // ref)) + 1)
-    overrides = [*ctx["overrides"], f"data.batch_size={ref}", f"optim.lr={params['lr']}", "optim.reference_batch=null",
-                 f"trainer.max_epochs={epochs}"]
+    overrides = [
+        *ctx["overrides"],
+        f"data.batch_size={ref}",
+        f"optim.lr={params['lr']}",
+        "optim.reference_batch=null",
+        f"trainer.max_epochs={epochs}",
+    ]
     found = {}
     for what, run_dir in (("batch", tune_dir / "batch"), ("lr", tune_dir / "lr")):
         if not (run_dir / "tuned.yaml").is_file():
-            _tune(ctx["configs"], overrides, Path(ctx["data"]), run_dir, ctx.get("env", {}),
-                  scale_batch=what == "batch", find_lr=what == "lr",
-                  max_batch_trials=int(params["max_batch_trials"]), lr_steps=lr_steps)
+            _tune(
+                ctx["configs"],
+                overrides,
+                Path(ctx["data"]),
+                run_dir,
+                ctx.get("env", {}),
+                scale_batch=what == "batch",
+                find_lr=what == "lr",
+                max_batch_trials=int(params["max_batch_trials"]),
+                lr_steps=lr_steps,
+            )
         found[what] = yaml.safe_load((run_dir / "tuned.yaml").read_text()) or {}
     sweep = tune_dir / "lr" / "lr_find.json"
-    files = [tune_dir / "batch" / "tuned.yaml", tune_dir / "lr" / "tuned.yaml", tune_dir / "lr" / "figures" / "lr_find.png",
-             sweep]
-    return {"tuned_batch": found["batch"].get("data", {}).get("batch_size"),
-            "tuned_lr": found["lr"].get("optim", {}).get("lr"), "tuned_lr_batch": ref, "lr_steps": lr_steps,
-            "lr_min_loss": json.loads(sweep.read_text()).get("lr_min_loss") if sweep.is_file() else None,
-            "artifacts": [str(p) for p in files if p.is_file()]}
+    files = [
+        tune_dir / "batch" / "tuned.yaml",
+        tune_dir / "lr" / "tuned.yaml",
+        tune_dir / "lr" / "figures" / "lr_find.png",
+        sweep,
+    ]
+    return {
+        "tuned_batch": found["batch"].get("data", {}).get("batch_size"),
+        "tuned_lr": found["lr"].get("optim", {}).get("lr"),
+        "tuned_lr_batch": ref,
+        "lr_steps": lr_steps,
+        "lr_min_loss": json.loads(sweep.read_text()).get("lr_min_loss") if sweep.is_file() else None,
+        "artifacts": [str(p) for p in files if p.is_file()],
+    }
 
 
 def _tune(configs, overrides, data: Path, run_dir: Path, env: dict[str, str], **kwargs) -> None:
@@ -136,33 +173,38 @@ def verdict(results: StudyResults) -> dict:
         (b0, v0), (b1, v1) = fixed[0], fixed[-1]
         t0, t1 = numbers[f"{v0.name}.seconds_per_epoch"], numbers[f"{v1.name}.seconds_per_epoch"]
         numbers["epoch_speedup_largest_vs_smallest"] = ratio(t0, t1)
-        text.append(f"Time per epoch: {fmt(t0)} s at batch {b0} vs {fmt(t1)} s at batch {b1} "
-                    f"({fmt(ratio(t0, t1))}x).")
+        text.append(f"Time per epoch: {fmt(t0)} s at batch {b0} vs {fmt(t1)} s at batch {b1} ({fmt(ratio(t0, t1))}x).")
         accs = ", ".join(f"{b}: {pct(numbers[f'{v.name}.final_val_acc1'])}" for b, v in fixed)
         text.append(f"Fixed LR {fmt(p['lr'])}: final val top-1 by batch {accs}.")
     if scaled:
-        accs = ", ".join(f"{b}: {pct(numbers[f'{v.name}.final_val_acc1'])} (LR {fmt(numbers[f'{v.name}.lr_effective'])})"
-                         for b, v in scaled)
+        accs = ", ".join(
+            f"{b}: {pct(numbers[f'{v.name}.final_val_acc1'])} (LR {fmt(numbers[f'{v.name}.lr_effective'])})"
+            for b, v in scaled
+        )
         text.append(f"Linearly scaled LR (reference batch {p['reference_batch']}): {accs}.")
     if fixed and scaled and fixed[-1][0] == scaled[-1][0] and fixed[-1][0] != int(p["reference_batch"]):
         b = fixed[-1][0]
         af, as_ = numbers[f"{fixed[-1][1].name}.final_val_acc1"], numbers[f"{scaled[-1][1].name}.final_val_acc1"]
         gain = None if af is None or as_ is None else as_ - af
         numbers["scaling_gain_at_largest_batch"] = gain
-        text.append(f"At batch {b} scaling the LR changes final val top-1 by "
-                    f"{'n/a' if gain is None else f'{100 * gain:+.1f} points'} over the fixed LR.")
+        text.append(
+            f"At batch {b} scaling the LR changes final val top-1 by "
+            f"{'n/a' if gain is None else f'{100 * gain:+.1f} points'} over the fixed LR."
+        )
     tb, tl = results.extra.get("tuned_batch"), results.extra.get("tuned_lr")
     numbers["tuner.batch_size"] = None if tb is None else float(tb)
     numbers["tuner.lr"] = tl
     numbers["tuner.lr_min_loss"] = results.extra.get("lr_min_loss")
     if tb is not None or tl is not None:
-        text.append(f"Batch-size finder: largest batch tried that fits {fmt(tb)} (on a CPU there is no "
-                    "out-of-memory signal, so this is the limit of its doubling trials, not of memory); "
-                    f"LR finder ({results.extra.get('lr_steps', p['lr_steps'])}-step sweep at batch "
-                    f"{results.extra.get('tuned_lr_batch', p['reference_batch'])}): training loss lowest at LR "
-                    f"{fmt(results.extra.get('lr_min_loss'))}, suggestion a tenth of it, {fmt(tl)} (the study's LR "
-                    f"there, {fmt(p['lr'])}, is {fmt(ratio(p['lr'], tl))}x the suggestion; the sweep is in the parent "
-                    "run's study/extra/lr_find.png).")
+        text.append(
+            f"Batch-size finder: largest batch tried that fits {fmt(tb)} (on a CPU there is no "
+            "out-of-memory signal, so this is the limit of its doubling trials, not of memory); "
+            f"LR finder ({results.extra.get('lr_steps', p['lr_steps'])}-step sweep at batch "
+            f"{results.extra.get('tuned_lr_batch', p['reference_batch'])}): training loss lowest at LR "
+            f"{fmt(results.extra.get('lr_min_loss'))}, suggestion a tenth of it, {fmt(tl)} (the study's LR "
+            f"there, {fmt(p['lr'])}, is {fmt(ratio(p['lr'], tl))}x the suggestion; the sweep is in the parent "
+            "run's study/extra/lr_find.png)."
+        )
     return {"numbers": numbers, "text": " ".join(text) + failed_note(results)}
 
 
@@ -180,8 +222,13 @@ def plot(results: StudyResults, path: Path) -> Path:
     axes[1].set_title("final val top-1")
     tl = results.extra.get("tuned_lr")
     if tl is not None:
-        axes[1].text(0.02, 0.02, f"LR finder pick: {fmt(tl)}; batch finder: {fmt(results.extra.get('tuned_batch'))}",
-                     transform=axes[1].transAxes, fontsize=8)
+        axes[1].text(
+            0.02,
+            0.02,
+            f"LR finder pick: {fmt(tl)}; batch finder: {fmt(results.extra.get('tuned_batch'))}",
+            transform=axes[1].transAxes,
+            fontsize=8,
+        )
     batches = sorted({int(v.tags["batch"]) for v in results.ok})
     for ax in axes:
         ax.set_xscale("log", base=2)
@@ -198,15 +245,24 @@ STUDY = Study(
     name="batch_lr",
     title="Batch size and learning rate",
     question="What does a larger batch cost in accuracy and gain in speed, with the LR fixed or scaled linearly; "
-             "what do the batch-size and LR finders pick?",
+    "what do the batch-size and LR finders pick?",
     config="study-batch.yaml",
     dataset="imagenet",
     variants=variants,
     verdict=verdict,
     plot=plot,
     extra=tune_step,
-    params={"batch_sizes": [16, 32, 64, 128], "reference_batch": 16, "lr": 0.02, "lr_steps": 100,
-            "max_batch_trials": 4},
-    sizes=tiny(train_batches=2, epochs=1, batch=None,  # the study sets the batch per variant
-               params={"batch_sizes": [4, 8], "reference_batch": 4, "lr_steps": 5, "max_batch_trials": 1}),
+    params={
+        "batch_sizes": [16, 32, 64, 128],
+        "reference_batch": 16,
+        "lr": 0.02,
+        "lr_steps": 100,
+        "max_batch_trials": 4,
+    },
+    sizes=tiny(
+        train_batches=2,
+        epochs=1,
+        batch=None,  # the study sets the batch per variant
+        params={"batch_sizes": [4, 8], "reference_batch": 4, "lr_steps": 5, "max_batch_trials": 1},
+    ),
 )

@@ -23,21 +23,38 @@ from lightning_modules.progress import log_to_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lightning_modules.studies", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="python -m lightning_modules.studies",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("name", help="a study name, 'all', 'report' or 'list'")
     p.add_argument("root", nargs="?", type=Path, help="report: the studies folder (OUT_ROOT)")
     p.add_argument("--data", type=Path, help="prepared set or prepared root (default: <project>/prepared)")
     p.add_argument("--out", type=Path, help="studies folder OUT_ROOT (default: <project>/runs/studies)")
     p.add_argument("--size", default="default", choices=("default", "tiny"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="job override for every variant")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="study parameter (YAML value), e.g. p=[0,0.5], batch_sizes=[16,64], or seeds=[0,1,2] (any "
-                        "study: each variant once per seed, verdicts on the mean curves)")
-    p.add_argument("--launcher", default="subprocess", choices=("subprocess", "inprocess"),
-                   help="inprocess: train in this process (saves the interpreter start-up per job)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per job (VISIONFLOW_THREADS); 1 on a shared or busy CPU machine")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="study parameter (YAML value), e.g. p=[0,0.5], batch_sizes=[16,64], or seeds=[0,1,2] (any "
+        "study: each variant once per seed, verdicts on the mean curves)",
+    )
+    p.add_argument(
+        "--launcher",
+        default="subprocess",
+        choices=("subprocess", "inprocess"),
+        help="inprocess: train in this process (saves the interpreter start-up per job)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per job (VISIONFLOW_THREADS); 1 on a shared or busy CPU machine",
+    )
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or the project's)")
     p.add_argument("--transfer-report", default=None, help="report: path or URL of the transfer report to link")
     return p
@@ -87,9 +104,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         unknown = [k for k in params if k not in known]
         if unknown and args.name != "all":
             raise ConfigError(f"--param {', '.join(unknown)}: unknown for study {name} (known: {', '.join(known)})")
-        record = run_study(name, data, root / name, launch=LAUNCHERS[args.launcher], tracking_uri=args.tracking_uri,
-                           size=args.size, overrides=args.set, params={k: v for k, v in params.items() if k in known},
-                           env={"VISIONFLOW_THREADS": str(args.threads)} if args.threads else None)
-        print(json.dumps({"study": name, "seconds": record["seconds"], "verdict": record["text"],
-                          "plot": str(root / name / record["plot"])}))
+        record = run_study(
+            name,
+            data,
+            root / name,
+            launch=LAUNCHERS[args.launcher],
+            tracking_uri=args.tracking_uri,
+            size=args.size,
+            overrides=args.set,
+            params={k: v for k, v in params.items() if k in known},
+            env={"VISIONFLOW_THREADS": str(args.threads)} if args.threads else None,
+        )
+        print(
+            json.dumps(
+                {
+                    "study": name,
+                    "seconds": record["seconds"],
+                    "verdict": record["text"],
+                    "plot": str(root / name / record["plot"]),
+                }
+            )
+        )
     return 0

@@ -34,8 +34,14 @@ MODELS = ("plain18", "plain34", "resnet18", "resnet34")
 
 
 def variants(params: dict) -> list[Variant]:
-    return [Variant(m, (f"model.name={m}",), {"model": m, "family": "plain" if m.startswith("plain") else "residual",
-                                              "depth": m[-2:]}) for m in MODELS]
+    return [
+        Variant(
+            m,
+            (f"model.name={m}",),
+            {"model": m, "family": "plain" if m.startswith("plain") else "residual", "depth": m[-2:]},
+        )
+        for m in MODELS
+    ]
 
 
 def _losses(results: StudyResults, name: str) -> tuple[float | None, float | None, float | None]:
@@ -63,7 +69,11 @@ def verdict(results: StudyResults) -> dict:
     numbers: dict[str, float | None] = {}
     for m in MODELS:
         final, low, acc = _losses(results, m)
-        numbers[f"{m}.final_train_loss"], numbers[f"{m}.min_train_loss"], numbers[f"{m}.final_val_acc1"] = final, low, acc
+        numbers[f"{m}.final_train_loss"], numbers[f"{m}.min_train_loss"], numbers[f"{m}.final_val_acc1"] = (
+            final,
+            low,
+            acc,
+        )
     parts, degrades = [], {}
     for family, shallow, deep in (("plain", "plain18", "plain34"), ("residual", "resnet18", "resnet34")):
         a, b = numbers[f"{deep}.final_train_loss"], numbers[f"{shallow}.final_train_loss"]
@@ -80,31 +90,43 @@ def verdict(results: StudyResults) -> dict:
         numbers[f"{family}.degrades"] = None if degrades[family] is None else float(degrades[family])
         verb = {None: "n/a", True: "degrades", False: "does not degrade"}[degrades[family]]
         ends = "n/a" if worse is None else ("higher" if worse else "not higher")
-        parts.append(f"{deep} ends at train loss {fmt(a)} vs {shallow} {fmt(b)} ({signed_pct(a, b)}, {ends}) and "
-                     f"removed {pct(progress)} as much of its first-epoch loss as {shallow}: the deeper {family} net {verb}")
+        parts.append(
+            f"{deep} ends at train loss {fmt(a)} vs {shallow} {fmt(b)} ({signed_pct(a, b)}, {ends}) and "
+            f"removed {pct(progress)} as much of its first-epoch loss as {shallow}: the deeper {family} net {verb}"
+        )
     same_depth = ratio(numbers["resnet34.final_train_loss"], numbers["plain34.final_train_loss"])
     numbers["resnet34_over_plain34"] = same_depth
     reproduced = degrades.get("plain") is True and degrades.get("residual") is False
     numbers["reproduced"] = None if None in degrades.values() else float(reproduced)
     epochs = max((len(v.history) for v in results.ok), default=0)
-    text = (f"Same data and budget ({epochs} epoch{'s' if epochs != 1 else ''}): " + "; ".join(parts) + ". "
-            + f"At 34 layers the shortcuts change the final train loss by "
-              f"{signed_pct(numbers['resnet34.final_train_loss'], numbers['plain34.final_train_loss'])}. "
-            + ("He et al.'s degradation finding is reproduced: depth degrades the plain net but not the residual one."
-               if reproduced else
-               "He et al.'s finding is not reproduced at this budget "
-               f"(plain degrades: {degrades.get('plain')}, residual degrades: {degrades.get('residual')}).")
-            + f" (A deeper net degrades when it removes less than {floor:.0%} as much of its first-epoch training "
-              f"loss as the shallower one in the same budget; final losses within {tol:.0%} count as equal.)"
-            + failed_note(results))
+    text = (
+        f"Same data and budget ({epochs} epoch{'s' if epochs != 1 else ''}): "
+        + "; ".join(parts)
+        + ". "
+        + f"At 34 layers the shortcuts change the final train loss by "
+        f"{signed_pct(numbers['resnet34.final_train_loss'], numbers['plain34.final_train_loss'])}. "
+        + (
+            "He et al.'s degradation finding is reproduced: depth degrades the plain net but not the residual one."
+            if reproduced
+            else "He et al.'s finding is not reproduced at this budget "
+            f"(plain degrades: {degrades.get('plain')}, residual degrades: {degrades.get('residual')})."
+        )
+        + f" (A deeper net degrades when it removes less than {floor:.0%} as much of its first-epoch training "
+        f"loss as the shallower one in the same budget; final losses within {tol:.0%} count as equal.)"
+        + failed_note(results)
+    )
     return {"numbers": numbers, "text": text}
 
 
 def plot(results: StudyResults, path: Path) -> Path:
     plt = setup_axes()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"plain18": ("tab:blue", "--"), "plain34": ("tab:blue", "-"),
-              "resnet18": ("tab:orange", "--"), "resnet34": ("tab:orange", "-")}
+    styles = {
+        "plain18": ("tab:blue", "--"),
+        "plain34": ("tab:blue", "-"),
+        "resnet18": ("tab:orange", "--"),
+        "resnet34": ("tab:orange", "-"),
+    }
     for v in results.ok:
         color, ls = styles.get(v.name, (None, "-"))
         epochs = [r["epoch"] for r in v.history]

@@ -36,8 +36,7 @@ def _name(p: float) -> str:
 
 
 def variants(params: dict) -> list[Variant]:
-    return [Variant(_name(p), (f"model.dropout={{blocks: {p}, classifier: {p}}}",), {"p": str(p)})
-            for p in params["p"]]
+    return [Variant(_name(p), (f"model.dropout={{blocks: {p}, classifier: {p}}}",), {"p": str(p)}) for p in params["p"]]
 
 
 def verdict(results: StudyResults) -> dict:
@@ -54,18 +53,28 @@ def verdict(results: StudyResults) -> dict:
     tops = [best(v.curve("val_acc1")) for _, _, v in runs]
     bar = frac * min(t for t in tops if t is not None) if any(t is not None for t in tops) else None
     numbers["converge_bar_val_acc1"] = bar
-    for p, k, v in runs:
+    for _p, k, v in runs:
         acc, tacc = v.curve("val_acc1"), v.curve("train_acc1")
         gap = None if last(tacc) is None or last(acc) is None else last(tacc) - last(acc)
         vl, tl = last(v.curve("val_loss")), last(v.curve("train_loss"))
         ep = epochs_to(acc, bar)
         steps = None if ep is None else v.history[ep - 1].get("global_step")
-        numbers.update({f"{k}.acc_gap": gap, f"{k}.loss_gap": None if vl is None or tl is None else vl - tl,
-                        f"{k}.best_val_acc1": best(acc), f"{k}.final_train_acc1": last(tacc),
-                        f"{k}.final_val_acc1": last(acc), f"{k}.epochs_to_converge": None if ep is None else float(ep),
-                        f"{k}.iterations_to_converge": None if steps is None else float(steps)})
-    parts = [f"p={p:g}: train-val top-1 gap {pct(numbers[f'{k}.acc_gap'])}, best val {pct(numbers[f'{k}.best_val_acc1'])}, "
-             f"{fmt(numbers[f'{k}.iterations_to_converge'])} iterations to val top-1 {pct(bar)}" for p, k, _ in runs]
+        numbers.update(
+            {
+                f"{k}.acc_gap": gap,
+                f"{k}.loss_gap": None if vl is None or tl is None else vl - tl,
+                f"{k}.best_val_acc1": best(acc),
+                f"{k}.final_train_acc1": last(tacc),
+                f"{k}.final_val_acc1": last(acc),
+                f"{k}.epochs_to_converge": None if ep is None else float(ep),
+                f"{k}.iterations_to_converge": None if steps is None else float(steps),
+            }
+        )
+    parts = [
+        f"p={p:g}: train-val top-1 gap {pct(numbers[f'{k}.acc_gap'])}, best val {pct(numbers[f'{k}.best_val_acc1'])}, "
+        f"{fmt(numbers[f'{k}.iterations_to_converge'])} iterations to val top-1 {pct(bar)}"
+        for p, k, _ in runs
+    ]
     text = "; ".join(parts) + "."
     if len(runs) >= 2:
         (p0, k0, _), (p1, k1, _) = runs[0], runs[-1]
@@ -75,10 +84,12 @@ def verdict(results: StudyResults) -> dict:
         more = None if i0 is None or i1 is None else i1 > i0
         numbers["claim_less_overfitting"] = None if less is None else float(less)
         numbers["claim_more_iterations"] = None if more is None else float(more)
-        text += (f" Claim 'dropout overfits less': {_yes(less)} (gap {pct(g1)} at p={p1:g} vs {pct(g0)} at p={p0:g}). "
-                 f"Claim 'dropout needs more iterations to converge': {_yes(more)} "
-                 f"({fmt(i1)} vs {fmt(i0)} iterations to the common bar, {frac:.0%} of the lowest best val top-1). "
-                 "Train top-1 is measured with dropout active.")
+        text += (
+            f" Claim 'dropout overfits less': {_yes(less)} (gap {pct(g1)} at p={p1:g} vs {pct(g0)} at p={p0:g}). "
+            f"Claim 'dropout needs more iterations to converge': {_yes(more)} "
+            f"({fmt(i1)} vs {fmt(i0)} iterations to the common bar, {frac:.0%} of the lowest best val top-1). "
+            "Train top-1 is measured with dropout active."
+        )
     return {"numbers": numbers, "text": text + failed_note(results)}
 
 

@@ -16,8 +16,13 @@ from lightning_modules.studies.base import Study, StudyResults, Variant, failed_
 
 
 def variants(params: dict) -> list[Variant]:
-    return [Variant("long", (f"trainer.max_epochs={params['epochs']}", "trainer.early_stopping_patience=null"),
-                    {"epochs": str(params["epochs"])})]
+    return [
+        Variant(
+            "long",
+            (f"trainer.max_epochs={params['epochs']}", "trainer.early_stopping_patience=null"),
+            {"epochs": str(params["epochs"])},
+        )
+    ]
 
 
 def early_stop_epoch(val_loss: list[float | None], patience: int) -> tuple[int | None, int | None]:
@@ -40,35 +45,52 @@ def verdict(results: StudyResults) -> dict:
     numbers: dict[str, float | None] = {}
     runs = results.ok
     if not runs:
-        return {"numbers": {"optimum_epoch": None, "early_stop_epoch": None},
-                "text": "No finished run." + failed_note(results)}
+        return {
+            "numbers": {"optimum_epoch": None, "early_stop_epoch": None},
+            "text": "No finished run." + failed_note(results),
+        }
     v = runs[0]
     vl, tl, acc = v.curve("val_loss"), v.curve("train_loss"), v.curve("val_acc1")
     valid = [(i + 1, x) for i, x in enumerate(vl) if x is not None]
     opt_epoch, opt_loss = min(valid, key=lambda r: r[1]) if valid else (None, None)
     n = len(vl)
     stop, kept = early_stop_epoch(vl, patience)
-    at = (lambda curve, e: curve[e - 1] if e else None)
+
+    def at(curve, e):
+        return curve[e - 1] if e else None
+
     end_acc = at(acc, n)
-    numbers.update({
-        "epochs": float(n), "patience": float(patience),
-        "optimum_epoch": None if opt_epoch is None else float(opt_epoch),
-        "val_loss_first": at(vl, 1), "val_loss_optimum": opt_loss, "val_loss_last": at(vl, n),
-        "train_loss_first": at(tl, 1), "train_loss_optimum": at(tl, opt_epoch), "train_loss_last": at(tl, n),
-        "val_acc1_optimum": at(acc, opt_epoch), "val_acc1_last": end_acc,
-        "best_val_acc1": max((a for a in acc if a is not None), default=None),
-        "early_stop_epoch": None if stop is None else float(stop),
-        "early_stop_kept_epoch": None if kept is None else float(kept),
-        "early_stop_val_acc1": at(acc, kept),
-        "overfit_rise": None if opt_loss is None or at(vl, n) is None else at(vl, n) - opt_loss,
-    })
+    numbers.update(
+        {
+            "epochs": float(n),
+            "patience": float(patience),
+            "optimum_epoch": None if opt_epoch is None else float(opt_epoch),
+            "val_loss_first": at(vl, 1),
+            "val_loss_optimum": opt_loss,
+            "val_loss_last": at(vl, n),
+            "train_loss_first": at(tl, 1),
+            "train_loss_optimum": at(tl, opt_epoch),
+            "train_loss_last": at(tl, n),
+            "val_acc1_optimum": at(acc, opt_epoch),
+            "val_acc1_last": end_acc,
+            "best_val_acc1": max((a for a in acc if a is not None), default=None),
+            "early_stop_epoch": None if stop is None else float(stop),
+            "early_stop_kept_epoch": None if kept is None else float(kept),
+            "early_stop_val_acc1": at(acc, kept),
+            "overfit_rise": None if opt_loss is None or at(vl, n) is None else at(vl, n) - opt_loss,
+        }
+    )
     overfits = opt_epoch is not None and opt_epoch < n and (numbers["overfit_rise"] or 0) > 0
-    text = (f"{n} epochs without early stopping. Underfitting: val loss falls from {fmt(at(vl, 1))} (epoch 1) to its "
-            f"optimum {fmt(opt_loss)} at epoch {opt_epoch} (val top-1 {pct(at(acc, opt_epoch))}). ")
+    text = (
+        f"{n} epochs without early stopping. Underfitting: val loss falls from {fmt(at(vl, 1))} (epoch 1) to its "
+        f"optimum {fmt(opt_loss)} at epoch {opt_epoch} (val top-1 {pct(at(acc, opt_epoch))}). "
+    )
     if overfits:
-        text += (f"Overfitting after it: the train loss keeps falling ({fmt(at(tl, opt_epoch))} -> {fmt(at(tl, n))}) "
-                 f"while the val loss rises by {fmt(numbers['overfit_rise'])} to {fmt(at(vl, n))} at epoch {n} "
-                 f"(val top-1 {pct(end_acc)}). ")
+        text += (
+            f"Overfitting after it: the train loss keeps falling ({fmt(at(tl, opt_epoch))} -> {fmt(at(tl, n))}) "
+            f"while the val loss rises by {fmt(numbers['overfit_rise'])} to {fmt(at(vl, n))} at epoch {n} "
+            f"(val top-1 {pct(end_acc)}). "
+        )
     else:
         text += f"No overfitting within {n} epochs: the val loss is lowest at the last epoch. "
     acc_epoch = max(range(1, n + 1), key=lambda e: acc[e - 1] if acc[e - 1] is not None else -1.0) if n else None
@@ -76,9 +98,11 @@ def verdict(results: StudyResults) -> dict:
     if acc_epoch is not None and acc_epoch != opt_epoch:
         text += f"Val top-1 is highest at epoch {acc_epoch} ({pct(acc[acc_epoch - 1])}), not at the val-loss optimum. "
     if stop is not None:
-        text += (f"EarlyStopping(patience={patience}) on val/loss would have stopped at epoch {stop} keeping the "
-                 f"epoch-{kept} checkpoint (val top-1 {pct(at(acc, kept))}), {n - stop} epochs "
-                 f"({(n - stop) / n:.0%}) earlier.")
+        text += (
+            f"EarlyStopping(patience={patience}) on val/loss would have stopped at epoch {stop} keeping the "
+            f"epoch-{kept} checkpoint (val top-1 {pct(at(acc, kept))}), {n - stop} epochs "
+            f"({(n - stop) / n:.0%}) earlier."
+        )
     else:
         text += f"EarlyStopping(patience={patience}) would not have stopped within {n} epochs."
     return {"numbers": numbers, "text": text + failed_note(results)}

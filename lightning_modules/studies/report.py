@@ -45,15 +45,20 @@ def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str 
     if verdicts:
         lines += ["| study | size | jobs | training minutes |", "|---|---|---|---|"]
         for v in verdicts:
-            lines.append(f"| [{v.get('title', v['study'])}](#{_anchor(v.get('title', v['study']))}) | {v.get('size')} | "
-                         f"{len(v.get('variants', []))} | {float(v.get('fit_seconds_total') or 0) / 60:.1f} |")
+            lines.append(
+                f"| [{v.get('title', v['study'])}](#{_anchor(v.get('title', v['study']))}) | {v.get('size')} | "
+                f"{len(v.get('variants', []))} | {float(v.get('fit_seconds_total') or 0) / 60:.1f} |"
+            )
         lines.append("")
     missing = [n for n in STUDIES if n not in {v["study"] for v in verdicts}]
     if missing:
         lines += [f"Not run yet: {', '.join(missing)}.", ""]
     if transfer_report:
-        target = _relative(Path(transfer_report), page_dir) if not str(transfer_report).startswith(("http:", "https:")) \
+        target = (
+            _relative(Path(transfer_report), page_dir)
+            if not str(transfer_report).startswith(("http:", "https:"))
             else str(transfer_report)
+        )
         lines += [f"{TRANSFER_LINE}: [transfer report]({target}).", ""]
     else:
         lines += [f"{TRANSFER_LINE} (the `transfer_report` asset).", ""]
@@ -65,18 +70,28 @@ def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str 
         lines += [f"**Verdict.** {v['text']}", ""]
         image = Path(v["_dir"]) / v["plot"]
         lines += [f"![{title}]({_relative(image, page_dir)})", ""]
-        numbers = {k: x for k, x in v.get("numbers", {}).items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
+        numbers = {
+            k: x for k, x in v.get("numbers", {}).items() if isinstance(x, (int, float)) and not isinstance(x, bool)
+        }
         if numbers:
             lines += ["<details><summary>numbers</summary>", "", "| measure | value |", "|---|---|"]
             lines += [f"| {k} | {x:.4g} |" for k, x in numbers.items()]
             lines += ["", "</details>", ""]
         runs = ", ".join(f"{r['name']}" + ("" if r.get("ok", True) else " (failed)") for r in v.get("variants", []))
-        lines += [f"Runs: {runs}. MLflow parent run `{v.get('parent_run_id')}` in experiment `{v.get('experiment')}`.", ""]
+        lines += [
+            f"Runs: {runs}. MLflow parent run `{v.get('parent_run_id')}` in experiment `{v.get('experiment')}`.",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def studies_report(out_root: Path, *, transfer_report: str | Path | None = None, tracking_uri: str | None = None,
-                   out: Path | None = None) -> dict[str, Any]:
+def studies_report(
+    out_root: Path,
+    *,
+    transfer_report: str | Path | None = None,
+    tracking_uri: str | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Write OUT_ROOT/studies_report.md; with `tracking_uri` also log it (and the plots) to an MLflow run
     "studies-report" in the studies' experiment. Returns {"path", "markdown", "studies", "mlflow_run_id"}."""
     out_root = Path(out_root).resolve()

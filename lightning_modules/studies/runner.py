@@ -146,8 +146,9 @@ def run_study(
     requests = [_request(v, base, data, out, common, uri, experiment, env or {}) for v in variants]
     # Finished variants first (cheap): a run folder that ran another config fails before anything starts.
     stored = [stored_result(req) for req in requests]
-    parent = parent_run(uri, experiment, out, f"study-{study.name}",
-                        {STUDY_TAG: study.name, "size": size, "data_dir": str(data)})
+    parent = parent_run(
+        uri, experiment, out, f"study-{study.name}", {STUDY_TAG: study.name, "size": size, "data_dir": str(data)}
+    )
     tracking.set_tag(uri, parent, "study.params", json.dumps(p, default=str))
     results: list[VariantResult] = []
     try:
@@ -155,19 +156,32 @@ def run_study(
             results.append(_run_variant(study, v, req, done, uri, experiment, parent, launch))
         if not any(r.ok for r in results):
             raise JobFailed(f"study {study.name}: every variant failed: {results[0].error if results else 'none'}")
-        ctx = {"study": study.name, "out": out, "data": data, "configs": [base], "overrides": common, "params": p,
-               "size": size, "env": env or {}}
+        ctx = {
+            "study": study.name,
+            "out": out,
+            "data": data,
+            "configs": [base],
+            "overrides": common,
+            "params": p,
+            "size": size,
+            "env": env or {},
+        }
         extra = study.extra(ctx) if study.extra else {}
         res = StudyResults(merge(base_variants, results, seeds), p, extra)
         verdict = study.verdict(res)
         numbers, text = spread(base_variants, results, seeds)
         n_failed, failed_text = failures(results)
         numbers["failed_runs"] = float(n_failed)
-        verdict = {**verdict, "numbers": {**verdict["numbers"], **numbers},
-                   "text": failed_text + verdict["text"] + text, "complete": n_failed == 0}
+        verdict = {
+            **verdict,
+            "numbers": {**verdict["numbers"], **numbers},
+            "text": failed_text + verdict["text"] + text,
+            "complete": n_failed == 0,
+        }
         plot_path = study.plot(res, out / f"{study.name}.png")
-        record = _record(study, size, p, verdict, plot_path, results, parent, uri, experiment, data, extra,
-                         time.monotonic() - start)
+        record = _record(
+            study, size, p, verdict, plot_path, results, parent, uri, experiment, data, extra, time.monotonic() - start
+        )
         (out / VERDICT_FILE).write_text(json.dumps(record, indent=1, default=str))
         _log_parent(uri, parent, record, out, plot_path, extra)
     except BaseException:
@@ -178,14 +192,23 @@ def run_study(
     return record
 
 
-def _request(v, base: Path, data: Path, out: Path, common: list[str], uri: str, experiment: str,
-             env: dict[str, str]) -> LaunchRequest:
+def _request(
+    v, base: Path, data: Path, out: Path, common: list[str], uri: str, experiment: str, env: dict[str, str]
+) -> LaunchRequest:
     overrides = [*common, *v.overrides, f"tracking.tracking_uri={uri}", f"tracking.experiment={experiment}"]
     return LaunchRequest(configs=[base], data=data, run_dir=out / v.name, overrides=overrides, env=dict(env))
 
 
-def _run_variant(study: Study, v, req: LaunchRequest, done: dict[str, Any] | None, uri: str, experiment: str,
-                 parent: str, launch: Launch) -> VariantResult:
+def _run_variant(
+    study: Study,
+    v,
+    req: LaunchRequest,
+    done: dict[str, Any] | None,
+    uri: str,
+    experiment: str,
+    parent: str,
+    launch: Launch,
+) -> VariantResult:
     run_dir = req.run_dir
     if done is not None:
         log.info("study %s: %s already finished, reusing %s", study.name, v.name, run_dir)
@@ -217,9 +240,18 @@ def _record(study, size, params, verdict, plot_path, results, parent, uri, exper
         "plot": plot_path.name,  # relative to the study folder (OUT)
         "plot_path": str(plot_path),
         "out": str(plot_path.parent),
-        "variants": [{"name": r.name, "tags": r.tags, "run_dir": str(r.run_dir), "ok": r.ok, "error": r.error,
-                      "mlflow_run_id": r.result.get("mlflow_run_id"),
-                      "fit_seconds": r.result.get("fit_seconds_this_attempt")} for r in results],
+        "variants": [
+            {
+                "name": r.name,
+                "tags": r.tags,
+                "run_dir": str(r.run_dir),
+                "ok": r.ok,
+                "error": r.error,
+                "mlflow_run_id": r.result.get("mlflow_run_id"),
+                "fit_seconds": r.result.get("fit_seconds_this_attempt"),
+            }
+            for r in results
+        ],
         "extra": {k: v for k, v in extra.items() if k != "artifacts"},
         "parent_run_id": parent,
         "tracking_uri": uri,
@@ -238,8 +270,11 @@ def metric_name(key: str) -> str:
 def _log_parent(uri: str, parent: str, record: dict, out: Path, plot_path: Path, extra: dict) -> None:
     from lightning_modules import tracking
 
-    numbers = {f"verdict/{metric_name(k)}": float(v) for k, v in record["numbers"].items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    numbers = {
+        f"verdict/{metric_name(k)}": float(v)
+        for k, v in record["numbers"].items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
     numbers["study/seconds"] = record["seconds"]
     tracking.log_metrics(uri, parent, numbers)
     tracking.set_tag(uri, parent, "verdict", record["text"])

@@ -37,8 +37,11 @@ def expand(variants: list[Variant], seeds: list[int]) -> list[Variant]:
     """One variant per (variant, seed); unchanged when `seeds` is empty."""
     if not seeds:
         return variants
-    return [Variant(f"{v.name}-s{s}", (*v.overrides, f"trainer.seed={s}"), {**v.tags, SEED_TAG: str(s)})
-            for v in variants for s in seeds]
+    return [
+        Variant(f"{v.name}-s{s}", (*v.overrides, f"trainer.seed={s}"), {**v.tags, SEED_TAG: str(s)})
+        for v in variants
+        for s in seeds
+    ]
 
 
 def merge(variants: list[Variant], results: list[VariantResult], seeds: list[int]) -> list[VariantResult]:
@@ -55,8 +58,12 @@ def merge(variants: list[Variant], results: list[VariantResult], seeds: list[int
             merged.append(VariantResult(v.name, dict(v.tags), runs[0].run_dir if runs else None, {}, error=error))
             continue
         failed = [r.tags.get(SEED_TAG, r.name) for r in runs if not r.ok]
-        result = {**ok[0].result, "history": _mean_history([r.history for r in ok]),
-                  "seeds": [r.tags[SEED_TAG] for r in ok], "failed_seeds": failed}
+        result = {
+            **ok[0].result,
+            "history": _mean_history([r.history for r in ok]),
+            "seeds": [r.tags[SEED_TAG] for r in ok],
+            "failed_seeds": failed,
+        }
         # Per-run files (e.g. gradient_flow.jsonl) are read from the first seed's folder.
         merged.append(VariantResult(v.name, dict(v.tags), ok[0].run_dir, result))
     return merged
@@ -77,7 +84,9 @@ def _mean_history(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]
     return rows
 
 
-def spread(variants: list[Variant], results: list[VariantResult], seeds: list[int]) -> tuple[dict[str, float | None], str]:
+def spread(
+    variants: list[Variant], results: list[VariantResult], seeds: list[int]
+) -> tuple[dict[str, float | None], str]:
     """Standard deviation across seeds of each variant's final val top-1 and train loss, and a sentence."""
     if len(seeds) < 2:
         return {}, ""
@@ -93,8 +102,10 @@ def spread(variants: list[Variant], results: list[VariantResult], seeds: list[in
         sd = numbers[f"{v.name}.val_acc1_std_over_seeds"]
         parts.append(f"{v.name} {'n/a' if sd is None else fmt(100 * sd, 2)}")
     numbers["seeds"] = float(len(seeds))
-    text = (f" Curves are means over the seeds that finished (of {len(seeds)}); standard deviation across seeds "
-            f"of the final val top-1 (points): " + ", ".join(parts) + ".")
+    text = (
+        f" Curves are means over the seeds that finished (of {len(seeds)}); standard deviation across seeds "
+        f"of the final val top-1 (points): " + ", ".join(parts) + "."
+    )
     return numbers, text
 
 
@@ -104,5 +115,7 @@ def failures(results: list[VariantResult]) -> tuple[int, str]:
     if not failed:
         return 0, ""
     names = ", ".join(f"{r.name} ({(r.error or 'failed')[:80]})" for r in failed[:6])
-    return len(failed), (f"INCOMPLETE: {len(failed)} of {len(results)} runs failed: {names}; the figures below "
-                         "use only the runs that finished. ")
+    return len(failed), (
+        f"INCOMPLETE: {len(failed)} of {len(results)} runs failed: {names}; the figures below "
+        "use only the runs that finished. "
+    )

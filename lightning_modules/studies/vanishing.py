@@ -36,8 +36,11 @@ VARIANTS = {
 
 
 def variants(params: dict) -> list[Variant]:
-    return [Variant(name, (f"model.name={model}", f"model.activation={act}"), {"model": model, "activation": act})
-            for name, (model, act) in VARIANTS.items() if name in params["variants"]]
+    return [
+        Variant(name, (f"model.name={model}", f"model.activation={act}"), {"model": model, "activation": act})
+        for name, (model, act) in VARIANTS.items()
+        if name in params["variants"]
+    ]
 
 
 def _profiles(results: StudyResults) -> dict[str, dict]:
@@ -70,21 +73,31 @@ def verdict(results: StudyResults) -> dict:
         numbers[f"{name}.val_acc1"] = last(p["result"].curve("val_acc1"))
         init_parts.append(f"{name} {fmt(r0)} [{fmt(h0)}]")
         trained_parts.append(f"{name} {fmt(r1)} [{fmt(h1)}]")
-    ranked = sorted((n for n in prof if numbers[f"{n}.init_first_over_last"] is not None),
-                    key=lambda n: numbers[f"{n}.init_first_over_last"])
+    ranked = sorted(
+        (n for n in prof if numbers[f"{n}.init_first_over_last"] is not None),
+        key=lambda n: numbers[f"{n}.init_first_over_last"],
+    )
     vanishing = [n for n in ranked if numbers[f"{n}.init_first_over_last"] < vanish]
     layers = int(max((numbers[f"{n}.layers"] for n in prof), default=0))
     steps = int(max((numbers[f"{n}.trained_step"] for n in prof), default=0))
     numbers["vanishing_variants"] = float(len(vanishing))
-    text = (f"Gradient norm of the first layer / the last layer (classifier) of {layers}-layer nets, in brackets "
-            f"first / last hidden layer. At initialisation: " + "; ".join(init_parts) + ". "
-            + (f"After {steps} steps: " + "; ".join(trained_parts) + ". " if trained_parts else "")
-            + (f"At initialisation the gradient reaching the first layer is below {fmt(vanish)} of the last "
-               f"layer's (vanishes) for: {', '.join(vanishing) or 'none'}; not for: "
-               f"{', '.join(n for n in ranked if n not in vanishing) or 'none'}. "
-               f"Smallest ratio: {ranked[0]} ({fmt(numbers[f'{ranked[0]}.init_first_over_last'])}), largest: "
-               f"{ranked[-1]} ({fmt(numbers[f'{ranked[-1]}.init_first_over_last'])})." if ranked else "")
-            + failed_note(results))
+    text = (
+        f"Gradient norm of the first layer / the last layer (classifier) of {layers}-layer nets, in brackets "
+        f"first / last hidden layer. At initialisation: "
+        + "; ".join(init_parts)
+        + ". "
+        + (f"After {steps} steps: " + "; ".join(trained_parts) + ". " if trained_parts else "")
+        + (
+            f"At initialisation the gradient reaching the first layer is below {fmt(vanish)} of the last "
+            f"layer's (vanishes) for: {', '.join(vanishing) or 'none'}; not for: "
+            f"{', '.join(n for n in ranked if n not in vanishing) or 'none'}. "
+            f"Smallest ratio: {ranked[0]} ({fmt(numbers[f'{ranked[0]}.init_first_over_last'])}), largest: "
+            f"{ranked[-1]} ({fmt(numbers[f'{ranked[-1]}.init_first_over_last'])})."
+            if ranked
+            else ""
+        )
+        + failed_note(results)
+    )
     return {"numbers": numbers, "text": text, "ranking_init": ranked}
 
 
@@ -113,7 +126,7 @@ STUDY = Study(
     name="vanishing_gradient",
     title="Vanishing gradient",
     question="Do gradients vanish on their way back through deep plain nets, and do ReLU, batch norm and "
-             "shortcuts stop it?",
+    "shortcuts stop it?",
     config="study-vanishing.yaml",
     dataset="imagenet",
     variants=variants,

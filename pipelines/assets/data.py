@@ -8,17 +8,19 @@ import dagster as dg
 from pydantic import Field
 
 from lightning_modules.data.detection_prep import prep_detection
-from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from lightning_modules.data.imagenet_prep import prep_classification
+from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from pipelines import checks, metadata
 from pipelines.resources import DvcResource, ProjectResource
 
 GROUP = "data"
 
+
 @dg.observable_source_asset(group_name=GROUP, description="Raw datasets under data/, versioned by DVC (data.dvc).")
 def raw_data(dvc: DvcResource) -> dg.DataVersion:
     # The md5 DVC wrote into data.dvc: a new version makes everything downstream stale.
     return dg.DataVersion(dvc.data_version() or "untracked")
+
 
 class ClassificationPrepConfig(dg.Config):
     image_size: int = Field(64, description="side of the stored square images (px)")
@@ -27,8 +29,11 @@ class ClassificationPrepConfig(dg.Config):
     rejected_warn_fraction: float = Field(0.01, description="check rejected_under_limit warns above this share")
     workers: int = Field(2, description="decode/validate processes")
     seed: int = 0
-    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, description="reject images whose header claims more "
-                                  "pixels (checked before any decoding)")
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        description="reject images whose header claims more pixels (checked before any decoding)",
+    )
+
 
 def _classification_metadata(m: dict, out, version) -> dict:
     names = [c["name"] or c["wnid"] for c in m["classes"]]
@@ -47,20 +52,31 @@ def _classification_metadata(m: dict, out, version) -> dict:
         "samples": metadata.image(out / "preview.png", "samples"),
     }
 
+
 def _classification_asset(name: str, source: str, description: str):
     @dg.asset(
-        name=name, group_name=GROUP, deps=[raw_data], description=description,
+        name=name,
+        group_name=GROUP,
+        deps=[raw_data],
+        description=description,
         check_specs=checks.specs(name, checks.CLASSIFICATION_CHECKS),
     )
-    def _asset(context: dg.AssetExecutionContext, config: ClassificationPrepConfig,
-               project: ProjectResource, dvc: DvcResource) -> dg.MaterializeResult:
+    def _asset(
+        context: dg.AssetExecutionContext, config: ClassificationPrepConfig, project: ProjectResource, dvc: DvcResource
+    ) -> dg.MaterializeResult:
         version = dvc.workspace_version()  # None if data/ changed since `dvc add`
         out = project.prepared(source)
         context.log.info(f"preparing {project.raw(source)} -> {out} (data version {version})")
         m = prep_classification(
-            project.raw(source), out, image_size=config.image_size, val_fraction=config.val_fraction,
-            max_rejected_fraction=config.max_rejected_fraction, workers=config.workers, seed=config.seed,
-            source_data_version=version, max_image_pixels=config.max_image_pixels,
+            project.raw(source),
+            out,
+            image_size=config.image_size,
+            val_fraction=config.val_fraction,
+            max_rejected_fraction=config.max_rejected_fraction,
+            workers=config.workers,
+            seed=config.seed,
+            source_data_version=version,
+            max_image_pixels=config.max_image_pixels,
         )
         return dg.MaterializeResult(
             metadata=_classification_metadata(m, out, m["data_version"]),
@@ -70,10 +86,14 @@ def _classification_asset(name: str, source: str, description: str):
 
     return _asset
 
+
 prepared_imagenet = _classification_asset(
-    "prepared_imagenet", "imagenet", "ImageNet-style pretraining set: checked, RGB, resized, litdata chunks.")
+    "prepared_imagenet", "imagenet", "ImageNet-style pretraining set: checked, RGB, resized, litdata chunks."
+)
 prepared_transfer = _classification_asset(
-    "prepared_transfer", "transfer", "Few-shot transfer target set, prepared like the pretraining set.")
+    "prepared_transfer", "transfer", "Few-shot transfer target set, prepared like the pretraining set."
+)
+
 
 class DetectionPrepConfig(dg.Config):
     format: str = Field("yolo", description="label format of the source: yolo | coco | voc")
@@ -83,20 +103,33 @@ class DetectionPrepConfig(dg.Config):
     anchor_image_size: int = Field(416, description="anchors are in pixels at this letterboxed size")
     bpr_floor: float = Field(0.95, description="anchors_bpr check: minimum best-possible recall")
     seed: int = 0
-    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, description="reject images whose header claims more "
-                                  "pixels (checked before any decoding)")
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        description="reject images whose header claims more pixels (checked before any decoding)",
+    )
 
-@dg.asset(group_name=GROUP, deps=[raw_data],
-          description="Detection set: boxes checked, one internal form, k-means anchors for YOLOv2/v3.",
-          check_specs=checks.specs("prepared_detection", checks.DETECTION_CHECKS))
-def prepared_detection(context: dg.AssetExecutionContext, config: DetectionPrepConfig,
-                       project: ProjectResource, dvc: DvcResource) -> dg.MaterializeResult:
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[raw_data],
+    description="Detection set: boxes checked, one internal form, k-means anchors for YOLOv2/v3.",
+    check_specs=checks.specs("prepared_detection", checks.DETECTION_CHECKS),
+)
+def prepared_detection(
+    context: dg.AssetExecutionContext, config: DetectionPrepConfig, project: ProjectResource, dvc: DvcResource
+) -> dg.MaterializeResult:
     version = dvc.workspace_version()  # None if data/ changed since `dvc add`
     out = project.prepared("detection")
     m = prep_detection(
-        project.raw("detection"), out, fmt=config.format, val_fraction=config.val_fraction,
-        max_rejected_fraction=config.max_rejected_fraction, anchor_image_size=config.anchor_image_size,
-        seed=config.seed, source_data_version=version, max_image_pixels=config.max_image_pixels,
+        project.raw("detection"),
+        out,
+        fmt=config.format,
+        val_fraction=config.val_fraction,
+        max_rejected_fraction=config.max_rejected_fraction,
+        anchor_image_size=config.anchor_image_size,
+        seed=config.seed,
+        source_data_version=version,
+        max_image_pixels=config.max_image_pixels,
     )
     counts = m["counts"]
     return dg.MaterializeResult(
@@ -115,5 +148,6 @@ def prepared_detection(context: dg.AssetExecutionContext, config: DetectionPrepC
         check_results=checks.detection_results(m, config.rejected_warn_fraction, config.bpr_floor),
         data_version=dg.DataVersion(m.get("content_hash") or f"{version}:{config.format}"),
     )
+
 
 DATA_ASSETS = [raw_data, prepared_imagenet, prepared_transfer, prepared_detection]

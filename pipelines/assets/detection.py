@@ -10,8 +10,15 @@ from pydantic import Field
 from lightning_modules import registry
 from lightning_modules.data.lineage import data_identity
 from pipelines import metadata
-from pipelines.assets.training import (ARCHITECTURES, RESUMING_RETRY, TrainConfig, _model_overrides, launch_job,
-                                       pretrained_backbone, pretrained_run)
+from pipelines.assets.training import (
+    ARCHITECTURES,
+    RESUMING_RETRY,
+    TrainConfig,
+    _model_overrides,
+    launch_job,
+    pretrained_backbone,
+    pretrained_run,
+)
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
 
 GROUP = "detection"
@@ -24,10 +31,16 @@ PAPER_BACKBONE = {"yolov1": "darknet19", "yolov2": "darknet19", "yolov3": "darkn
 
 class DetectorConfig(TrainConfig):
     config_file: str = Field("", description="job YAML relative to the project root; empty: configs/<version>-cpu.yaml")
-    backbone: str = Field("", description="pretrained_backbone partition to start from; empty: the paper's "
-                                          "(Darknet-19/53) if pretrained, else the most recently pretrained one")
-    init: str = Field("pretrained", description="pretrained: start from the backbone checkpoint; scratch: random "
-                                                 "weights, same network (the comparison run)")
+    backbone: str = Field(
+        "",
+        description="pretrained_backbone partition to start from; empty: the paper's "
+        "(Darknet-19/53) if pretrained, else the most recently pretrained one",
+    )
+    init: str = Field(
+        "pretrained",
+        description="pretrained: start from the backbone checkpoint; scratch: random "
+        "weights, same network (the comparison run)",
+    )
 
 
 def pick_backbone(context: dg.AssetExecutionContext, version: str, wanted: str) -> str:
@@ -35,24 +48,36 @@ def pick_backbone(context: dg.AssetExecutionContext, version: str, wanted: str) 
         if wanted not in ARCHITECTURES:
             raise dg.Failure(f"backbone {wanted!r} is not one of {', '.join(ARCHITECTURES)}")
         return wanted
-    done = {}
+    done: dict[str, float] = {}
     for arch in ARCHITECTURES:
         event = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=pretrained_backbone.key, asset_partitions=[arch]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=pretrained_backbone.key, asset_partitions=[arch]), limit=1
+        ).records
         if event:
             done[arch] = event[0].timestamp
     if not done:
         raise dg.Failure("no pretrained_backbone partition was ever materialized: pretrain a backbone first")
-    return PAPER_BACKBONE[version] if PAPER_BACKBONE[version] in done else max(done, key=done.get)
+    return PAPER_BACKBONE[version] if PAPER_BACKBONE[version] in done else max(done, key=lambda arch: done[arch])
 
 
 @dg.asset(
-    group_name=GROUP, partitions_def=yolo_versions, retry_policy=RESUMING_RETRY, pool="train", kinds={"pytorch", "mlflow"},
+    group_name=GROUP,
+    partitions_def=yolo_versions,
+    retry_policy=RESUMING_RETRY,
+    pool="train",
+    kinds={"pytorch", "mlflow"},
     deps=[dg.AssetDep(pretrained_backbone, partition_mapping=dg.AllPartitionMapping()), "prepared_detection"],
-    description="A YOLO detector (v1/v2/v3 by partition) trained on the prepared detection set from a pretrained backbone.",
+    description="A YOLO detector (v1/v2/v3 by partition) trained on the prepared detection set from a pretrained "
+    "backbone.",
 )
-def yolo_detector(context: dg.AssetExecutionContext, config: DetectorConfig, project: ProjectResource,
-                  dvc: DvcResource, mlflow: MlflowResource, launcher: TrainingLauncher) -> dg.MaterializeResult:
+def yolo_detector(
+    context: dg.AssetExecutionContext,
+    config: DetectorConfig,
+    project: ProjectResource,
+    dvc: DvcResource,
+    mlflow: MlflowResource,
+    launcher: TrainingLauncher,
+) -> dg.MaterializeResult:
     version = context.partition_key
     arch = pick_backbone(context, version, config.backbone)
     source = pretrained_run(context, arch)
@@ -66,8 +91,18 @@ def yolo_detector(context: dg.AssetExecutionContext, config: DetectorConfig, pro
     else:
         raise dg.Failure(f"init must be 'pretrained' or 'scratch', not {config.init!r}")
     job = config.model_copy(update={"config_file": config.config_file or f"configs/{version}-cpu.yaml"})
-    return launch_job(context, stage="detection", config=job, data=project.prepared("detection"), overrides=overrides,
-                      project=project, dvc=dvc, mlflow=mlflow, launcher=launcher, tags=tags)
+    return launch_job(
+        context,
+        stage="detection",
+        config=job,
+        data=project.prepared("detection"),
+        overrides=overrides,
+        project=project,
+        dvc=dvc,
+        mlflow=mlflow,
+        launcher=launcher,
+        tags=tags,
+    )
 
 
 class DetectionEvaluationConfig(dg.Config):
@@ -77,20 +112,30 @@ class DetectionEvaluationConfig(dg.Config):
 
 
 @dg.asset(
-    group_name=GROUP, partitions_def=yolo_versions, deps=[yolo_detector, "prepared_detection"], kinds={"mlflow"},
-    check_specs=[dg.AssetCheckSpec("map50_floor", asset="detection_evaluation", blocking=True),
-                 dg.AssetCheckSpec("no_nan", asset="detection_evaluation", blocking=True)],
+    group_name=GROUP,
+    partitions_def=yolo_versions,
+    deps=[yolo_detector, "prepared_detection"],
+    kinds={"mlflow"},
+    check_specs=[
+        dg.AssetCheckSpec("map50_floor", asset="detection_evaluation", blocking=True),
+        dg.AssetCheckSpec("no_nan", asset="detection_evaluation", blocking=True),
+    ],
     description="COCO mAP@0.5:0.95 and @0.5, VOC07/VOC10 AP, per-class AP, PR curves, confusion matrix and drawn "
-                "samples; registers the detector and moves `champion` only when it beats the champion.",
+    "samples; registers the detector and moves `champion` only when it beats the champion.",
 )
-def detection_evaluation(context: dg.AssetExecutionContext, config: DetectionEvaluationConfig,
-                         project: ProjectResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+def detection_evaluation(
+    context: dg.AssetExecutionContext,
+    config: DetectionEvaluationConfig,
+    project: ProjectResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
     from lightning_modules import tracking
     from lightning_modules.detection import evaluation as ev
 
     version = context.partition_key
     event = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=yolo_detector.key, asset_partitions=[version]), limit=1).records
+        dg.AssetRecordsFilter(asset_key=yolo_detector.key, asset_partitions=[version]), limit=1
+    ).records
     if not event:
         raise dg.Failure(f"yolo_detector[{version}] was never materialized")
     trained = {k: v.value for k, v in event[0].asset_materialization.metadata.items()}
@@ -101,8 +146,13 @@ def detection_evaluation(context: dg.AssetExecutionContext, config: DetectionEva
     passed_floor, finite = res["map_50"] >= config.map50_floor, not res["nan"]
 
     uri, name = mlflow.uri(), f"{config.model_name}-{version}"
-    run_id = mlflow.start_run(context, "detection-evaluation", out, data_version,
-                              {"evaluated_run_id": trained["mlflow_run_id"], "yolo_version": version})
+    run_id = mlflow.start_run(
+        context,
+        "detection-evaluation",
+        out,
+        data_version,
+        {"evaluated_run_id": trained["mlflow_run_id"], "yolo_version": version},
+    )
     numbers = {k: float(res[k]) for k in ("map", "map_50", "map_75", "mar_100", "voc07_ap50", "voc10_ap50")}
     tracking.log_metrics(uri, run_id, {f"{config.split}_{k}": v for k, v in numbers.items()})
     for path in [*res["figure_paths"], out / "metrics.json", out / "gt_coco.json", out / "pred_coco.json"]:
@@ -110,18 +160,35 @@ def detection_evaluation(context: dg.AssetExecutionContext, config: DetectionEva
 
     # The registered version holds weights + settings only (no pickle); load_predictor rebuilds the detector.
     size = predictor.image_size
-    version_no = registry.log_and_register(uri, run_id, trained["best_checkpoint"], name, kind="detector",
-                                           spec={"input": [3, size, size], "dtype": "uint8",
-                                                 "classes": predictor.class_names, "data_version": data_version})
+    version_no = registry.log_and_register(
+        uri,
+        run_id,
+        trained["best_checkpoint"],
+        name,
+        kind="detector",
+        spec={
+            "input": [3, size, size],
+            "dtype": "uint8",
+            "classes": predictor.class_names,
+            "data_version": data_version,
+        },
+    )
 
     def rescore(model_uri: str) -> float:
         champion = ev.load_predictor(registry.download(uri, model_uri, kind="detector"))
         return ev.evaluate_predictor(champion, data, split=config.split, out_dir=out / "champion")["map_50"]
 
-    decision = registry.decide_and_promote(uri, name, version_no, score=res["map_50"], data_version=data_version,
-                                           scored_on=data_identity(data) or data_version,
-                                           rescore=rescore, gates_passed=passed_floor and finite,
-                                           score_tag=f"{config.split}_map_50")
+    decision = registry.decide_and_promote(
+        uri,
+        name,
+        version_no,
+        score=res["map_50"],
+        data_version=data_version,
+        scored_on=data_identity(data) or data_version,
+        rescore=rescore,
+        gates_passed=passed_floor and finite,
+        score_tag=f"{config.split}_map_50",
+    )
     tracking.set_tag(uri, run_id, "promotion", decision.reason)
     from mlflow.tracking import MlflowClient
 
@@ -131,15 +198,24 @@ def detection_evaluation(context: dg.AssetExecutionContext, config: DetectionEva
     images = {Path(f).stem: metadata.image(Path(f), Path(f).stem) for f in res["figure_paths"]}
     return dg.MaterializeResult(
         metadata={
-            **{f"{config.split}_{k}": round(v, 4) for k, v in numbers.items()}, "images": res["n"],
-            "per_class_ap50": dg.MetadataValue.json(per_class), "registered_model": name,
-            "registered_version": version_no, "promoted": decision.promoted, "promotion": decision.reason,
-            "data_version": data_version, "checkpoint": dg.MetadataValue.path(trained["best_checkpoint"]),
-            "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)), **images,
+            **{f"{config.split}_{k}": round(v, 4) for k, v in numbers.items()},
+            "images": res["n"],
+            "per_class_ap50": dg.MetadataValue.json(per_class),
+            "registered_model": name,
+            "registered_version": version_no,
+            "promoted": decision.promoted,
+            "promotion": decision.reason,
+            "data_version": data_version,
+            "checkpoint": dg.MetadataValue.path(trained["best_checkpoint"]),
+            "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)),
+            **images,
         },
         check_results=[
-            dg.AssetCheckResult(check_name="map50_floor", passed=passed_floor,
-                                metadata={"map_50": res["map_50"], "floor": config.map50_floor}),
+            dg.AssetCheckResult(
+                check_name="map50_floor",
+                passed=passed_floor,
+                metadata={"map_50": res["map_50"], "floor": config.map50_floor},
+            ),
             dg.AssetCheckResult(check_name="no_nan", passed=finite),
         ],
     )

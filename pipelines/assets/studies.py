@@ -31,10 +31,14 @@ STUDY_ASSETS = {
 
 class StudyConfig(dg.Config):
     size: str = Field("default", description="default: a few CPU minutes on the embedded data; tiny: seconds (tests)")
-    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for every job, e.g. "
-                                 "trainer.max_epochs=30 to scale the study up")
-    seeds: list[int] = Field(default_factory=list, description="run every variant once per seed; the verdict "
-                             "uses the mean curves and reports the spread across seeds ([] = one run each)")
+    overrides: list[str] = Field(
+        default_factory=list, description="KEY=VALUE for every job, e.g. trainer.max_epochs=30 to scale the study up"
+    )
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="run every variant once per seed; the verdict "
+        "uses the mean curves and reports the spread across seeds ([] = one run each)",
+    )
 
 
 def studies_root(project: ProjectResource) -> Path:
@@ -56,8 +60,13 @@ def study_folder(project: ProjectResource, study_name: str, config: StudyConfig)
 
 def _launch_through(context: dg.AssetExecutionContext, launcher: TrainingLauncher, mlflow: MlflowResource):
     def launch(req: LaunchRequest) -> dict:
-        spec = JobSpec(configs=[str(c) for c in req.configs], data=req.data, run_dir=req.run_dir,
-                       overrides=list(req.overrides), env={**req.env, "MLFLOW_TRACKING_URI": mlflow.uri()})
+        spec = JobSpec(
+            configs=[str(c) for c in req.configs],
+            data=req.data,
+            run_dir=req.run_dir,
+            overrides=list(req.overrides),
+            env={**req.env, "MLFLOW_TRACKING_URI": mlflow.uri()},
+        )
         launcher.launch(context, spec)
         return read_result(req.run_dir)
 
@@ -69,27 +78,48 @@ def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
 
     study = get_study(study_name)
 
-    @dg.asset(name=asset_name, group_name=GROUP, deps=[f"prepared_{study.dataset}"], pool="train",
-              kinds={"pytorch", "mlflow"}, description=f"{study.title}: {study.question}")
-    def _asset(context: dg.AssetExecutionContext, config: StudyConfig, project: ProjectResource,
-               mlflow: MlflowResource, launcher: TrainingLauncher) -> dg.MaterializeResult:
+    @dg.asset(
+        name=asset_name,
+        group_name=GROUP,
+        deps=[f"prepared_{study.dataset}"],
+        pool="train",
+        kinds={"pytorch", "mlflow"},
+        description=f"{study.title}: {study.question}",
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        config: StudyConfig,
+        project: ProjectResource,
+        mlflow: MlflowResource,
+        launcher: TrainingLauncher,
+    ) -> dg.MaterializeResult:
         from lightning_modules.studies import run_study
 
-        record = run_study(study_name, project.prepared(study.dataset), study_folder(project, study_name, config),
-                           launch=_launch_through(context, launcher, mlflow), tracking_uri=mlflow.uri(),
-                           size=config.size, overrides=config.overrides,
-                           params={"seeds": config.seeds} if config.seeds else None)
+        record = run_study(
+            study_name,
+            project.prepared(study.dataset),
+            study_folder(project, study_name, config),
+            launch=_launch_through(context, launcher, mlflow),
+            tracking_uri=mlflow.uri(),
+            size=config.size,
+            overrides=config.overrides,
+            params={"seeds": config.seeds} if config.seeds else None,
+        )
         numbers = {k: float(v) for k, v in record["numbers"].items() if isinstance(v, (int, float)) and v == v}
         plot = Path(record["plot_path"])
-        return dg.MaterializeResult(metadata={
-            "verdict": dg.MetadataValue.md(record["text"]),
-            **{k: float(f"{v:.4g}") for k, v in numbers.items()},  # 4 significant digits: ratios reach 1e-10
-            "plot": metadata.image(plot, study_name) if plot.is_file() else "no plot",
-            "variants": dg.MetadataValue.json([{k: v[k] for k in ("name", "ok", "mlflow_run_id")}
-                                               for v in record["variants"]]),
-            "mlflow_parent_run": dg.MetadataValue.url(mlflow.run_url(record["parent_run_id"])),
-            "size": config.size, "seconds": record["seconds"],
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "verdict": dg.MetadataValue.md(record["text"]),
+                **{k: float(f"{v:.4g}") for k, v in numbers.items()},  # 4 significant digits: ratios reach 1e-10
+                "plot": metadata.image(plot, study_name) if plot.is_file() else "no plot",
+                "variants": dg.MetadataValue.json(
+                    [{k: v[k] for k in ("name", "ok", "mlflow_run_id")} for v in record["variants"]]
+                ),
+                "mlflow_parent_run": dg.MetadataValue.url(mlflow.run_url(record["parent_run_id"])),
+                "size": config.size,
+                "seconds": record["seconds"],
+            }
+        )
 
     return _asset
 
@@ -97,11 +127,16 @@ def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
 STUDIES = [_study_asset(a, s) for a, s in STUDY_ASSETS.items()]
 
 
-@dg.asset(group_name=GROUP, deps=[*STUDY_ASSETS, "transfer_report"], kinds={"mlflow"},
-          description="Every study's verdict and plot side by side on one Markdown page (also an MLflow artifact); "
-                      "links the transfer report.")
-def studies_report(context: dg.AssetExecutionContext, project: ProjectResource,
-                   mlflow: MlflowResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=[*STUDY_ASSETS, "transfer_report"],
+    kinds={"mlflow"},
+    description="Every study's verdict and plot side by side on one Markdown page (also an MLflow artifact); "
+    "links the transfer report.",
+)
+def studies_report(
+    context: dg.AssetExecutionContext, project: ProjectResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
     from lightning_modules.studies import studies_report as report
 
     transfer = context.instance.get_latest_materialization_event(dg.AssetKey("transfer_report"))
@@ -110,11 +145,14 @@ def studies_report(context: dg.AssetExecutionContext, project: ProjectResource,
         url = transfer.asset_materialization.metadata.get("mlflow_run")
         link = url.value if url is not None else None
     res = report(studies_root(project), transfer_report=link, tracking_uri=mlflow.uri())
-    return dg.MaterializeResult(metadata={
-        "report": dg.MetadataValue.md(_inline_images(res["markdown"], Path(res["path"]).parent)),
-        "path": dg.MetadataValue.path(res["path"]), "studies": dg.MetadataValue.json(res["studies"]),
-        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(res["mlflow_run_id"])),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(_inline_images(res["markdown"], Path(res["path"]).parent)),
+            "path": dg.MetadataValue.path(res["path"]),
+            "studies": dg.MetadataValue.json(res["studies"]),
+            "mlflow_run": dg.MetadataValue.url(mlflow.run_url(res["mlflow_run_id"])),
+        }
+    )
 
 
 def _inline_images(markdown: str, base: Path) -> str:

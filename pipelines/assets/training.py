@@ -27,13 +27,25 @@ class TrainConfig(dg.Config):
     config_file: str = Field("configs/pretrain-cpu.yaml", description="job YAML, relative to the project root")
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE, e.g. trainer.max_epochs=30")
     nproc_per_node: int = Field(0, description="ranks (devices) on this node; 0 = the launcher's default")
-    extra_config_files: list[str] = Field(default_factory=list, description="overlay YAML files after config_file, "
-                                          "e.g. runs/hparam_search/best.yaml from hparam_search")
+    extra_config_files: list[str] = Field(
+        default_factory=list,
+        description="overlay YAML files after config_file, e.g. runs/hparam_search/best.yaml from hparam_search",
+    )
 
 
-def launch_job(context: dg.AssetExecutionContext, *, stage: str, config: TrainConfig, data: Path,
-               overrides: list[str], project: ProjectResource, dvc: DvcResource,
-               mlflow: MlflowResource, launcher: TrainingLauncher, tags: dict | None = None) -> dg.MaterializeResult:
+def launch_job(
+    context: dg.AssetExecutionContext,
+    *,
+    stage: str,
+    config: TrainConfig,
+    data: Path,
+    overrides: list[str],
+    project: ProjectResource,
+    dvc: DvcResource,
+    mlflow: MlflowResource,
+    launcher: TrainingLauncher,
+    tags: dict | None = None,
+) -> dg.MaterializeResult:
     """Create the MLflow run, launch the job, and turn what rank 0 reported into asset metadata."""
     from lightning_modules.data.lineage import prepared_version
 
@@ -41,40 +53,68 @@ def launch_job(context: dg.AssetExecutionContext, *, stage: str, config: TrainCo
     version = prepared_version(data)  # the data this job reads, as its prep recorded it
     run_id = mlflow.start_run(context, stage, run_dir, version, tags)
     spec = JobSpec(
-        configs=[str(project.path / f) for f in (config.config_file, *config.extra_config_files)], data=data,
+        configs=[str(project.path / f) for f in (config.config_file, *config.extra_config_files)],
+        data=data,
         run_dir=run_dir,
         # The user's overrides come last: they win over what the stage sets.
-        overrides=[f"tracking.experiment={mlflow.experiment(stage)}", f"tracking.run_id={run_id}",
-                   *overrides, *config.overrides],
+        overrides=[
+            f"tracking.experiment={mlflow.experiment(stage)}",
+            f"tracking.run_id={run_id}",
+            *overrides,
+            *config.overrides,
+        ],
         env={"MLFLOW_TRACKING_URI": mlflow.uri()},
     )
     result = launcher.launch(context, spec, config.nproc_per_node)
-    meta = dict(result.metadata)
+    meta: dict[str, dg.RawMetadataValue] = dict(result.metadata or {})
     meta["mlflow_run"] = dg.MetadataValue.url(mlflow.run_url(run_id))
     meta["data_version"] = version or "untracked"
-    for path in (Path(p) for p in meta.get("figures", dg.MetadataValue.json([])).value or []):
+    figures = meta.get("figures")
+    for path in (Path(p) for p in (figures.value if isinstance(figures, dg.JsonMetadataValue) else None) or []):
         if path.stem in FIGURES and path.is_file():
             meta[path.stem] = metadata.image(path, path.stem)
     return dg.MaterializeResult(metadata=meta)
 
 
 @dg.asset(
-    group_name=GROUP, partitions_def=architectures, deps=["prepared_imagenet"], retry_policy=RESUMING_RETRY,
-    pool="train", kinds={"pytorch", "mlflow"},
+    group_name=GROUP,
+    partitions_def=architectures,
+    deps=["prepared_imagenet"],
+    retry_policy=RESUMING_RETRY,
+    pool="train",
+    kinds={"pytorch", "mlflow"},
     description="A backbone pretrained on the prepared ImageNet-style set (one partition per architecture).",
 )
-def pretrained_backbone(context: dg.AssetExecutionContext, config: TrainConfig, project: ProjectResource,
-                        dvc: DvcResource, mlflow: MlflowResource, launcher: TrainingLauncher) -> dg.MaterializeResult:
-    return launch_job(context, stage="pretraining", config=config, data=project.prepared("imagenet"),
-                      overrides=[f"model.name={context.partition_key}"], project=project, dvc=dvc,
-                      mlflow=mlflow, launcher=launcher, tags={"architecture": context.partition_key})
+def pretrained_backbone(
+    context: dg.AssetExecutionContext,
+    config: TrainConfig,
+    project: ProjectResource,
+    dvc: DvcResource,
+    mlflow: MlflowResource,
+    launcher: TrainingLauncher,
+) -> dg.MaterializeResult:
+    return launch_job(
+        context,
+        stage="pretraining",
+        config=config,
+        data=project.prepared("imagenet"),
+        overrides=[f"model.name={context.partition_key}"],
+        project=project,
+        dvc=dvc,
+        mlflow=mlflow,
+        launcher=launcher,
+        tags={"architecture": context.partition_key},
+    )
 
 
 class FinetuneConfig(TrainConfig):
     config_file: str = Field("configs/transfer-cpu.yaml", description="job YAML, relative to the project root")
     backbone: str = Field("", description="architecture to fine-tune; empty: the run's partition, else resnet18")
-    init: str = Field("pretrained", description="pretrained: our pretrained_backbone checkpoint; "
-                                                 "torchvision: ImageNet weights from `torchvision_weights`")
+    init: str = Field(
+        "pretrained",
+        description="pretrained: our pretrained_backbone checkpoint; "
+        "torchvision: ImageNet weights from `torchvision_weights`",
+    )
     torchvision_weights: str = Field("", description="path of a torchvision state-dict file (init=torchvision)")
 
 
@@ -88,7 +128,8 @@ def _backbone(context: dg.AssetExecutionContext, config: FinetuneConfig) -> str:
 def pretrained_run(context: dg.AssetExecutionContext, arch: str) -> dict:
     """Checkpoint and model settings of the latest pretrained_backbone[arch]."""
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("pretrained_backbone"), asset_partitions=[arch]), limit=1).records
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("pretrained_backbone"), asset_partitions=[arch]), limit=1
+    ).records
     if not records:
         raise dg.Failure(f"pretrained_backbone[{arch}] was never materialized: materialize that partition first")
     meta = records[0].asset_materialization.metadata
@@ -103,26 +144,52 @@ def _model_overrides(model: dict) -> list[str]:
     return [f"model.{k}={model[k]}" for k in keys if model.get(k) is not None]
 
 
-@dg.asset(group_name=GROUP, deps=["prepared_transfer", pretrained_backbone], retry_policy=RESUMING_RETRY,
-          pool="train", kinds={"pytorch", "mlflow"},
-          description="The backbone fine-tuned on the few-shot transfer set: body frozen for k epochs, then a lower body LR.")
-def transfer_finetuned(context: dg.AssetExecutionContext, config: FinetuneConfig, project: ProjectResource,
-                       dvc: DvcResource, mlflow: MlflowResource, launcher: TrainingLauncher) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=["prepared_transfer", pretrained_backbone],
+    retry_policy=RESUMING_RETRY,
+    pool="train",
+    kinds={"pytorch", "mlflow"},
+    description="The backbone fine-tuned on the few-shot transfer set: body frozen for k epochs, then a lower body LR.",
+)
+def transfer_finetuned(
+    context: dg.AssetExecutionContext,
+    config: FinetuneConfig,
+    project: ProjectResource,
+    dvc: DvcResource,
+    mlflow: MlflowResource,
+    launcher: TrainingLauncher,
+) -> dg.MaterializeResult:
     arch = _backbone(context, config)
     if config.init == "torchvision":
         if not config.torchvision_weights:
             raise dg.Failure("init=torchvision needs torchvision_weights (a saved torchvision state dict)")
-        overrides, tags = [f"model.name={arch}", f"model.torchvision_weights={config.torchvision_weights}",
-                           "model.small_input=false"], {"init": "torchvision"}
+        overrides, tags = (
+            [
+                f"model.name={arch}",
+                f"model.torchvision_weights={config.torchvision_weights}",
+                "model.small_input=false",
+            ],
+            {"init": "torchvision"},
+        )
     elif config.init == "pretrained":
         source = pretrained_run(context, arch)
         overrides = [*_model_overrides(source["model"]), f"model.pretrained_checkpoint={source['checkpoint']}"]
         tags = {"init": "pretrained", "pretrained_run_id": source["mlflow_run_id"]}
     else:
         raise dg.Failure(f"init must be 'pretrained' or 'torchvision', not {config.init!r}")
-    return launch_job(context, stage="transfer", config=config, data=project.prepared("transfer"),
-                      overrides=overrides, project=project, dvc=dvc, mlflow=mlflow, launcher=launcher,
-                      tags={**tags, "architecture": arch})
+    return launch_job(
+        context,
+        stage="transfer",
+        config=config,
+        data=project.prepared("transfer"),
+        overrides=overrides,
+        project=project,
+        dvc=dvc,
+        mlflow=mlflow,
+        launcher=launcher,
+        tags={**tags, "architecture": arch},
+    )
 
 
 class ScratchConfig(TrainConfig):
@@ -130,19 +197,39 @@ class ScratchConfig(TrainConfig):
     backbone: str = Field("", description="architecture; empty: the run's partition, else resnet18")
 
 
-@dg.asset(group_name=GROUP, deps=["prepared_transfer", pretrained_backbone], retry_policy=RESUMING_RETRY,
-          pool="train", kinds={"pytorch", "mlflow"},
-          description="Baseline: the same target, network and budget as transfer_finetuned, from random weights.")
-def scratch_baseline(context: dg.AssetExecutionContext, config: ScratchConfig, project: ProjectResource,
-                     dvc: DvcResource, mlflow: MlflowResource, launcher: TrainingLauncher) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=["prepared_transfer", pretrained_backbone],
+    retry_policy=RESUMING_RETRY,
+    pool="train",
+    kinds={"pytorch", "mlflow"},
+    description="Baseline: the same target, network and budget as transfer_finetuned, from random weights.",
+)
+def scratch_baseline(
+    context: dg.AssetExecutionContext,
+    config: ScratchConfig,
+    project: ProjectResource,
+    dvc: DvcResource,
+    mlflow: MlflowResource,
+    launcher: TrainingLauncher,
+) -> dg.MaterializeResult:
     arch = config.backbone or context.run.tags.get("dagster/partition") or DEFAULT_ARCH
     # Same network as the transfer run (it reads the pretrained run's model settings), no weights,
     # and nothing frozen: freezing a random body would only handicap the baseline.
     model = pretrained_run(context, arch)["model"]
     overrides = [*_model_overrides(model), "optim.freeze_body_epochs=0", "optim.body_lr_mult=1.0"]
-    return launch_job(context, stage="transfer", config=config, data=project.prepared("transfer"),
-                      overrides=overrides, project=project, dvc=dvc, mlflow=mlflow, launcher=launcher,
-                      tags={"init": "scratch", "architecture": arch})
+    return launch_job(
+        context,
+        stage="transfer",
+        config=config,
+        data=project.prepared("transfer"),
+        overrides=overrides,
+        project=project,
+        dvc=dvc,
+        mlflow=mlflow,
+        launcher=launcher,
+        tags={"init": "scratch", "architecture": arch},
+    )
 
 
 TRAINING_ASSETS = [pretrained_backbone, transfer_finetuned, scratch_baseline]

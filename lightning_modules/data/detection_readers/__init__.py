@@ -60,8 +60,9 @@ __all__ = [
 READERS: dict[str, Callable[..., DetectionSource]] = {"yolo": read_yolo, "coco": read_coco, "voc": read_voc}
 
 
-def read_detection(src: Path, fmt: str, *, val_fraction: float = 0.2, seed: int = 0,
-                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DetectionSource:
+def read_detection(
+    src: Path, fmt: str, *, val_fraction: float = 0.2, seed: int = 0, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> DetectionSource:
     """Read SRC in format `fmt` (one of READERS)."""
     if fmt not in READERS:
         raise ConfigError(f"fmt: unknown detection format {fmt!r}; choose one of {sorted(READERS)}")

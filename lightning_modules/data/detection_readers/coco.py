@@ -131,14 +131,28 @@ def _coco_annotations(doc: dict, ann_file: Path, keys: set, out: DetectionSource
     return by_image
 
 
-def _read_coco_image(src: Path, split: str, ann_file: Path, index: int, im: dict, anns: list,
-                     cat_index: dict, max_pixels: int, out: DetectionSource) -> DetImage | None:
+def _read_coco_image(
+    src: Path,
+    split: str,
+    ann_file: Path,
+    index: int,
+    im: dict,
+    anns: list,
+    cat_index: dict,
+    max_pixels: int,
+    out: DetectionSource,
+) -> DetImage | None:
     """One `images` entry and its annotations, or None after recording why the image cannot be used."""
     file_name = im["file_name"].strip()
     path, why = _coco_image_path(src, split, file_name)
     if why:
-        out.rejected.append(Rejection(str(ann_file), None, f"images[{index}]: file_name {file_name!r} {why}: "
-                                                           f"not read{dropped_with(len(anns))}"))
+        out.rejected.append(
+            Rejection(
+                str(ann_file),
+                None,
+                f"images[{index}]: file_name {file_name!r} {why}: not read{dropped_with(len(anns))}",
+            )
+        )
         return None
     size = probe_size(path, max_pixels, out)
     if size is None:
@@ -146,8 +160,9 @@ def _read_coco_image(src: Path, split: str, ann_file: Path, index: int, im: dict
     w, h = size
     if (im.get("width"), im.get("height")) not in ((w, h), (None, None)):
         declared = f"{im.get('width')}x{im.get('height')}"
-        out.rejected.append(Rejection(str(path), None, f"image is {w}x{h} but {ann_file.name} says {declared}"
-                                                       f"{dropped_with(len(anns))}"))
+        out.rejected.append(
+            Rejection(str(path), None, f"image is {w}x{h} but {ann_file.name} says {declared}{dropped_with(len(anns))}")
+        )
         return None
     # Crowd annotations (`iscrowd: 1`) mark regions, not trainable boxes: skipped, as every COCO trainer does.
     anns = [(line, a) for line, a in anns if as_int(a.get("iscrowd") or 0) != 1]
@@ -163,8 +178,9 @@ def _read_coco_image(src: Path, split: str, ann_file: Path, index: int, im: dict
     return DetImage(path, w, h, boxes, labels, split, [False] * len(boxes), background=not anns)
 
 
-def read_coco(src: Path, *, val_fraction: float = 0.2, seed: int = 0,
-              max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DetectionSource:
+def read_coco(
+    src: Path, *, val_fraction: float = 0.2, seed: int = 0, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> DetectionSource:
     """Read SRC/annotations/instances_{split}.json; bbox [x,y,w,h] -> xyxy; category ids -> 0..K-1 in id order.
 
     Crowd annotations (`iscrowd: 1`) are skipped: they mark regions, not trainable boxes.
@@ -188,8 +204,9 @@ def read_coco(src: Path, *, val_fraction: float = 0.2, seed: int = 0,
         for i, key, im in track(entries, f"reading COCO {split}"):
             out.images_seen += 1
             with rejecting_errors(out.rejected, ann_file, what=f"images[{i}]: "):
-                det = _read_coco_image(src, split_of[key], ann_file, i, im, by_image.get(key, []), cat_index,
-                                       max_image_pixels, out)
+                det = _read_coco_image(
+                    src, split_of[key], ann_file, i, im, by_image.get(key, []), cat_index, max_image_pixels, out
+                )
                 if det is not None:
                     out.images.append(det)
     return out

@@ -101,8 +101,9 @@ def dropped_with(n_boxes: int) -> str:
 
 
 @contextmanager
-def rejecting_errors(rejected: list[Rejection], path: str | Path, line: int | None = None,
-                     what: str = "") -> Iterator[None]:
+def rejecting_errors(
+    rejected: list[Rejection], path: str | Path, line: int | None = None, what: str = ""
+) -> Iterator[None]:
     """Turn any unexpected exception in one file's work into a Rejection, so one odd file (unreadable, odd
     structure, corrupt past its header) never stops the whole prep. Whole-dataset errors still propagate."""
     try:

@@ -50,11 +50,11 @@ def list_images(folder: Path, root: Path) -> tuple[list[Path], list[Rejection]]:
             full = Path(dirpath) / d
             real = os.path.realpath(full)
             if not inside(full, root):
-                problems.append(Rejection(str(full), None, f"symlinked folder to {real}, outside the dataset "
-                                                           f"root {root}: not read"))
+                problems.append(
+                    Rejection(str(full), None, f"symlinked folder to {real}, outside the dataset root {root}: not read")
+                )
             elif real in listed:
-                log.warning("skipping %s: it leads to %s, already listed (a symlink loop or a second link)",
-                            full, real)
+                log.warning("skipping %s: it leads to %s, already listed (a symlink loop or a second link)", full, real)
             else:
                 listed.add(real)
                 keep.append(d)

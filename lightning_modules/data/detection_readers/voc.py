@@ -38,8 +38,7 @@ def _voc_splits(src: Path, ann_dir: Path, val_fraction: float, seed: int) -> dic
     return split_of
 
 
-def _read_voc_file(src: Path, xml: Path, stem: str, split: str, max_pixels: int,
-                   out: DetectionSource) -> tuple | None:
+def _read_voc_file(src: Path, xml: Path, stem: str, split: str, max_pixels: int, out: DetectionSource) -> tuple | None:
     """Parse one annotation file and probe its image: (xml, image, w, h, split, objects), or None once rejected."""
 
     def reject(path: Path, reason: str) -> None:
@@ -69,13 +68,15 @@ def _read_voc_file(src: Path, xml: Path, stem: str, split: str, max_pixels: int,
     w, h = size
     declared = (_int(root.findtext("size/width")), _int(root.findtext("size/height")))
     if declared[0] and declared[1] and declared != (w, h):
-        return reject(path, f"image is {w}x{h} but {xml.name} says {declared[0]}x{declared[1]}"
-                            f"{dropped_with(len(objs))}")
+        return reject(
+            path, f"image is {w}x{h} but {xml.name} says {declared[0]}x{declared[1]}{dropped_with(len(objs))}"
+        )
     return xml, path, w, h, split, objs
 
 
-def _voc_image(xml: Path, path: Path, w: int, h: int, split: str, objs: list, index: dict,
-               out: DetectionSource) -> DetImage:
+def _voc_image(
+    xml: Path, path: Path, w: int, h: int, split: str, objs: list, index: dict, out: DetectionSource
+) -> DetImage:
     boxes, labels, difficult = [], [], []
     for n, o in enumerate(objs, start=1):
         out.boxes_seen += 1
@@ -89,8 +90,9 @@ def _voc_image(xml: Path, path: Path, w: int, h: int, split: str, objs: list, in
     return DetImage(path, w, h, boxes, labels, split, difficult, background=not objs)
 
 
-def read_voc(src: Path, *, val_fraction: float = 0.2, seed: int = 0,
-             max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DetectionSource:
+def read_voc(
+    src: Path, *, val_fraction: float = 0.2, seed: int = 0, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> DetectionSource:
     """Read VOCdevkit-style SRC (Annotations/*.xml, JPEGImages/, ImageSets/Main/{train,val}.txt).
 
     Coordinates are taken as written (no 1-based shift); classes are the sorted names found;

@@ -81,8 +81,7 @@ def _yolo_names(cfg: dict, yaml_path: Path) -> list[str]:
     elif names is None:
         raise DataError(yaml_path, "needs `names` (a list or a dict id -> name) or `nc`")
     else:
-        raise DataError(yaml_path, f"`names` must be a list or a dict id -> name, got {type(names).__name__} "
-                                   f"{names!r}")
+        raise DataError(yaml_path, f"`names` must be a list or a dict id -> name, got {type(names).__name__} {names!r}")
     if nc is not None and nc != len(names):
         raise DataError(yaml_path, f"`nc` is {nc} but `names` has {len(names)} entries")
     if not names:
@@ -115,16 +114,19 @@ def _yolo_split_entries(cfg: dict, yaml_path: Path) -> dict[str, list[str]]:
             continue
         entries = entry if isinstance(entry, list) else [entry]
         if not all(isinstance(e, str) and e.strip() and "\0" not in e for e in entries):
-            raise DataError(yaml_path, f"`{split}` must be a folder, a .txt list of images or a list of those "
-                                       f"(strings), got {entry!r}")
+            raise DataError(
+                yaml_path,
+                f"`{split}` must be a folder, a .txt list of images or a list of those (strings), got {entry!r}",
+            )
         out[split] = entries
     if "train" not in out:
         raise DataError(yaml_path, "needs a `train` entry")
     return out
 
 
-def _yolo_split_images(entries: list[str], root: Path, yaml_path: Path, split: str
-                       ) -> tuple[list[Path], list[Rejection]]:
+def _yolo_split_images(
+    entries: list[str], root: Path, yaml_path: Path, split: str
+) -> tuple[list[Path], list[Rejection]]:
     """A split entry is a folder, a .txt list of images, or a list of those.
 
     An entry itself leading out of the root is a mistake in data.yaml (DataError); an image in a .txt list
@@ -203,8 +205,9 @@ def _read_yolo_labels(label: Path, w: int, h: int, nc: int, rej: list[Rejection]
     return boxes, labels, seen
 
 
-def _read_yolo_image(path: Path, split: str, root: Path, nc: int, max_pixels: int,
-                     out: DetectionSource) -> DetImage | None:
+def _read_yolo_image(
+    path: Path, split: str, root: Path, nc: int, max_pixels: int, out: DetectionSource
+) -> DetImage | None:
     """One image and its label file, or None after recording why the image cannot be used."""
     why = outside_root(path, root)
     if why:
@@ -230,8 +233,9 @@ def _read_yolo_image(path: Path, split: str, root: Path, nc: int, max_pixels: in
     return DetImage(path, w, h, boxes, labels, split, [False] * len(boxes), background=seen == 0)
 
 
-def read_yolo(src: Path, *, val_fraction: float = 0.2, seed: int = 0,
-              max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DetectionSource:
+def read_yolo(
+    src: Path, *, val_fraction: float = 0.2, seed: int = 0, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> DetectionSource:
     """Read a YOLO dataset from SRC/data.yaml (`path`, `train`, `val`[, `test`], `nc`, `names`)."""
     yaml_path = src / "data.yaml" if src.is_dir() else src
     cfg = _load_yolo_yaml(yaml_path)
@@ -246,8 +250,11 @@ def read_yolo(src: Path, *, val_fraction: float = 0.2, seed: int = 0,
         out.images_seen += len(problems)
     if "val" not in per_split:
         assign = seeded_split(per_split["train"], val_fraction, seed)
-        per_split = {**per_split, "train": [p for p in assign if assign[p] == "train"],
-                     "val": [p for p in assign if assign[p] == "val"]}
+        per_split = {
+            **per_split,
+            "train": [p for p in assign if assign[p] == "train"],
+            "val": [p for p in assign if assign[p] == "val"],
+        }
 
     todo = [(split, p) for split, paths in per_split.items() for p in paths]
     for split, path in track(todo, "reading YOLO labels"):
