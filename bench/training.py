@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,9 +85,9 @@ def _module_and_data(cfg, data: Path):
 
     dm = ClassificationDataModule(data, cfg.data, seed=0)
     module = ClassificationModule(
-        model=asdict(cfg.model),
-        optim=asdict(cfg.optim),
-        loss=asdict(cfg.loss),
+        model=cfg.model.model_dump(),
+        optim=cfg.optim.model_dump(),
+        loss=cfg.loss.model_dump(),
         num_classes=dm.num_classes,
         mean=dm.info.mean,
         std=dm.info.std,

@@ -1,167 +1,207 @@
-"""Training job configuration: dataclasses loaded from YAML, with `--set a.b=value` overrides.
+"""Training job configuration: pydantic models loaded from YAML, with `--set a.b=value` overrides.
 
 A job config is one YAML file (optionally followed by overlay files such as a run's
 `tuned.yaml`) with the sections below; every key is checked, so a typo is a
 `ConfigError` naming the file and the key instead of a silently ignored setting.
+The defaults live here, in the models, and nowhere else.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from lightning_modules.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # lax pydantic would read `lr: true` as 1.0
+        raise PydanticCustomError("float_type", "must be a number, not true/false")
+    return value
 
 
-@dataclass
-class ModelConfig:
+# Ints, floats and numeric strings ("1e-3": YAML 1.1 reads it as a string) become floats; booleans don't.
+Float = Annotated[float, BeforeValidator(_not_bool)]
+# Ints stay exact: 4.0, "4" and true are refused (a batch count is not a fraction).
+Int = StrictInt
+Bool = StrictBool
+Positive = Field(gt=0)
+NonNegative = Field(ge=0)
+Probability = Field(ge=0, le=1)
+
+
+class Section(BaseModel):
+    """Unknown keys, NaN and inf fail; numbers are accepted where a string is expected (`name: 18`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, coerce_numbers_to_str=True)
+
+
+class ModelConfig(Section):
     name: str = "resnet18"
-    width: float = 1.0
+    width: Annotated[Float, Positive] = 1.0
     activation: str = "default"  # "default": the architecture's own; else a name in ACTIVATIONS
     # Keyword arguments of models.DropoutConfig (None: the backbone's default).
     dropout: dict[str, Any] | None = None
-    small_input: bool = False
+    small_input: Bool = False
     # Transfer: our Lightning checkpoint (or a state_dict) whose body initialises the model; the
     # classifier starts fresh for this job's classes. The architecture must match (ConfigError).
     pretrained_checkpoint: str | None = None
     # Transfer from torchvision: a saved torchvision ImageNet state dict (models.backbone.load_torchvision_weights).
     torchvision_weights: str | None = None
 
-
-@dataclass
-class DataConfig:
-    batch_size: int = 64  # per device
-    num_workers: int = 2
-    image_size: int | None = None  # None: the prepared manifest's image_size
-    augment: bool = True  # random resized crop + horizontal flip on the train split
-    crop_scale_min: float = 0.35
-    shuffle: bool = True
+    @model_validator(mode="after")
+    def _one_init(self) -> ModelConfig:
+        if self.pretrained_checkpoint and self.torchvision_weights:
+            raise ValueError("set model.pretrained_checkpoint or model.torchvision_weights, not both")
+        return self
 
 
-@dataclass
-class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
+class DataConfig(Section):
+    batch_size: Annotated[Int, Positive] = 64  # per device
+    num_workers: Annotated[Int, NonNegative] = 2
+    image_size: Annotated[Int, Positive] | None = None  # None: the prepared manifest's image_size
+    augment: Bool = True  # random resized crop + horizontal flip on the train split
+    crop_scale_min: Annotated[Float, Field(gt=0, le=1)] = 0.35
+    shuffle: Bool = True
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: Annotated[Float, Positive] = 0.1
+    momentum: Float = 0.9
+    nesterov: Bool = False
+    weight_decay: Float = 5e-4
     # When set, lr is given for this batch and scaled linearly to the effective batch.
-    reference_batch: int | None = None
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_size: int = 30  # epochs, for schedule "step"
-    gamma: float = 0.1
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    reference_batch: Annotated[Int, Positive] | None = None
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = "cosine"
+    warmup_epochs: Annotated[Float, NonNegative] = 0.0  # at most trainer.max_epochs
+    step_size: Int = 30  # epochs, for schedule "step"
+    gamma: Float = 0.1
+    min_lr_ratio: Float = 0.0  # cosine floor as a fraction of lr
     # Fine-tuning: the body (feature extractor) is frozen for this many epochs (no gradients, batch
     # norm statistics fixed), so the fresh classifier settles before it can disturb the body.
-    freeze_body_epochs: int = 0
-    body_lr_mult: float = 1.0  # the body's LR = lr x this (e.g. 0.1: fine-tune the body gently)
+    freeze_body_epochs: Annotated[Int, NonNegative] = 0  # at most trainer.max_epochs
+    body_lr_mult: Annotated[Float, NonNegative] = 1.0  # the body's LR = lr x this (0.1: fine-tune the body gently)
 
 
-@dataclass
-class LossConfig:
+class LossConfig(Section):
     name: str = "cross_entropy"
-    label_smoothing: float = 0.0
+    label_smoothing: Annotated[Float, Field(ge=0, lt=1)] = 0.0
 
 
-@dataclass
-class TrainerConfig:
-    max_epochs: int = 10
-    devices: int = 1
-    num_nodes: int = 1
-    accelerator: str = "cpu"
-    precision: str = "32"
-    channels_last: bool = False
-    compile: bool = False
-    accumulate_grad_batches: int = 1
-    seed: int = 0
-    early_stopping_patience: int | None = None  # epochs without val/loss improvement; None: off
-    checkpoint_every_n_steps: int = 200
-    limit_train_batches: float | int | None = None
-    limit_val_batches: float | int | None = None
-    fast_dev_run: bool = False
-    gradient_clip_val: float | None = None
-    log_every_n_steps: int = 50
-    grad_monitor_every_n_steps: int = 50  # 0: gradient flow monitor off
-    nan_guard: bool = True
-    deterministic: bool = False
+class TrainerConfig(Section):
+    max_epochs: Annotated[Int, Positive] = 10
+    devices: Annotated[Int, Positive] = 1
+    num_nodes: Annotated[Int, Positive] = 1
+    accelerator: Literal["cpu", "gpu", "cuda", "auto"] = "cpu"
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    channels_last: Bool = False
+    compile: Bool = False
+    accumulate_grad_batches: Annotated[Int, Positive] = 1
+    seed: Int = 0
+    early_stopping_patience: Int | None = None  # epochs without val/loss improvement; None: off
+    checkpoint_every_n_steps: Annotated[Int, Positive] = 200
+    limit_train_batches: Float | Int | None = None  # 4: batches, 0.5: a fraction (the type is kept)
+    limit_val_batches: Float | Int | None = None
+    fast_dev_run: Bool = False
+    gradient_clip_val: Float | None = None
+    log_every_n_steps: Int = 50
+    grad_monitor_every_n_steps: Int = 50  # 0: gradient flow monitor off
+    nan_guard: Bool = True
+    deterministic: Bool = False
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # `precision: 32`
 
 
-@dataclass
-class DetectionConfig:
+class DetectionConfig(Section):
     """The YOLO stage (task: detection). Input size is data.image_size (default 416)."""
 
     version: str = "yolov3"  # a name in detection.models.DETECTORS
     # (w, h) pixels at data.image_size; None: the prepared set's k-means anchors (v2: 5, v3: 9), rescaled.
-    anchors: list[list[float]] | None = None
-    box_loss: str = "ciou"  # v3: giou, ciou or mse
-    grid: int = 7  # v1: S
-    boxes: int = 2  # v1: B
+    anchors: list[list[Float]] | None = None
+    box_loss: Literal["giou", "ciou", "mse"] = "ciou"  # v3
+    grid: Annotated[Int, Positive] = 7  # v1: S
+    boxes: Annotated[Int, Positive] = 2  # v1: B
     # Multi-scale training (YOLOv2): every `multiscale_every` batches the batch is resized to one of
     # these sizes (multiples of 32); the same choice on every rank. None: fixed size.
-    multiscale: list[int] | None = None
-    multiscale_every: int = 10
-    mosaic_prob: float = 0.5
-    affine: bool = True
-    hsv: bool = True
-    flip: float = 0.5
+    multiscale: list[Int] | None = None
+    multiscale_every: Annotated[Int, Positive] = 10
+    mosaic_prob: Annotated[Float, Probability] = 0.5
+    affine: Bool = True
+    hsv: Bool = True
+    flip: Annotated[Float, Probability] = 0.5
     # EMA of the weights (validation, checkpoints and the final model use it); null: off.
     # The decay ramps up as decay * (1 - exp(-updates / ema_tau)), so early averages follow the weights.
-    ema_decay: float | None = 0.9999
-    ema_tau: float = 2000.0
+    ema_decay: Annotated[Float, Field(gt=0, lt=1)] | None = 0.9999
+    ema_tau: Annotated[Float, Positive] = 2000.0
     # Validation/evaluation decoding: a low confidence floor (mAP integrates the whole PR curve).
-    conf_threshold: float = 0.001
-    nms_iou: float = 0.6
-    max_det: int = 100
-    class_agnostic_nms: bool = False
+    conf_threshold: Annotated[Float, Probability] = 0.001
+    nms_iou: Annotated[Float, Probability] = 0.6
+    max_det: Annotated[Int, Positive] = 100
+    class_agnostic_nms: Bool = False
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DetectionConfig:
+        if any(s <= 0 or s % 32 for s in self.multiscale or []):
+            raise ValueError(f"detection.multiscale={self.multiscale}: sizes must be positive multiples of 32")
+        if any(len(a) != 2 or min(a) <= 0 for a in self.anchors or []):
+            raise ValueError(f"detection.anchors={self.anchors}: must be a list of positive [w, h] pairs")
+        return self
 
 
-@dataclass
-class TrackingConfig:
+class TrackingConfig(Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
     experiment: str = "visionflow-classification"
     run_name: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
     # Log into this existing MLflow run (e.g. created by Dagster's MlflowResource with its tags);
     # it is kept in RUN_DIR/mlflow_run_id, so a retry resumes into the same run.
     run_id: str | None = None
-    log_checkpoint: bool = True  # upload the best checkpoint as an artifact
+    log_checkpoint: Bool = True  # upload the best checkpoint as an artifact
 
 
-TASKS = ("classification", "detection")
+class JobConfig(Section):
+    task: Literal["classification", "detection"] = "classification"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
 
-
-@dataclass
-class JobConfig:
-    task: str = "classification"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    detection: DetectionConfig = field(default_factory=DetectionConfig)
-
-
-_CHOICES = {
-    ("optim", "name"): OPTIMIZERS,
-    ("optim", "schedule"): SCHEDULES,
-    ("trainer", "precision"): PRECISIONS,
-    ("trainer", "accelerator"): ACCELERATORS,
-    ("detection", "box_loss"): ("giou", "ciou", "mse"),
-}
+    @model_validator(mode="after")
+    def _across_sections(self) -> JobConfig:
+        epochs = self.trainer.max_epochs
+        if self.optim.warmup_epochs > epochs:
+            raise ValueError(
+                f"optim.warmup_epochs={self.optim.warmup_epochs} must be in [0, trainer.max_epochs={epochs}]"
+            )
+        if self.optim.freeze_body_epochs > epochs:
+            raise ValueError(
+                f"optim.freeze_body_epochs={self.optim.freeze_body_epochs} must be in [0, trainer.max_epochs={epochs}]"
+            )
+        size = self.data.image_size
+        if self.task == "detection" and size is not None and size % 32:
+            raise ValueError(f"data.image_size={size} must be a multiple of 32 for detection")
+        return self
 
 
 def load_config(paths: str | Path | list[str | Path], overrides: list[str] | None = None) -> JobConfig:
@@ -179,32 +219,31 @@ def load_config(paths: str | Path | list[str | Path], overrides: list[str] | Non
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-        _check_keys(loaded, JobConfig, str(path), "")
+        _check_keys(loaded, JobConfig, str(path))
         _merge(data, loaded)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.05")
-        value = yaml.safe_load(raw) if raw != "" else None
-        nested: dict[str, Any] = value  # type: ignore[assignment]
+        nested: Any = yaml.safe_load(raw) if raw != "" else None
         for part in reversed(key.split(".")):
             nested = {part: nested}
-        _check_keys(nested, JobConfig, "--set", "")
+        _check_keys(nested, JobConfig, "--set")
         _merge(data, nested)
     source = ", ".join(str(p) for p in paths) + (" + --set" if overrides else "")
     return from_dict(data, source=source)
 
 
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> JobConfig:
-    """Build and validate a JobConfig from a nested dict."""
-    _check_keys(data, JobConfig, source, "")
-    cfg = _build(JobConfig, data, source, "")
-    validate(cfg, source)
-    return cfg
+    """Build and validate a JobConfig from a nested dict; a bad value is a ConfigError naming `source` and the key."""
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc, data, source)) from None
 
 
 def to_dict(cfg: JobConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    return cfg.model_dump()
 
 
 def dump_yaml(cfg: JobConfig | dict[str, Any]) -> str:
@@ -230,96 +269,6 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
-def validate(cfg: JobConfig, source: str) -> None:
-    _check_finite(to_dict(cfg), source)
-    if cfg.task not in TASKS:
-        raise ConfigError(f"{source}: task={cfg.task!r} is not one of {', '.join(TASKS)}")
-    for (section, name), choices in _CHOICES.items():
-        value = getattr(getattr(cfg, section), name)
-        if value not in choices:
-            raise ConfigError(f"{source}: {section}.{name}={value!r} is not one of {', '.join(choices)}")
-    positive = {
-        "data.batch_size": cfg.data.batch_size,
-        "optim.lr": cfg.optim.lr,
-        "trainer.max_epochs": cfg.trainer.max_epochs,
-        "trainer.devices": cfg.trainer.devices,
-        "trainer.num_nodes": cfg.trainer.num_nodes,
-        "trainer.accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
-        "trainer.checkpoint_every_n_steps": cfg.trainer.checkpoint_every_n_steps,
-        "model.width": cfg.model.width,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{source}: {key}={value!r} must be > 0")
-    if cfg.optim.reference_batch is not None and cfg.optim.reference_batch <= 0:
-        raise ConfigError(f"{source}: optim.reference_batch must be > 0 or null")
-    if cfg.data.num_workers < 0:
-        raise ConfigError(f"{source}: data.num_workers must be >= 0")
-    if not 0.0 <= cfg.loss.label_smoothing < 1.0:
-        raise ConfigError(f"{source}: loss.label_smoothing={cfg.loss.label_smoothing} must be in [0, 1)")
-    if not 0.0 < cfg.data.crop_scale_min <= 1.0:
-        raise ConfigError(f"{source}: data.crop_scale_min must be in (0, 1]")
-    if cfg.optim.warmup_epochs < 0 or cfg.optim.warmup_epochs > cfg.trainer.max_epochs:
-        raise ConfigError(f"{source}: optim.warmup_epochs must be in [0, trainer.max_epochs]")
-    if not 0 <= cfg.optim.freeze_body_epochs <= cfg.trainer.max_epochs:
-        raise ConfigError(
-            f"{source}: optim.freeze_body_epochs={cfg.optim.freeze_body_epochs} must be in "
-            f"[0, trainer.max_epochs={cfg.trainer.max_epochs}]"
-        )
-    if cfg.optim.body_lr_mult < 0:
-        raise ConfigError(f"{source}: optim.body_lr_mult={cfg.optim.body_lr_mult} must be >= 0")
-    if cfg.task == "detection":
-        _validate_detection(cfg, source)
-    if cfg.model.pretrained_checkpoint and cfg.model.torchvision_weights:
-        raise ConfigError(f"{source}: set model.pretrained_checkpoint or model.torchvision_weights, not both")
-
-
-def _validate_detection(cfg: JobConfig, source: str) -> None:
-    d = cfg.detection
-    size = cfg.data.image_size
-    if size is not None and size % 32:
-        raise ConfigError(f"{source}: data.image_size={size} must be a multiple of 32 for detection")
-    for s in d.multiscale or []:
-        if not isinstance(s, int) or s <= 0 or s % 32:
-            raise ConfigError(f"{source}: detection.multiscale={d.multiscale}: sizes must be positive multiples of 32")
-    if d.anchors is not None and (
-        not all(isinstance(a, list) and len(a) == 2 for a in d.anchors) or any(v <= 0 for a in d.anchors for v in a)
-    ):
-        raise ConfigError(f"{source}: detection.anchors must be a list of positive [w, h] pairs")
-    if d.ema_decay is not None and not 0.0 < d.ema_decay < 1.0:
-        raise ConfigError(f"{source}: detection.ema_decay={d.ema_decay} must be in (0, 1) or null")
-    checks = {
-        "detection.multiscale_every": d.multiscale_every,
-        "detection.grid": d.grid,
-        "detection.boxes": d.boxes,
-        "detection.max_det": d.max_det,
-        "detection.ema_tau": d.ema_tau,
-    }
-    for key, value in checks.items():
-        if value <= 0:
-            raise ConfigError(f"{source}: {key}={value!r} must be > 0")
-    for key, value in {
-        "detection.mosaic_prob": d.mosaic_prob,
-        "detection.flip": d.flip,
-        "detection.conf_threshold": d.conf_threshold,
-        "detection.nms_iou": d.nms_iou,
-    }.items():
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{source}: {key}={value!r} must be in [0, 1]")
-
-
-def _check_finite(d: Any, source: str, key: str = "") -> None:
-    """NaN and inf pass every `<= 0` test and then crash deep in torch: refuse them by name, up front."""
-    if isinstance(d, dict):
-        for k, v in d.items():
-            _check_finite(v, source, f"{key}.{k}" if key else str(k))
-    elif isinstance(d, (list, tuple)):
-        for i, v in enumerate(d):
-            _check_finite(v, source, f"{key}[{i}]")
-    elif isinstance(d, float) and not math.isfinite(d):
-        raise ConfigError(f"{source}: {key}={d!r} must be a finite number")
-
-
 # -- internals ---------------------------------------------------------------------------------
 
 
@@ -331,85 +280,80 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
             into[k] = v
 
 
-def _check_keys(data: dict[str, Any], cls: type, source: str, prefix: str) -> None:
-    hints = typing.get_type_hints(cls)
+def _section_of(field: Any) -> type[Section] | None:
+    cls = field.annotation
+    return cls if isinstance(cls, type) and issubclass(cls, Section) else None
+
+
+def _unknown(key: str, section: type[Section], source: str) -> ConfigError:
+    known = ", ".join(section.model_fields)
+    return ConfigError(f"{source}: unknown key '{key}' (known in this section: {known})")
+
+
+def _check_keys(data: dict[str, Any], cls: type[Section], source: str, prefix: str = "") -> None:
+    """Key names only, per file, so that a typo names the file it is in (values are checked once merged)."""
     for key, value in data.items():
-        if key not in hints:
-            known = ", ".join(hints)
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known in this section: {known})")
-        sub = hints[key]
-        if dataclasses.is_dataclass(sub):
+        if key not in cls.model_fields:
+            raise _unknown(f"{prefix}{key}", cls, source)
+        sub = _section_of(cls.model_fields[key])
+        if sub is not None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{prefix}{key}' must be a mapping of {sub.__name__} fields")
             _check_keys(value, sub, source, f"{prefix}{key}.")
 
 
-def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, source, f"{prefix}{key}.")
+_PROBLEMS = {
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "finite_number": "must be a finite number",
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "literal_error": "is not one of {expected}",
+}
+
+
+def _message(exc: ValidationError, data: dict[str, Any], source: str) -> str:
+    """The first error as `{source}: {dotted.key}={value!r} {problem}`."""
+    errors = exc.errors()
+    first = errors[0]
+    if first["type"] == "value_error":  # a cross-field rule: its message names the keys
+        return f"{source}: {first['ctx']['error']}"
+    name, value = _locate(first["loc"], data)
+    if first["type"] == "extra_forbidden":
+        section: type[Section] = JobConfig
+        for part in first["loc"][:-1]:
+            section = _section_of(section.model_fields[str(part)]) or section
+        return str(_unknown(name, section, source))
+    # One key failing several ways is a union (`limit_train_batches: float | int | None`): name them all.
+    problems = [_problem(e) for e in errors if _locate(e["loc"], data)[0] == name]
+    problem = " or ".join(dict.fromkeys(problems)).replace(" or must be ", " or ")
+    if first["type"] == "finite_number":
+        value = float(value)  # "nan" from YAML is a string
+    return f"{source}: {name}={value!r} {problem}"
+
+
+def _problem(error: Any) -> str:
+    template = _PROBLEMS.get(error["type"])
+    if template is None:
+        return error["msg"].replace("Input should", "should")
+    return template.format(**error.get("ctx", {}))
+
+
+def _locate(loc: tuple[int | str, ...], data: Any) -> tuple[str, Any]:
+    """The dotted key and the value given for it at a pydantic error location (union member tags dropped)."""
+    name, value = "", data
+    for part in loc:
+        if isinstance(value, dict) and part in value:
+            name, value = f"{name}.{part}" if name else str(part), value[part]
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+            name, value = f"{name}[{part}]", value[part]
         else:
-            kwargs[key] = _coerce(value, hint, source, f"{prefix}{key}")
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
-    """Check `value` against a simple type hint; ints are accepted for floats, numbers as strings."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        if type(value) in options:  # exact match first: 4 stays a batch count, not 4.0
-            return value
-        errors = []
-        for opt in options:
-            if opt is type(None):
-                continue
-            try:
-                return _coerce(value, opt, source, key)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise (
-            errors[0]
-            if len(errors) == 1
-            else ConfigError(f"{source}: {key}={value!r} has the wrong type (expected {_name(hint)})")
-        )
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
-        return dict(value)
-    bad = ConfigError(f"{source}: {key}={value!r} has the wrong type (expected {_name(hint)})")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if hint is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if hint is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # precision: 32
-        if not isinstance(value, str):
-            raise bad
-        return value
-    return value
-
-
-def _name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            break
+    return name, value

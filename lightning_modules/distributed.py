@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from lightning_modules.contract import RESULT_FILE
+
 log = logging.getLogger("visionflow")
 
 
@@ -151,7 +153,7 @@ class JsonReporter(NullReporter):
     """Writes the final result to RUN_DIR/result.json (atomically: a rerun trusts this file)."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "result.json"
+        self.path = Path(run_dir) / RESULT_FILE
 
     def finish(self, result: dict[str, Any]) -> None:
         tmp = self.path.with_suffix(".json.tmp")

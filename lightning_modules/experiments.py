@@ -10,56 +10,37 @@ when an asset runs the experiment.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from lightning_modules.errors import VisionflowError
+from lightning_modules.contract import JobFailed, JobRequest, JobResult, read_result
+
+__all__ = [
+    "PARENT_TAG",
+    "JobFailed",
+    "JobRequest",
+    "JobResult",
+    "Launch",
+    "read_result",
+    "subprocess_launch",
+    "parent_run",
+    "child_run",
+    "finish_run",
+]
 
 PARENT_TAG = "mlflow.parentRunId"
 
 
-class JobFailed(VisionflowError, RuntimeError):
-    """A launched training job exited non-zero; the message carries its run folder and stderr tail."""
+# A launcher runs the job to its end and returns its RUN_DIR/result.json.
+Launch = Callable[[JobRequest], JobResult]
 
 
-@dataclass
-class LaunchRequest:
-    """One training job: `python -m lightning_modules.train *configs --data D --out RUN_DIR --set ...`."""
-
-    configs: list[Path]
-    data: Path
-    run_dir: Path
-    overrides: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-
-    def argv(self) -> list[str]:
-        args = [*map(str, self.configs), "--data", str(self.data), "--out", str(self.run_dir)]
-        for item in self.overrides:
-            args += ["--set", item]
-        return args
-
-
-# A launcher runs the job to its end and returns its RUN_DIR/result.json (a dict).
-Launch = Callable[[LaunchRequest], dict[str, Any]]
-
-
-def read_result(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "result.json"
-    if not path.is_file():
-        raise JobFailed(f"{run_dir}: the job finished without writing result.json")
-    return json.loads(path.read_text())
-
-
-def subprocess_launch(req: LaunchRequest, *, timeout: float | None = None) -> dict[str, Any]:
+def subprocess_launch(req: JobRequest, *, timeout: float | None = None) -> JobResult:
     """Run the job as a child process of this Python; JobFailed with the stderr tail when it fails."""
     req.run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "lightning_modules.train", *req.argv()]
+    cmd = req.command()
     log_path = req.run_dir / "job.log"
     with log_path.open("ab") as log:
         done = subprocess.run(cmd, env={**os.environ, **req.env}, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)

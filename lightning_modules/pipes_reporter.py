@@ -18,13 +18,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.contract import REQUIRED_KEYS
 from lightning_modules.distributed import JsonReporter
 
 log = logging.getLogger("visionflow")
 
-# Keys of the materialization's metadata (the Dagster side may rely on them).
-METADATA_KEYS = (
-    "status",
+# Keys of the materialization's metadata: every required key of the job's result (the launcher checks
+# they arrived), then what the asset page shows, some derived from the history (val_acc1_best, ...).
+_SHOWN = (
     "val_acc1",
     "val_acc5",
     "val_loss",
@@ -32,21 +33,17 @@ METADATA_KEYS = (
     "val_acc1_final",
     "best_epoch",
     "epochs",
-    "global_step",
     "effective_batch",
     "lr_effective",
     "world_size",
-    "best_checkpoint",
     "last_checkpoint",
-    "run_dir",
-    "mlflow_run_id",
     "tracking_uri",
     "experiment",
     "history",
     "figures",
-    "data_version",
     "fit_seconds",
 )
+METADATA_KEYS = (*REQUIRED_KEYS, *(k for k in _SHOWN if k not in REQUIRED_KEYS))
 _EPOCH_KEYS = ("train_loss", "val_loss", "val_acc1", "val_acc5", "val_map_50", "val_map", "lr")
 
 

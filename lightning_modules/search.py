@@ -29,7 +29,6 @@ import math
 import os
 import sys
 import threading
-import typing
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -37,14 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from lightning_modules import pruning
 from lightning_modules.config import JobConfig, diff, load_config, to_dict
 from lightning_modules.errors import ConfigError, VisionflowError
 from lightning_modules.experiments import (
     JobFailed,
+    JobRequest,
     Launch,
-    LaunchRequest,
     child_run,
     finish_run,
     parent_run,
@@ -371,11 +371,10 @@ def _split_field(key: str) -> tuple[str, str]:
     cls: Any = JobConfig
     parts = key.split(".")
     for i, part in enumerate(parts):
-        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
-        if part not in hints:
+        if part not in cls.model_fields:
             return key, ""  # unknown: load_config names it
-        cls = hints[part]
-        if not dataclasses.is_dataclass(cls):
+        cls = cls.model_fields[part].annotation
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
             return ".".join(parts[: i + 1]), ".".join(parts[i + 1 :])
     return key, ""
 
@@ -645,7 +644,7 @@ def _run_trial(ctx: _Context, number: int, trial_id: int, params: dict[str, Any]
 
 
 def _prepare(ctx: _Context, number: int, trial_id: int, params: dict[str, Any]):
-    """The trial's nested MLflow run (reopened on a resume) and its job: (LaunchRequest, Trial, run id)."""
+    """The trial's nested MLflow run (reopened on a resume) and its job: (JobRequest, Trial, run id)."""
     import optuna
 
     cfg = ctx.cfg
@@ -672,8 +671,12 @@ def _prepare(ctx: _Context, number: int, trial_id: int, params: dict[str, Any]):
         "tracking.run_id": child_id,
     }
     env = {**pruning.trial_env(ctx.storage_url, STUDY_NAME, trial_id), "VISIONFLOW_THREADS": str(ctx.threads)}
-    req = LaunchRequest(
-        configs=list(cfg.base), data=ctx.data, run_dir=run_dir, overrides=overrides(values, ctx.base), env=env
+    req = JobRequest(
+        configs=tuple(map(str, cfg.base)),
+        data=ctx.data,
+        run_dir=run_dir,
+        overrides=tuple(overrides(values, ctx.base)),
+        env=env,
     )
     return req, trial, child_id
 

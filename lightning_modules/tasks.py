@@ -5,7 +5,7 @@ best checkpoint, and task callbacks. train.py does everything else the same way 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,11 @@ def _build_classification(cfg: JobConfig, data: Path, lr: float) -> Built:
     from lightning_modules.datamodule import ClassificationDataModule
 
     dm = ClassificationDataModule(data, cfg.data, seed=cfg.trainer.seed)
-    mean, std = input_normalization(asdict(cfg.model), dm.info.mean, dm.info.std)
+    mean, std = input_normalization(cfg.model.model_dump(), dm.info.mean, dm.info.std)
     module = ClassificationModule(
-        model=asdict(cfg.model),
-        optim=asdict(cfg.optim),
-        loss=asdict(cfg.loss),
+        model=cfg.model.model_dump(),
+        optim=cfg.optim.model_dump(),
+        loss=cfg.loss.model_dump(),
         num_classes=dm.num_classes,
         mean=mean,
         std=std,
@@ -82,11 +82,11 @@ def _build_detection(cfg: JobConfig, data: Path, lr: float) -> Built:
     d = cfg.detection
     anchors = d.anchors if d.anchors is not None else anchors_for(dm.info, d.version, dm.image_size)
     # A pretrained body keeps the input normalisation it learned with; from scratch: YOLO's 0..1 scaling.
-    mean, std = input_normalization(asdict(cfg.model), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    mean, std = input_normalization(cfg.model.model_dump(), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     module = DetectionModule(
-        model=asdict(cfg.model),
-        detection=asdict(d),
-        optim=asdict(cfg.optim),
+        model=cfg.model.model_dump(),
+        detection=d.model_dump(),
+        optim=cfg.optim.model_dump(),
         num_classes=dm.num_classes,
         image_size=dm.image_size,
         anchors=anchors,

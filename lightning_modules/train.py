@@ -31,6 +31,7 @@ from typing import Any
 
 from lightning_modules import distributed as dist
 from lightning_modules.config import JobConfig, diff, dump_yaml, flatten, load_config, to_dict
+from lightning_modules.contract import RESULT_FILE, JobResult, summary
 from lightning_modules.data.lineage import data_identity
 from lightning_modules.errors import ConfigError, DataError, VisionflowError
 
@@ -38,7 +39,6 @@ log = logging.getLogger("visionflow")
 
 CONFIG_FILE = "config.yaml"
 JOB_FILE = "job.json"
-RESULT_FILE = "result.json"
 # Fields that may differ between attempts of one run without changing what it computes
 # (tracking.tags.* too: a Dagster retry carries another Dagster run id).
 _RERUN_FREE = {"data.num_workers", "trainer.devices", "tracking.run_id"}
@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(result, int):
         return result
     if dist.is_global_zero() and result:
-        print(json.dumps(_summary(result)))
+        print(json.dumps(summary(result)))
     return 0
 
 
-def run(args: argparse.Namespace) -> dict[str, Any] | int:
+def run(args: argparse.Namespace) -> JobResult | int:
     """Run (or resume, or report) the job described by the parsed arguments."""
     cfg = load_config(args.config, args.set)
     check_names(cfg, _sources(args))
@@ -264,7 +264,7 @@ def _quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *, sources: str = "") -> dict[str, Any]:
+def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *, sources: str = "") -> JobResult:
     """Train in this process (one rank of the job). Returns the result dict on rank 0."""
     import pytorch_lightning as L
 
@@ -429,7 +429,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     best_score = float(best_cb.best_model_score) if best_cb.best_model_score is not None else None
     best_path = best_cb.best_model_path or None
     history_cb = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
-    result = {
+    result: JobResult = {
         "status": "finished",
         "run_dir": str(run_dir),
         "tracking_uri": uri,
@@ -537,27 +537,6 @@ def _write_once(path: Path, text: str) -> None:
 
 def _sources(args: argparse.Namespace) -> str:
     return ", ".join(str(c) for c in args.config) + (" + --set" if args.set else "")
-
-
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    keep = (
-        "status",
-        "run_dir",
-        "mlflow_run_id",
-        "global_step",
-        "epochs",
-        "best_val_loss",
-        "monitor",
-        "best_score",
-        "best_checkpoint",
-    )
-    out = {k: result.get(k) for k in keep if k in result}
-    out["metrics"] = {
-        k: round(v, 4)
-        for k, v in result.get("metrics", {}).items()
-        if k.startswith(("val/", "train/")) and isinstance(v, float)
-    }
-    return out
 
 
 def _setup_logging() -> None:

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +57,9 @@ def tune(
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     dm = ClassificationDataModule(data_dir, cfg.data, seed=cfg.trainer.seed)
     module = ClassificationModule(
-        model=asdict(cfg.model),
-        optim=asdict(cfg.optim),
-        loss=asdict(cfg.loss),
+        model=cfg.model.model_dump(),
+        optim=cfg.optim.model_dump(),
+        loss=cfg.loss.model_dump(),
         num_classes=dm.num_classes,
         mean=dm.info.mean,
         std=dm.info.std,

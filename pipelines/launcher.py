@@ -9,35 +9,15 @@ Lightning's own DDP launcher is never used: it re-runs the calling program, whic
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-# Metadata the job must report through Pipes; without it the step fails instead of
-# succeeding quietly (Pipes that was never opened looks like success with no metadata).
-REQUIRED_KEYS = ("best_checkpoint", "mlflow_run_id")
-
-
-@dataclass
-class JobSpec:
-    """One training job: config files, prepared data, run folder, overrides."""
-
-    configs: list[str]
-    data: Path
-    run_dir: Path
-    overrides: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-
-    def train_args(self) -> list[str]:
-        args = ["-m", "lightning_modules.train", *self.configs, "--data", str(self.data), "--out", str(self.run_dir)]
-        for item in self.overrides:
-            args += ["--set", item]
-        return args
+from lightning_modules.contract import JobRequest, missing_keys
 
 
 def torchrun_command(
-    spec: JobSpec,
+    spec: JobRequest,
     *,
     nproc_per_node: int,
     nnodes: int = 1,
@@ -66,7 +46,7 @@ def torchrun_command(
         ]
     # Each rank's stdout/stderr also go to files, so a failing rank's error can be shown in Dagster.
     cmd += ["--log-dir", str(spec.run_dir / "torchrun"), "--tee", "3"]
-    return cmd + spec.train_args()
+    return cmd + spec.module_args()
 
 
 def rank_errors(run_dir: Path, lines: int = 25) -> dict[str, str]:
@@ -81,7 +61,7 @@ def rank_errors(run_dir: Path, lines: int = 25) -> dict[str, str]:
 
 
 def check_reported(result: dg.MaterializeResult, run_dir: Path) -> None:
-    missing = [k for k in REQUIRED_KEYS if k not in (result.metadata or {})]
+    missing = missing_keys(result.metadata or {})
     if missing:
         raise dg.Failure(
             description=f"the training job in {run_dir} reported no {', '.join(missing)} through Pipes "

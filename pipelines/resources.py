@@ -13,9 +13,11 @@ from typing import Literal
 import dagster as dg
 
 from lightning_modules import tracking
+from lightning_modules.contract import JobRequest
 from lightning_modules.data import versioning
+from lightning_modules.errors import VisionflowError
 from lightning_modules.paths import project_root
-from pipelines.launcher import JobSpec, check_reported, k8s_pod_spec, rank_errors, torchrun_command
+from pipelines.launcher import check_reported, k8s_pod_spec, rank_errors, torchrun_command
 
 
 class ProjectResource(dg.ConfigurableResource):
@@ -129,7 +131,16 @@ class TrainingLauncher(dg.ConfigurableResource):
     memory: str = "32Gi"
     shared_volume_claim: str = ""
 
-    def launch(self, context: dg.AssetExecutionContext, spec: JobSpec, nproc_per_node: int = 0) -> dg.MaterializeResult:
+    def launch(
+        self, context: dg.AssetExecutionContext, spec: JobRequest, nproc_per_node: int = 0
+    ) -> dg.MaterializeResult:
+        """Validate the job's whole config here (milliseconds, no torch), then run it under torchrun."""
+        try:
+            spec.validate()
+        except VisionflowError as exc:  # a bad override or config file: named, before any process starts
+            raise dg.Failure(
+                description=f"the job's config is invalid, nothing was launched: {exc}", allow_retries=False
+            ) from None
         n = nproc_per_node or self.nproc_per_node
         env = {"VISIONFLOW_REPORTER": "pipes", **spec.env}
         if self.threads_per_rank:
@@ -143,7 +154,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         check_reported(result, spec.run_dir)
         return result
 
-    def _launch_local(self, context, spec: JobSpec, n: int, env: dict[str, str]):
+    def _launch_local(self, context, spec: JobRequest, n: int, env: dict[str, str]):
         cmd = torchrun_command(spec, nproc_per_node=n)
         try:
             return dg.PipesSubprocessClient(cwd=str(project_root())).run(context=context, command=cmd, env=env)
@@ -157,7 +168,7 @@ class TrainingLauncher(dg.ConfigurableResource):
                 metadata={name: dg.MetadataValue.md(f"```\n{text}\n```") for name, text in errors.items()},
             ) from exc
 
-    def _launch_k8s(self, context, spec: JobSpec, n: int, env: dict[str, str]):
+    def _launch_k8s(self, context, spec: JobRequest, n: int, env: dict[str, str]):
         from dagster_k8s import PipesK8sClient  # the `cluster` extra
 
         cmd = torchrun_command(spec, nproc_per_node=n, python="python")

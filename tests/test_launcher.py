@@ -7,12 +7,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipelines.launcher import JobSpec, k8s_pod_spec, rank_errors, torchrun_command
+from lightning_modules.contract import JobRequest
+from pipelines.launcher import k8s_pod_spec, rank_errors, torchrun_command
 from pipelines.resources import TrainingLauncher, resources_for
 
 
-def _spec(tmp_path: Path) -> JobSpec:
-    return JobSpec(configs=["c.yaml"], data=tmp_path / "prep", run_dir=tmp_path / "run", overrides=["optim.lr=0.1"])
+def _spec(tmp_path: Path) -> JobRequest:
+    return JobRequest(
+        configs=("c.yaml",), data=tmp_path / "prep", run_dir=tmp_path / "run", overrides=("optim.lr=0.1",)
+    )
 
 
 def test_single_node_torchrun_is_standalone_and_runs_the_job_module(tmp_path: Path) -> None:
@@ -77,3 +80,33 @@ def test_resource_sets_switch_by_deployment(monkeypatch) -> None:
     assert cluster.backend == "k8s" and cluster.gpus_per_pod == 8 and cluster.image == "registry/visionflow:1"
     with pytest.raises(ValueError, match="VISIONFLOW_DEPLOYMENT"):
         resources_for("moon")
+
+
+def test_a_bad_override_fails_in_dagster_before_anything_starts(tmp_path: Path) -> None:
+    """The asset validates the whole job config first: no MLflow run, no torchrun, the field named."""
+    from pipelines.assets.training import pretrained_backbone
+    from pipelines.resources import DvcResource, MlflowResource, ProjectResource
+
+    resources = {
+        "project": ProjectResource(root=str(tmp_path)),
+        "dvc": DvcResource(root=str(tmp_path)),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        "launcher": TrainingLauncher(backend="local"),
+    }
+    config = {
+        "config_file": str(Path(__file__).parents[1] / "configs" / "pretrain-cpu.yaml"),
+        "overrides": ["optim.lr=nan", "trainer.max_epochs=1"],
+    }
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [pretrained_backbone],
+            partition_key="resnet18",
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"pretrained_backbone": {"config": config}}},
+            raise_on_error=False,
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "optim.lr=nan must be a finite number" in failure.step_failure_data.error.message
+    assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.rglob("torchrun"))

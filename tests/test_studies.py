@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 
 from lightning_modules.errors import ConfigError
-from lightning_modules.experiments import PARENT_TAG, LaunchRequest, subprocess_launch
+from lightning_modules.experiments import PARENT_TAG, JobRequest, subprocess_launch
 from lightning_modules.studies import STUDIES, StudyResults, get_study
 from lightning_modules.studies.cli import main as studies_main
 from lightning_modules.studies.epochs import early_stop_epoch
@@ -193,7 +193,7 @@ def test_early_stopping_replay_matches_lightning_semantics():
 def test_rerun_reuses_finished_variants_and_refuses_a_changed_config(studies, tiny_prepared_imagenet, mlflow_uri):
     root, records = studies
 
-    def no_training(req: LaunchRequest) -> dict:
+    def no_training(req: JobRequest) -> dict:
         raise AssertionError(f"{req.run_dir} was launched again")
 
     again = run_study(

@@ -7,7 +7,7 @@ at the reference batch both are the same job. Time per epoch is the job's fit wa
 
 The batch-size finder and the LR finder (lightning_modules.tune, Lightning's Tuner) run in this
 process after the jobs, at the reference batch: a launched job cannot be asked for them, because
-LaunchRequest carries only configs and `--set` overrides (no `--tune` flag), and tuning is
+JobRequest carries only configs and `--set` overrides (no `--tune` flag), and tuning is
 single-device by necessity anyway. Their picks are in OUT/tune/{batch,lr}/tuned.yaml and
 OUT/tune/lr/figures/lr_find.png.
 On a CPU the batch-size finder has no out-of-memory signal: its "largest batch" is where its trials

@@ -12,9 +12,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from lightning_modules.experiments import LaunchRequest, read_result
+from lightning_modules.contract import JobRequest, JobResult, read_result
 from pipelines import metadata
-from pipelines.launcher import JobSpec
 from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
 
 GROUP = "studies"
@@ -59,15 +58,8 @@ def study_folder(project: ProjectResource, study_name: str, config: StudyConfig)
 
 
 def _launch_through(context: dg.AssetExecutionContext, launcher: TrainingLauncher, mlflow: MlflowResource):
-    def launch(req: LaunchRequest) -> dict:
-        spec = JobSpec(
-            configs=[str(c) for c in req.configs],
-            data=req.data,
-            run_dir=req.run_dir,
-            overrides=list(req.overrides),
-            env={**req.env, "MLFLOW_TRACKING_URI": mlflow.uri()},
-        )
-        launcher.launch(context, spec)
+    def launch(req: JobRequest) -> JobResult:
+        launcher.launch(context, req.with_env(MLFLOW_TRACKING_URI=mlflow.uri()))
         return read_result(req.run_dir)
 
     return launch

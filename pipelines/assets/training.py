@@ -9,8 +9,9 @@ import dagster as dg
 import yaml
 from pydantic import Field
 
+from lightning_modules.contract import JobRequest
+from lightning_modules.errors import VisionflowError
 from pipelines import metadata
-from pipelines.launcher import JobSpec
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
 
 GROUP = "training"
@@ -50,22 +51,24 @@ def launch_job(
     from lightning_modules.data.lineage import prepared_version
 
     run_dir = project.run_dir(context)
-    version = prepared_version(data)  # the data this job reads, as its prep recorded it
-    run_id = mlflow.start_run(context, stage, run_dir, version, tags)
-    spec = JobSpec(
-        configs=[str(project.path / f) for f in (config.config_file, *config.extra_config_files)],
+    request = JobRequest(
+        configs=tuple(str(project.path / f) for f in (config.config_file, *config.extra_config_files)),
         data=data,
         run_dir=run_dir,
         # The user's overrides come last: they win over what the stage sets.
-        overrides=[
-            f"tracking.experiment={mlflow.experiment(stage)}",
-            f"tracking.run_id={run_id}",
-            *overrides,
-            *config.overrides,
-        ],
+        overrides=(f"tracking.experiment={mlflow.experiment(stage)}", *overrides, *config.overrides),
         env={"MLFLOW_TRACKING_URI": mlflow.uri()},
     )
-    result = launcher.launch(context, spec, config.nproc_per_node)
+    try:  # before anything is created: a bad override fails here, naming the field
+        request.validate()
+    except VisionflowError as exc:
+        # no retry: the same config fails the same way
+        raise dg.Failure(
+            description=f"the job's config is invalid, nothing was launched: {exc}", allow_retries=False
+        ) from None
+    version = prepared_version(data)  # the data this job reads, as its prep recorded it
+    run_id = mlflow.start_run(context, stage, run_dir, version, tags)
+    result = launcher.launch(context, request.with_overrides(f"tracking.run_id={run_id}"), config.nproc_per_node)
     meta: dict[str, dg.RawMetadataValue] = dict(result.metadata or {})
     meta["mlflow_run"] = dg.MetadataValue.url(mlflow.run_url(run_id))
     meta["data_version"] = version or "untracked"
