@@ -100,7 +100,7 @@ def run_lightning(cfg, data: Path, warmup: int, steps: int, devices: int = 1) ->
     import pytorch_lightning as L
 
     from lightning_modules.callbacks import standard_callbacks
-    from lightning_modules.train import SilentLogger
+    from lightning_modules.training.trainer import SilentLogger
 
     module, dm = _module_and_data(cfg, data)
     timer = _StepTimer(warmup, warmup + steps)

@@ -176,18 +176,17 @@ def _train(a: argparse.Namespace, rest: list[str]) -> int:
     return train_main(rest)
 
 
-def _max_pixels_option(s: argparse.ArgumentParser) -> None:
-    from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS
+def _prep_options(s: argparse.ArgumentParser, settings, **options: str) -> None:
+    """--option for each prep setting, with the default, type and help of the one definition (prep_settings)."""
+    from lightning_modules.data.prep_settings import cli_option
 
-    s.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
-        help="reject images whose header claims more pixels (checked before decoding; default 100 MP)",
-    )
+    for flag, field in options.items():
+        s.add_argument(f"--{flag.replace('_', '-')}", **cli_option(settings, field))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lightning_modules.data.prep_settings import ClassificationPrepSettings, DetectionPrepSettings
+
     p = argparse.ArgumentParser(prog="visionflow", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="group", required=True)
 
@@ -221,23 +220,31 @@ def build_parser() -> argparse.ArgumentParser:
     s = data.add_parser("prep-imagenet", help="validate, resize and write an ImageNet-layout or ImageFolder set")
     s.add_argument("src")
     s.add_argument("out")
-    s.add_argument("--size", type=int, default=64)
-    s.add_argument("--val-fraction", type=float, default=0.15)
-    s.add_argument("--max-rejected", type=float, default=0.05)
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
-    _max_pixels_option(s)
+    _prep_options(
+        s,
+        ClassificationPrepSettings,
+        size="image_size",
+        val_fraction="val_fraction",
+        max_rejected="max_rejected_fraction",
+        workers="workers",
+        seed="seed",
+        max_image_pixels="max_image_pixels",
+    )
     s.set_defaults(fn=_prep_imagenet)
 
     s = data.add_parser("prep-detection", help="read YOLO/COCO/VOC labels, check boxes, compute anchors")
     s.add_argument("src")
     s.add_argument("out")
-    s.add_argument("--format", choices=["yolo", "coco", "voc"], default="yolo")
-    s.add_argument("--val-fraction", type=float, default=0.2)
-    s.add_argument("--max-rejected", type=float, default=0.1)
-    s.add_argument("--anchor-size", type=int, default=416)
-    s.add_argument("--seed", type=int, default=0)
-    _max_pixels_option(s)
+    s.add_argument("--format", choices=["yolo", "coco", "voc"], default=DetectionPrepSettings().format)
+    _prep_options(
+        s,
+        DetectionPrepSettings,
+        val_fraction="val_fraction",
+        max_rejected="max_rejected_fraction",
+        anchor_size="anchor_image_size",
+        seed="seed",
+        max_image_pixels="max_image_pixels",
+    )
     s.set_defaults(fn=_prep_detection)
 
     s = data.add_parser("version", help="DVC: show the data version, init, add, push, pull, status")

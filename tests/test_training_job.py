@@ -77,7 +77,7 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
 
 
 def test_shipped_training_configs_load() -> None:
-    from lightning_modules.train import check_names
+    from lightning_modules.training.preflight import check_names
 
     for name in ("smoke-classify", "resnet18", "vgg16", "darknet19", "pretrain-cpu", "transfer-cpu"):
         path = REPO / "configs" / f"{name}.yaml"

@@ -34,6 +34,7 @@ from lightning_modules.data.detection_readers import (
 from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImage, open_image
 from lightning_modules.data.lineage import content_hash as lineage_hash
 from lightning_modules.data.lineage import data_version
+from lightning_modules.data.prep_settings import DETECTION
 from lightning_modules.data.staging import PRODUCER, staged_output
 from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.progress import track
@@ -46,13 +47,13 @@ def prep_detection(
     src: Path,
     out: Path,
     *,
-    fmt: str = "yolo",
-    val_fraction: float = 0.2,
-    max_rejected_fraction: float = 0.1,
-    anchor_image_size: int = 416,
-    seed: int = 0,
+    fmt: str = DETECTION.format,
+    val_fraction: float = DETECTION.val_fraction,
+    max_rejected_fraction: float = DETECTION.max_rejected_fraction,
+    anchor_image_size: int = DETECTION.anchor_image_size,
+    seed: int = DETECTION.seed,
     source_data_version: str | None = None,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_pixels: int = DETECTION.max_image_pixels,
 ) -> dict:
     """Read SRC in `fmt`, check every box, copy images as RGB PNG, compute anchors; returns the manifest.
 

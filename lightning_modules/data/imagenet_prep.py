@@ -27,8 +27,9 @@ import numpy as np
 
 from lightning_modules.data.classification_source import ClassificationSource, Labelled, discover, stratified_split
 from lightning_modules.data.duplicates import dedupe, hash_files
-from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImage, load_chw
+from lightning_modules.data.images import BadImage, load_chw
 from lightning_modules.data.lineage import content_hash, data_version
+from lightning_modules.data.prep_settings import CLASSIFICATION
 from lightning_modules.data.previews import save_grid
 from lightning_modules.data.staging import PRODUCER, check_not_overlapping, staged_output
 from lightning_modules.errors import ConfigError, DataError
@@ -45,13 +46,13 @@ def prep_classification(
     src: Path,
     out: Path,
     *,
-    image_size: int = 64,
-    val_fraction: float = 0.15,
-    max_rejected_fraction: float = 0.05,
-    workers: int = 1,
-    seed: int = 0,
+    image_size: int = CLASSIFICATION.image_size,
+    val_fraction: float = CLASSIFICATION.val_fraction,
+    max_rejected_fraction: float = CLASSIFICATION.max_rejected_fraction,
+    workers: int = CLASSIFICATION.workers,
+    seed: int = CLASSIFICATION.seed,
     source_data_version: str | None = None,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_pixels: int = CLASSIFICATION.max_image_pixels,
 ) -> dict:
     """Check, resize (shorter side, centre crop) and write `src` as litdata splits under `out`; returns the manifest.
 

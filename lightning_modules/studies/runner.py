@@ -89,7 +89,7 @@ LAUNCHERS: dict[str, Launch] = {"subprocess": subprocess_launch, "inprocess": in
 
 def stored_result(req: JobRequest) -> JobResult | None:
     """The result of a finished RUN_DIR if it ran this same job (ConfigError if it ran another)."""
-    from lightning_modules.train import check_same_job, run_state
+    from lightning_modules.training.run_folder import check_same_job, run_state
 
     if run_state(req.run_dir) != "finished":
         return None

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from lightning_modules.data.detection_prep import prep_detection
 from lightning_modules.data.imagenet_prep import prep_classification
-from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from lightning_modules.data.prep_settings import ClassificationPrepSettings, DetectionPrepSettings
 from pipelines import checks, metadata
 from pipelines.resources import DvcResource, ProjectResource
 
@@ -22,17 +22,10 @@ def raw_data(dvc: DvcResource) -> dg.DataVersion:
     return dg.DataVersion(dvc.data_version() or "untracked")
 
 
-class ClassificationPrepConfig(dg.Config):
-    image_size: int = Field(64, description="side of the stored square images (px)")
-    val_fraction: float = Field(0.15, description="stratified val split when the source has no val/")
-    max_rejected_fraction: float = Field(0.05, description="fail when more files than this are unusable")
+class ClassificationPrepConfig(dg.Config, ClassificationPrepSettings):
+    """The prep's own settings (defaults, bounds and help defined once, in prep_settings) plus the check's."""
+
     rejected_warn_fraction: float = Field(0.01, description="check rejected_under_limit warns above this share")
-    workers: int = Field(2, description="decode/validate processes")
-    seed: int = 0
-    max_image_pixels: int = Field(
-        DEFAULT_MAX_IMAGE_PIXELS,
-        description="reject images whose header claims more pixels (checked before any decoding)",
-    )
 
 
 def _classification_metadata(m: dict, out, version) -> dict:
@@ -95,18 +88,11 @@ prepared_transfer = _classification_asset(
 )
 
 
-class DetectionPrepConfig(dg.Config):
-    format: str = Field("yolo", description="label format of the source: yolo | coco | voc")
-    val_fraction: float = 0.2
-    max_rejected_fraction: float = Field(0.1, description="fail when more boxes than this are bad")
+class DetectionPrepConfig(dg.Config, DetectionPrepSettings):
+    """The prep's own settings (prep_settings) plus those of the checks."""
+
     rejected_warn_fraction: float = Field(0.01, description="check detection_rejected_under_limit warns above this")
-    anchor_image_size: int = Field(416, description="anchors are in pixels at this letterboxed size")
     bpr_floor: float = Field(0.95, description="anchors_bpr check: minimum best-possible recall")
-    seed: int = 0
-    max_image_pixels: int = Field(
-        DEFAULT_MAX_IMAGE_PIXELS,
-        description="reject images whose header claims more pixels (checked before any decoding)",
-    )
 
 
 @dg.asset(

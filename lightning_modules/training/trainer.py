@@ -1,0 +1,96 @@
+"""The Lightning Trainer of a job: devices from torchrun's world, DDP when there are ranks, atomic
+checkpoints, and a logger that is silent off rank 0."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+from pytorch_lightning.loggers.logger import Logger
+
+from lightning_modules import distributed as dist
+from lightning_modules.checkpoints import atomic_checkpoint_io
+from lightning_modules.config import JobConfig
+
+
+def quiet_known_warnings() -> None:
+    # Expected here, not actionable: litdata datasets have a per-rank __len__; the module (not the
+    # datamodule) owns on_after_batch_transfer on purpose; a Lightning-internal deprecation.
+    for pattern in (
+        ".*IterableDataset.*__len__.*",
+        ".*overridden `on_after_batch_transfer`.*",
+        ".*LeafSpec.*",
+        ".*smaller than the logging interval.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def build_trainer(
+    cfg: JobConfig,
+    world: dist.WorldInfo,
+    *,
+    devices: int,
+    num_nodes: int,
+    run_dir: Path,
+    callbacks: list[L.Callback],
+    logger: Logger,
+    distributed_sampler: bool,
+) -> L.Trainer:
+    t = cfg.trainer
+    fast = bool(t.fast_dev_run)
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy(world, find_unused=cfg.optim.freeze_body_epochs > 0),
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        fast_dev_run=fast,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=dist.is_global_zero() and not fast,
+        use_distributed_sampler=distributed_sampler,
+        plugins=[atomic_checkpoint_io()],
+    )
+
+
+def strategy(world: dist.WorldInfo, *, find_unused: bool) -> Any:
+    """DDP across ranks. A job that freezes the body needs find_unused_parameters: the frozen
+    parameters stay registered with DDP (so their gradients are all-reduced once unfrozen) but
+    get no gradient while frozen."""
+    if world.world_size <= 1:
+        return "auto"
+    if not find_unused:
+        return "ddp"
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=True)
+
+
+class SilentLogger(Logger):
+    """Logs nothing: for ranks other than 0 and for fast_dev_run (the LR monitor needs a logger)."""
+
+    @property
+    def name(self) -> str:
+        return "silent"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
