@@ -1,0 +1,5 @@
+import sys
+
+from lightning_modules.search.cli import main
+
+sys.exit(main())
