@@ -49,6 +49,11 @@ def torchrun_command(
     return cmd + spec.module_args()
 
 
+def step_command(name: str, spec_file: Path, python: str = sys.executable) -> list[str]:
+    """A compute step other than training (evaluation, registration, the transfer report): one process."""
+    return [python, "-m", "lightning_modules.steps", name, str(spec_file)]
+
+
 def rank_errors(run_dir: Path, lines: int = 25) -> dict[str, str]:
     """The tail of every rank's stderr from the latest torchrun attempt (rank name -> text)."""
     logs = sorted((run_dir / "torchrun").glob("*/attempt_*/*/stderr.log"), key=lambda p: p.stat().st_mtime)

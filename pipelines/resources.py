@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 
@@ -17,7 +17,7 @@ from lightning_modules.contract import JobRequest
 from lightning_modules.data import versioning
 from lightning_modules.errors import VisionflowError
 from lightning_modules.paths import project_root
-from pipelines.launcher import check_reported, k8s_pod_spec, rank_errors, torchrun_command
+from pipelines.launcher import check_reported, k8s_pod_spec, rank_errors, step_command, torchrun_command
 
 
 class ProjectResource(dg.ConfigurableResource):
@@ -153,6 +153,45 @@ class TrainingLauncher(dg.ConfigurableResource):
         result = invocation.get_materialize_result()
         check_reported(result, spec.run_dir)
         return result
+
+    def run_step(self, context: dg.AssetExecutionContext, name: str, spec: Any) -> dg.MaterializeResult:
+        """Run `python -m lightning_modules.steps NAME SPEC.json` where the compute is (this machine or a pod),
+        reporting through Pipes like a training job: metadata, asset checks, or the step's error."""
+        out = Path(spec.out)
+        out.mkdir(parents=True, exist_ok=True)
+        spec_file = out / f"{name}.spec.json"
+        spec_file.write_text(spec.model_dump_json(indent=1))
+        (out / "step_error.txt").unlink(missing_ok=True)  # a retry's error must be its own
+        env = {"VISIONFLOW_REPORTER": "pipes", "MLFLOW_TRACKING_URI": spec.tracking_uri}
+        context.log.info(f"running step {name} ({self.backend}) in {out}")
+        if self.backend == "k8s":
+            from dagster_k8s import PipesK8sClient  # the `cluster` extra
+
+            invocation = PipesK8sClient().run(
+                context=context,
+                image=self.image,
+                command=step_command(name, spec_file, python="python"),
+                namespace=self.namespace,
+                env=env,
+                base_pod_spec=k8s_pod_spec(
+                    gpus=self.gpus_per_pod,
+                    cpu=self.cpu,
+                    memory=self.memory,
+                    shared_volume_claim=self.shared_volume_claim or None,
+                ),
+            )
+        else:
+            try:
+                invocation = dg.PipesSubprocessClient(cwd=str(project_root())).run(
+                    context=context, command=step_command(name, spec_file), env=env
+                )
+            except dg.Failure:
+                raise
+            except Exception as exc:  # the step exited non-zero; it names its error in OUT/step_error.txt
+                error = out / "step_error.txt"
+                why = error.read_text() if error.is_file() else "see the step's stderr in the compute logs"
+                raise dg.Failure(description=f"step {name} failed: {why}") from exc
+        return invocation.get_materialize_result()
 
     def _launch_local(self, context, spec: JobRequest, n: int, env: dict[str, str]):
         cmd = torchrun_command(spec, nproc_per_node=n)

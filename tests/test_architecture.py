@@ -26,3 +26,50 @@ def test_no_private_dagster_imports() -> None:
         if ("from dagster._" in line or "import dagster._" in line) and path.name != "test_architecture.py"
     ]
     assert offenders == []
+
+
+# Assets whose compute imports torch and runs through the launcher (training jobs and steps, both
+# reporting through Pipes), so the cluster deployment runs them where the GPUs are.
+THROUGH_THE_LAUNCHER = {
+    "pretrained_backbone",
+    "transfer_finetuned",
+    "scratch_baseline",
+    "transfer_report",
+    "classification_evaluation",
+    "yolo_detector",
+    "detection_evaluation",
+    "vanishing_gradient_study",
+    "degradation_study",
+    "dropout_study",
+    "batch_size_study",
+    "epochs_study",
+    "activation_loss_study",
+}
+# Still computed in the Dagster step itself (issue 13, what remains): the preps (litdata writes torch
+# tensors) and hparam_search (its trials are plain subprocesses). Torch-free: raw_data, studies_report.
+IN_THE_STEP = {
+    "raw_data",
+    "studies_report",
+    "prepared_imagenet",
+    "prepared_transfer",
+    "prepared_detection",
+    "hparam_search",
+}
+
+
+def test_compute_assets_launch_through_the_launcher(monkeypatch) -> None:
+    monkeypatch.setenv("VISIONFLOW_DEPLOYMENT", "cluster")
+    code = (
+        "import json, pipelines.definitions as d\n"
+        "out = {}\n"
+        "for a in d.defs.resolve_all_asset_specs():\n"
+        "    node = d.defs.resolve_assets_def(a.key)\n"
+        "    out[a.key.to_user_string()] = 'launcher' in node.required_resource_keys\n"
+        "print(json.dumps(out))"
+    )
+    import json
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    uses = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {k for k, v in uses.items() if v} == THROUGH_THE_LAUNCHER
+    assert {k for k, v in uses.items() if not v} == IN_THE_STEP

@@ -288,7 +288,7 @@ def _evaluation_asset_trapped(asset_name: str, upstream: str, partition: str | N
 
         from pipelines.assets.detection import detection_evaluation
         from pipelines.assets.evaluation import classification_evaluation
-        from pipelines.resources import MlflowResource, ProjectResource
+        from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
 
         asset = {"classification_evaluation": classification_evaluation, "detection_evaluation": detection_evaluation}
         evil = trapped_checkpoint(ctx)
@@ -308,6 +308,7 @@ def _evaluation_asset_trapped(asset_name: str, upstream: str, partition: str | N
                     resources={
                         "project": ProjectResource(root=str(project)),
                         "mlflow": MlflowResource(tracking_uri=ctx.uri),
+                        "launcher": TrainingLauncher(backend="local"),
                     },
                     raise_on_error=False,
                 )

@@ -2,14 +2,10 @@
 its evaluation in the images' own pixels, which registers the detector and promotes it when better.
 """
 
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field
 
-from lightning_modules import registry
-from lightning_modules.data.lineage import data_identity
-from pipelines import metadata
+from lightning_modules.steps.specs import DetectionEvaluationSpec
 from pipelines.assets.training import (
     ARCHITECTURES,
     RESUMING_RETRY,
@@ -128,10 +124,8 @@ def detection_evaluation(
     config: DetectionEvaluationConfig,
     project: ProjectResource,
     mlflow: MlflowResource,
+    launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
-    from lightning_modules import tracking
-    from lightning_modules.detection import evaluation as ev
-
     version = context.partition_key
     event = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=yolo_detector.key, asset_partitions=[version]), limit=1
@@ -140,85 +134,20 @@ def detection_evaluation(
         raise dg.Failure(f"yolo_detector[{version}] was never materialized")
     trained = {k: v.value for k, v in event[0].asset_materialization.metadata.items()}
     data, out = project.prepared("detection"), project.run_dir(context)
-    data_version = project.prepared_version("detection")  # the scored data: the registry compares on it
-    predictor = ev.load_predictor(trained["best_checkpoint"])
-    res = ev.evaluate_predictor(predictor, data, split=config.split, out_dir=out)
-    passed_floor, finite = res["map_50"] >= config.map50_floor, not res["nan"]
-
-    uri, name = mlflow.uri(), f"{config.model_name}-{version}"
-    run_id = mlflow.start_run(
-        context,
-        "detection-evaluation",
-        out,
-        data_version,
-        {"evaluated_run_id": trained["mlflow_run_id"], "yolo_version": version},
+    lineage = {"evaluated_run_id": trained["mlflow_run_id"], "yolo_version": version}
+    run_id = mlflow.start_run(context, "detection-evaluation", out, project.prepared_version("detection"), lineage)
+    spec = DetectionEvaluationSpec(
+        out=str(out),
+        tracking_uri=mlflow.uri(),
+        run_id=run_id,
+        mlflow_ui=mlflow.ui_url,
+        checkpoint=trained["best_checkpoint"],
+        data=str(data),
+        split=config.split,
+        model_name=f"{config.model_name}-{version}",
+        map50_floor=config.map50_floor,
     )
-    numbers = {k: float(res[k]) for k in ("map", "map_50", "map_75", "mar_100", "voc07_ap50", "voc10_ap50")}
-    tracking.log_metrics(uri, run_id, {f"{config.split}_{k}": v for k, v in numbers.items()})
-    for path in [*res["figure_paths"], out / "metrics.json", out / "gt_coco.json", out / "pred_coco.json"]:
-        tracking.log_artifact(uri, run_id, Path(path), "evaluation")
-
-    # The registered version holds weights + settings only (no pickle); load_predictor rebuilds the detector.
-    size = predictor.image_size
-    version_no = registry.log_and_register(
-        uri,
-        run_id,
-        trained["best_checkpoint"],
-        name,
-        kind="detector",
-        spec={
-            "input": [3, size, size],
-            "dtype": "uint8",
-            "classes": predictor.class_names,
-            "data_version": data_version,
-        },
-    )
-
-    def rescore(model_uri: str) -> float:
-        champion = ev.load_predictor(registry.download(uri, model_uri, kind="detector"))
-        return ev.evaluate_predictor(champion, data, split=config.split, out_dir=out / "champion")["map_50"]
-
-    decision = registry.decide_and_promote(
-        uri,
-        name,
-        version_no,
-        score=res["map_50"],
-        data_version=data_version,
-        scored_on=data_identity(data) or data_version,
-        rescore=rescore,
-        gates_passed=passed_floor and finite,
-        score_tag=f"{config.split}_map_50",
-    )
-    tracking.set_tag(uri, run_id, "promotion", decision.reason)
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(uri).set_terminated(run_id)
-    context.log.info(f"model {name} v{version_no}: {decision.reason}")
-    per_class = {c: round(r["ap50"], 4) for c, r in res["per_class"].items()}
-    images = {Path(f).stem: metadata.image(Path(f), Path(f).stem) for f in res["figure_paths"]}
-    return dg.MaterializeResult(
-        metadata={
-            **{f"{config.split}_{k}": round(v, 4) for k, v in numbers.items()},
-            "images": res["n"],
-            "per_class_ap50": dg.MetadataValue.json(per_class),
-            "registered_model": name,
-            "registered_version": version_no,
-            "promoted": decision.promoted,
-            "promotion": decision.reason,
-            "data_version": data_version,
-            "checkpoint": dg.MetadataValue.path(trained["best_checkpoint"]),
-            "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)),
-            **images,
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="map50_floor",
-                passed=passed_floor,
-                metadata={"map_50": res["map_50"], "floor": config.map50_floor},
-            ),
-            dg.AssetCheckResult(check_name="no_nan", passed=finite),
-        ],
-    )
+    return launcher.run_step(context, "detection_evaluation", spec)
 
 
 DETECTION_ASSETS = [yolo_detector, detection_evaluation]

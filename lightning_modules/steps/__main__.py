@@ -1,0 +1,60 @@
+"""`python -m lightning_modules.steps NAME SPEC.json`: run one step and report it (see steps/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lightning_modules.errors import VisionflowError
+
+ERROR_FILE = "step_error.txt"
+
+
+def _steps() -> dict[str, tuple[type, Callable[[Any], Any]]]:
+    from lightning_modules.steps import evaluation, specs, transfer
+
+    return {
+        "classification_evaluation": (specs.ClassificationEvaluationSpec, evaluation.classification),
+        "detection_evaluation": (specs.DetectionEvaluationSpec, evaluation.detection),
+        "transfer_report": (specs.TransferReportSpec, transfer.transfer_report),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lightning_modules.steps", description=__doc__.splitlines()[0])
+    p.add_argument("name", choices=sorted(_steps()))
+    p.add_argument("spec", type=Path, help="the step's spec as JSON (written by the Dagster asset)")
+    args = p.parse_args(argv)
+    spec_cls, step = _steps()[args.name]
+    try:
+        with _pipes() as pipes:  # an exception inside reaches Dagster through Pipes, with its message
+            spec = spec_cls.model_validate(json.loads(args.spec.read_text()))
+            step(spec).emit(spec.out_dir, pipes)
+    except VisionflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        # beside the spec, where the launcher reads it into the step's failure (also on a shared volume)
+        (args.spec.parent / ERROR_FILE).write_text(str(exc))
+        return 2
+    return 0
+
+
+@contextmanager
+def _pipes() -> Iterator[Any]:
+    """Dagster's Pipes context when Dagster launched this step (VISIONFLOW_REPORTER=pipes), else None."""
+    if os.environ.get("VISIONFLOW_REPORTER") != "pipes":
+        yield None
+        return
+    from dagster_pipes import open_dagster_pipes
+
+    with open_dagster_pipes() as pipes:
+        yield pipes
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Held-out evaluation of the trained classifier and detector; each registers its model and decides on
+`champion` (steps/promotion.py). Run by `python -m lightning_modules.steps classification_evaluation|...`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lightning_modules import tracking
+from lightning_modules.data.lineage import prepared_version
+from lightning_modules.steps.promotion import finish, register_and_promote, run_url
+from lightning_modules.steps.report import Check, StepReport, image, plain, typed
+from lightning_modules.steps.specs import ClassificationEvaluationSpec, DetectionEvaluationSpec
+
+
+def accuracy_gate(floor: float, margin_over_chance: float, classes: int) -> float:
+    """The top-1 a model must reach: the configured floor, and never less than chance plus a margin."""
+    return max(floor, 1.0 / classes + margin_over_chance)
+
+
+def classification(spec: ClassificationEvaluationSpec) -> StepReport:
+    from lightning_modules import evaluate as ev
+
+    data, out, uri, run_id = Path(spec.data), spec.out_dir, spec.tracking_uri, spec.run_id
+    res = ev.evaluate(Path(spec.checkpoint), data, split=spec.split, out_dir=out)
+    floor = accuracy_gate(spec.accuracy_floor, spec.margin_over_chance, len(res["classes"]))
+    passed_floor, finite = res["top1"] >= floor, not res["nan"]
+    s = spec.split
+    tracking.log_metrics(
+        uri, run_id, {f"{s}_acc1": res["top1"], f"{s}_acc5": res["top5"], f"{s}_loss": res["mean_loss"]}
+    )
+    for fig in res["figures"]:
+        tracking.log_artifact(uri, run_id, Path(fig), "figures")
+
+    def rescore(model: Path) -> float:
+        champion = ev.load_classifier(model)
+        return ev.evaluate_module(champion, data, split=s, out_dir=out / "champion", write=False)["top1"]
+
+    size = json.loads((data / "manifest.json").read_text())["image_size"]
+    promo = register_and_promote(
+        uri,
+        run_id,
+        checkpoint=spec.checkpoint,
+        name=spec.model_name,
+        kind="classifier",
+        data=data,
+        score=res["top1"],
+        score_tag=f"{s}_acc1",
+        gates_passed=passed_floor and finite,
+        rescore=rescore,
+        spec={"input": [3, size, size], "dtype": "uint8", "classes": res["classes"]},
+    )
+    finish(uri, run_id)
+    d = promo.decision
+    metadata = {
+        f"{s}_acc1": res["top1"],
+        f"{s}_acc5": res["top5"],
+        "images": res["n"],
+        "per_class_accuracy": plain(res["per_class"]),
+        "registered_version": promo.version,
+        "promoted": d.promoted,
+        "promotion": d.reason,
+        "champion_score": d.champion_score if d.champion_score is not None else -1.0,
+        "data_version": prepared_version(data),
+        "checkpoint": typed(spec.checkpoint, "path"),
+        "mlflow_run": typed(run_url(uri, run_id, spec.mlflow_ui), "url"),
+        **{Path(f).stem: image(f, Path(f).stem) for f in res["figures"]},
+    }
+    checks = [
+        Check("accuracy_floor", passed_floor, {"top1": res["top1"], "floor": floor, "chance": 1 / len(res["classes"])}),
+        Check("no_nan", finite, {"non_finite_logits": res["nan"]}),
+    ]
+    return StepReport(metadata, checks)
+
+
+def detection(spec: DetectionEvaluationSpec) -> StepReport:
+    from lightning_modules.detection import evaluation as ev
+
+    data, out, uri, run_id, s = Path(spec.data), spec.out_dir, spec.tracking_uri, spec.run_id, spec.split
+    predictor = ev.load_predictor(spec.checkpoint)
+    res = ev.evaluate_predictor(predictor, data, split=s, out_dir=out)
+    passed_floor, finite = res["map_50"] >= spec.map50_floor, not res["nan"]
+    numbers = {k: float(res[k]) for k in ("map", "map_50", "map_75", "mar_100", "voc07_ap50", "voc10_ap50")}
+    tracking.log_metrics(uri, run_id, {f"{s}_{k}": v for k, v in numbers.items()})
+    for path in [*res["figure_paths"], out / "metrics.json", out / "gt_coco.json", out / "pred_coco.json"]:
+        tracking.log_artifact(uri, run_id, Path(path), "evaluation")
+
+    def rescore(model: Path) -> float:
+        return ev.evaluate_predictor(ev.load_predictor(model), data, split=s, out_dir=out / "champion")["map_50"]
+
+    size = predictor.image_size
+    promo = register_and_promote(
+        uri,
+        run_id,
+        checkpoint=spec.checkpoint,
+        name=spec.model_name,
+        kind="detector",
+        data=data,
+        score=res["map_50"],
+        score_tag=f"{s}_map_50",
+        gates_passed=passed_floor and finite,
+        rescore=rescore,
+        spec={"input": [3, size, size], "dtype": "uint8", "classes": predictor.class_names},
+    )
+    finish(uri, run_id)
+    d = promo.decision
+    metadata = {
+        **{f"{s}_{k}": round(v, 4) for k, v in numbers.items()},
+        "images": res["n"],
+        "per_class_ap50": plain({c: round(r["ap50"], 4) for c, r in res["per_class"].items()}),
+        "registered_model": spec.model_name,
+        "registered_version": promo.version,
+        "promoted": d.promoted,
+        "promotion": d.reason,
+        "data_version": prepared_version(data),
+        "checkpoint": typed(spec.checkpoint, "path"),
+        "mlflow_run": typed(run_url(uri, run_id, spec.mlflow_ui), "url"),
+        **{Path(f).stem: image(f, Path(f).stem) for f in res["figure_paths"]},
+    }
+    checks = [
+        Check("map50_floor", passed_floor, {"map_50": res["map_50"], "floor": spec.map50_floor}),
+        Check("no_nan", finite),
+    ]
+    return StepReport(metadata, checks)

@@ -1,0 +1,30 @@
+"""The transfer report: transfer vs scratch learning curves on one plot; start, slope and asymptote gains."""
+
+from __future__ import annotations
+
+from lightning_modules import tracking
+from lightning_modules import transfer_report as report
+from lightning_modules.steps.promotion import finish, run_url
+from lightning_modules.steps.report import StepReport, image, typed
+from lightning_modules.steps.specs import TransferReportSpec
+
+
+def transfer_report(spec: TransferReportSpec) -> StepReport:
+    gains = report.compare(spec.transfer_history, spec.scratch_history, early=spec.early_epochs)
+    out, uri, run_id = spec.out_dir, spec.tracking_uri, spec.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    figure = report.plot(
+        {"with transfer": spec.transfer_history, "from scratch": spec.scratch_history}, out / "transfer_vs_scratch.png"
+    )
+    numbers = {k: float(v) for k, v in gains.items() if k.startswith("gain_")}
+    numbers.update({f"{who}_{k}": float(v) for who in ("transfer", "scratch") for k, v in gains[who].items()})
+    tracking.log_metrics(uri, run_id, numbers)
+    tracking.log_artifact(uri, run_id, figure, "figures")
+    tracking.set_tag(uri, run_id, "mlflow.runName", "transfer-vs-scratch")
+    finish(uri, run_id)
+    metadata = {
+        **{k: round(v, 4) for k, v in numbers.items()},
+        "curves": image(figure, "transfer vs scratch"),
+        "mlflow_run": typed(run_url(uri, run_id, spec.mlflow_ui), "url"),
+    }
+    return StepReport(metadata)
