@@ -80,7 +80,7 @@ def _print_summary(result, job: str = "main") -> None:
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
         numbers = {
-            k: v.value for k, v in meta.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 60
+            k: v.value for k, v in meta.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 120
         }
         print(f"materialized {event.asset_key.to_user_string()}: {numbers}")
     for event in result.get_asset_check_evaluations():

@@ -70,7 +70,7 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
         Check("accuracy_floor", passed_floor, {"top1": res["top1"], "floor": floor, "chance": 1 / len(res["classes"])}),
         Check("no_nan", finite, {"non_finite_logits": res["nan"]}),
     ]
-    return StepReport(metadata, checks)
+    return StepReport(metadata, checks, f"model {spec.model_name} v{promo.version}: {d.reason}")
 
 
 def detection(spec: DetectionEvaluationSpec) -> StepReport:
@@ -121,4 +121,4 @@ def detection(spec: DetectionEvaluationSpec) -> StepReport:
         Check("map50_floor", passed_floor, {"map_50": res["map_50"], "floor": spec.map50_floor}),
         Check("no_nan", finite),
     ]
-    return StepReport(metadata, checks)
+    return StepReport(metadata, checks, f"model {spec.model_name} v{promo.version}: {d.reason}")

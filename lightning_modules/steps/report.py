@@ -37,6 +37,7 @@ class Check:
 class StepReport:
     metadata: dict[str, Any]
     checks: list[Check] = field(default_factory=list)
+    message: str = ""  # one line for the run's log (e.g. what was promoted and why)
 
     def emit(self, out: Path, pipes: Any | None = None) -> None:
         """OUT/step_result.json; and, launched by Dagster, the same through its Pipes context."""
@@ -45,6 +46,8 @@ class StepReport:
         (out / RESULT_FILE).write_text(json.dumps(doc, indent=1, default=str))
         if pipes is None:
             return
+        if self.message:
+            pipes.log.info(self.message)
         for check in self.checks:
             pipes.report_asset_check(check.name, passed=check.passed, metadata=check.metadata)
         pipes.report_asset_materialization(metadata=self.metadata)
