@@ -204,6 +204,19 @@ class JobConfig(Section):
         return self
 
 
+def read_yaml_mapping(path: Path, what: str, shape: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; ConfigError naming the file when it is missing or not one."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be {shape}")
+    return loaded
+
+
 def load_config(paths: str | Path | list[str | Path], overrides: list[str] | None = None) -> JobConfig:
     """Read YAML file(s) (later ones overlay earlier ones) and apply `a.b=value` overrides."""
     if isinstance(paths, (str, Path)):
@@ -211,14 +224,7 @@ def load_config(paths: str | Path | list[str | Path], overrides: list[str] | Non
     data: dict[str, Any] = {}
     for path in paths:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        loaded = read_yaml_mapping(path, "config file", "a mapping of sections")
         _check_keys(loaded, JobConfig, str(path))
         _merge(data, loaded)
     for item in overrides or []:

@@ -34,6 +34,13 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :])
 
 
+def run_url(uri: str, run_id: str, ui: str) -> str:
+    """The MLflow UI page of a run (the UI serves the store at `uri`)."""
+    from mlflow.tracking import MlflowClient
+
+    return f"{ui}/#/experiments/{MlflowClient(uri).get_run(run_id).info.experiment_id}/runs/{run_id}"
+
+
 def ensure_store(uri: str) -> None:
     """Create the tracking store's schema once, under a file lock.
 

@@ -106,10 +106,7 @@ class MlflowResource(dg.ConfigurableResource):
         return run_id
 
     def run_url(self, run_id: str) -> str:
-        from mlflow.tracking import MlflowClient
-
-        exp_id = MlflowClient(self.uri()).get_run(run_id).info.experiment_id
-        return f"{self.ui_url}/#/experiments/{exp_id}/runs/{run_id}"
+        return tracking.run_url(self.uri(), run_id, self.ui_url)
 
 
 class TrainingLauncher(dg.ConfigurableResource):
@@ -173,12 +170,7 @@ class TrainingLauncher(dg.ConfigurableResource):
                 command=step_command(name, spec_file, python="python"),
                 namespace=self.namespace,
                 env=env,
-                base_pod_spec=k8s_pod_spec(
-                    gpus=self.gpus_per_pod,
-                    cpu=self.cpu,
-                    memory=self.memory,
-                    shared_volume_claim=self.shared_volume_claim or None,
-                ),
+                base_pod_spec=self._pod_spec(),
             )
         else:
             try:
@@ -207,6 +199,14 @@ class TrainingLauncher(dg.ConfigurableResource):
                 metadata={name: dg.MetadataValue.md(f"```\n{text}\n```") for name, text in errors.items()},
             ) from exc
 
+    def _pod_spec(self) -> dict:
+        return k8s_pod_spec(
+            gpus=self.gpus_per_pod,
+            cpu=self.cpu,
+            memory=self.memory,
+            shared_volume_claim=self.shared_volume_claim or None,
+        )
+
     def _launch_k8s(self, context, spec: JobRequest, n: int, env: dict[str, str]):
         from dagster_k8s import PipesK8sClient  # the `cluster` extra
 
@@ -217,12 +217,7 @@ class TrainingLauncher(dg.ConfigurableResource):
             command=cmd,
             namespace=self.namespace,
             env=env,
-            base_pod_spec=k8s_pod_spec(
-                gpus=self.gpus_per_pod,
-                cpu=self.cpu,
-                memory=self.memory,
-                shared_volume_claim=self.shared_volume_claim or None,
-            ),
+            base_pod_spec=self._pod_spec(),
         )
 
 

@@ -14,11 +14,10 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, InstanceOf, StrictInt, StrictStr, ValidationError
 
 from lightning_modules import pruning
-from lightning_modules.config import JobConfig, load_config, to_dict
+from lightning_modules.config import JobConfig, load_config, read_yaml_mapping, to_dict
 from lightning_modules.errors import ConfigError
 from lightning_modules.paths import project_root
 from lightning_modules.search.overrides import overrides
@@ -109,14 +108,7 @@ _KEYS = set(SearchConfig.model_fields) - {"source"}
 def load_search_config(path: str | Path) -> SearchConfig:
     """Read and check SEARCH_YAML; every problem is a ConfigError naming the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: search config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping (base, space, sampler, ...)")
+    raw = read_yaml_mapping(path, "search config file", "a mapping (base, space, sampler, ...)")
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(_KEYS))})")

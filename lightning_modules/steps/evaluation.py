@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lightning_modules import tracking
 from lightning_modules.data.lineage import prepared_version
-from lightning_modules.steps.promotion import finish, register_and_promote, run_url
+from lightning_modules.steps.promotion import finish, register_and_promote
 from lightning_modules.steps.report import Check, StepReport, image, plain, typed
 from lightning_modules.steps.specs import ClassificationEvaluationSpec, DetectionEvaluationSpec
 
@@ -63,7 +63,7 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
         "champion_score": d.champion_score if d.champion_score is not None else -1.0,
         "data_version": prepared_version(data),
         "checkpoint": typed(spec.checkpoint, "path"),
-        "mlflow_run": typed(run_url(uri, run_id, spec.mlflow_ui), "url"),
+        "mlflow_run": typed(tracking.run_url(uri, run_id, spec.mlflow_ui), "url"),
         **{Path(f).stem: image(f, Path(f).stem) for f in res["figures"]},
     }
     checks = [
@@ -114,7 +114,7 @@ def detection(spec: DetectionEvaluationSpec) -> StepReport:
         "promotion": d.reason,
         "data_version": prepared_version(data),
         "checkpoint": typed(spec.checkpoint, "path"),
-        "mlflow_run": typed(run_url(uri, run_id, spec.mlflow_ui), "url"),
+        "mlflow_run": typed(tracking.run_url(uri, run_id, spec.mlflow_ui), "url"),
         **{Path(f).stem: image(f, Path(f).stem) for f in res["figure_paths"]},
     }
     checks = [

@@ -55,9 +55,3 @@ def finish(uri: str, run_id: str) -> None:
     from mlflow.tracking import MlflowClient
 
     MlflowClient(uri).set_terminated(run_id)
-
-
-def run_url(uri: str, run_id: str, ui: str) -> str:
-    from mlflow.tracking import MlflowClient
-
-    return f"{ui}/#/experiments/{MlflowClient(uri).get_run(run_id).info.experiment_id}/runs/{run_id}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lightning_modules import tracking
 from lightning_modules import transfer_report as report
-from lightning_modules.steps.promotion import finish, run_url
+from lightning_modules.steps.promotion import finish
 from lightning_modules.steps.report import StepReport, image, typed
 from lightning_modules.steps.specs import TransferReportSpec
 
@@ -25,6 +25,6 @@ def transfer_report(spec: TransferReportSpec) -> StepReport:
     metadata = {
         **{k: round(v, 4) for k, v in numbers.items()},
         "curves": image(figure, "transfer vs scratch"),
-        "mlflow_run": typed(run_url(uri, run_id, spec.mlflow_ui), "url"),
+        "mlflow_run": typed(tracking.run_url(uri, run_id, spec.mlflow_ui), "url"),
     }
     return StepReport(metadata)
