@@ -43,11 +43,17 @@ def subprocess_launch(req: JobRequest, *, timeout: float | None = None) -> JobRe
     cmd = req.command()
     log_path = req.run_dir / "job.log"
     with log_path.open("ab") as log:
-        done = subprocess.run(cmd, env={**os.environ, **req.env}, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        done = subprocess.run(cmd, env={**_own_env(), **req.env}, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     if done.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
         raise JobFailed(f"{req.run_dir}: training job exited with {done.returncode}:\n{tail}")
     return read_result(req.run_dir)
+
+
+def _own_env() -> dict[str, str]:
+    """This process's environment without its Dagster Pipes session: a child job reports to its parent
+    through result.json; two writers on one Pipes channel would corrupt the step's report."""
+    return {k: v for k, v in os.environ.items() if k != "VISIONFLOW_REPORTER" and not k.startswith("DAGSTER_PIPES_")}
 
 
 def parent_run(uri: str, experiment: str, run_dir: Path, name: str, tags: dict[str, str] | None = None) -> str:

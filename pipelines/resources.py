@@ -151,15 +151,20 @@ class TrainingLauncher(dg.ConfigurableResource):
         check_reported(result, spec.run_dir)
         return result
 
-    def run_step(self, context: dg.AssetExecutionContext, name: str, spec: Any) -> dg.MaterializeResult:
+    def run_step(
+        self, context: dg.AssetExecutionContext, name: str, spec: Any, metadata: dict | None = None
+    ) -> dg.MaterializeResult:
         """Run `python -m lightning_modules.steps NAME SPEC.json` where the compute is (this machine or a pod),
-        reporting through Pipes like a training job: metadata, asset checks, or the step's error."""
+        reporting through Pipes like a training job: metadata, asset checks, or the step's error. `metadata`
+        is what the asset adds from its side (links, the upstream it built on)."""
         out = Path(spec.out)
         out.mkdir(parents=True, exist_ok=True)
         spec_file = out / f"{name}.spec.json"
         spec_file.write_text(spec.model_dump_json(indent=1))
         (out / "step_error.txt").unlink(missing_ok=True)  # a retry's error must be its own
-        env = {"VISIONFLOW_REPORTER": "pipes", "MLFLOW_TRACKING_URI": spec.tracking_uri}
+        env = {"VISIONFLOW_REPORTER": "pipes"}
+        if getattr(spec, "tracking_uri", None):
+            env["MLFLOW_TRACKING_URI"] = spec.tracking_uri
         context.log.info(f"running step {name} ({self.backend}) in {out}")
         if self.backend == "k8s":
             from dagster_k8s import PipesK8sClient  # the `cluster` extra
@@ -183,7 +188,16 @@ class TrainingLauncher(dg.ConfigurableResource):
                 error = out / "step_error.txt"
                 why = error.read_text() if error.is_file() else "see the step's stderr in the compute logs"
                 raise dg.Failure(description=f"step {name} failed: {why}") from exc
-        return invocation.get_materialize_result()
+        result = invocation.get_materialize_result()
+        if not metadata:
+            return result
+        return dg.MaterializeResult(
+            asset_key=result.asset_key,
+            metadata={**(result.metadata or {}), **metadata},
+            check_results=result.check_results,
+            data_version=result.data_version,
+            tags=result.tags,
+        )
 
     def _launch_local(self, context, spec: JobRequest, n: int, env: dict[str, str]):
         cmd = torchrun_command(spec, nproc_per_node=n)

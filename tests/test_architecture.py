@@ -38,6 +38,10 @@ THROUGH_THE_LAUNCHER = {
     "classification_evaluation",
     "yolo_detector",
     "detection_evaluation",
+    "prepared_imagenet",
+    "prepared_transfer",
+    "prepared_detection",
+    "hparam_search",
     "vanishing_gradient_study",
     "degradation_study",
     "dropout_study",
@@ -45,16 +49,9 @@ THROUGH_THE_LAUNCHER = {
     "epochs_study",
     "activation_loss_study",
 }
-# Still computed in the Dagster step itself (issue 13, what remains): the preps (litdata writes torch
-# tensors) and hparam_search (its trials are plain subprocesses). Torch-free: raw_data, studies_report.
-IN_THE_STEP = {
-    "raw_data",
-    "studies_report",
-    "prepared_imagenet",
-    "prepared_transfer",
-    "prepared_detection",
-    "hparam_search",
-}
+# Computed in the Dagster step itself, and torch-free: observing data.dvc, and joining the studies'
+# verdicts into one Markdown page.
+IN_THE_STEP = {"raw_data", "studies_report"}
 
 
 def test_compute_assets_launch_through_the_launcher(monkeypatch) -> None:

@@ -12,7 +12,7 @@ import pytest
 from lightning_modules.data import versioning
 from lightning_modules.data.synth import synthesize
 from pipelines.assets.data import DATA_ASSETS, prepared_detection, prepared_imagenet
-from pipelines.resources import DvcResource, ProjectResource
+from pipelines.resources import DvcResource, ProjectResource, TrainingLauncher
 
 TINY = dict(
     classes=4,
@@ -38,7 +38,12 @@ def project(tmp_path_factory) -> Path:
 
 
 def _resources(root: Path) -> dict:
-    return {"project": ProjectResource(root=str(root)), "dvc": DvcResource(root=str(root))}
+    # The preps run as steps through the launcher (a subprocess here), reporting through Pipes.
+    return {
+        "project": ProjectResource(root=str(root)),
+        "dvc": DvcResource(root=str(root)),
+        "launcher": TrainingLauncher(backend="local"),
+    }
 
 
 def _run_config(detection: dict | None = None) -> dict:

@@ -10,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines.assets.search import hparam_search
-from pipelines.resources import MlflowResource, ProjectResource
+from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
 
 pytestmark = pytest.mark.slow  # studies and the search through Dagster and the launcher
 
@@ -40,7 +40,11 @@ def test_hparam_search_asset_writes_the_best_config_for_pretraining(
         "space": {"optim.lr": [0.001, 0.003]},
     }
     (tmp_path / "configs" / "search.yaml").write_text(yaml.safe_dump(search))
-    resources = {"project": ProjectResource(root=str(tmp_path)), "mlflow": MlflowResource(tracking_uri=mlflow_uri)}
+    resources = {
+        "project": ProjectResource(root=str(tmp_path)),
+        "mlflow": MlflowResource(tracking_uri=mlflow_uri),
+        "launcher": TrainingLauncher(backend="local"),  # the search runs as one step (trials are its children)
+    }
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [hparam_search],
@@ -66,7 +70,6 @@ def test_study_assets_run_variants_through_the_launcher_and_feed_the_report(
     tmp_path: Path, tiny_prepared_imagenet: Path, prepared_transfer: Path, mlflow_uri: str
 ) -> None:
     from pipelines.assets.studies import STUDIES, studies_report
-    from pipelines.resources import TrainingLauncher
 
     (tmp_path / "prepared").mkdir()
     (tmp_path / "prepared" / "imagenet").symlink_to(tiny_prepared_imagenet)

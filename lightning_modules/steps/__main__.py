@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -12,14 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.errors import VisionflowError
+from lightning_modules.progress import log_to_stderr
 
 ERROR_FILE = "step_error.txt"
 
 
 def _steps() -> dict[str, tuple[type, Callable[[Any], Any]]]:
-    from lightning_modules.steps import evaluation, specs, transfer
+    # lazy: `--help` and a bad name answer without importing torch
+    from lightning_modules.steps import evaluation, prep, search, specs, transfer
 
     return {
+        "prep_classification": (specs.ClassificationPrepSpec, prep.classification),
+        "prep_detection": (specs.DetectionPrepSpec, prep.detection),
+        "hparam_search": (specs.SearchSpec, search.hparam_search),
         "classification_evaluation": (specs.ClassificationEvaluationSpec, evaluation.classification),
         "detection_evaluation": (specs.DetectionEvaluationSpec, evaluation.detection),
         "transfer_report": (specs.TransferReportSpec, transfer.transfer_report),
@@ -32,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec", type=Path, help="the step's spec as JSON (written by the Dagster asset)")
     args = p.parse_args(argv)
     spec_cls, step = _steps()[args.name]
+    log_to_stderr()  # long steps (prep, search) log their progress; Dagster keeps it in the compute logs
     try:
         with _pipes() as pipes:  # an exception inside reaches Dagster through Pipes, with its message
             spec = spec_cls.model_validate(json.loads(args.spec.read_text()))
@@ -50,10 +57,25 @@ def _pipes() -> Iterator[Any]:
     if os.environ.get("VISIONFLOW_REPORTER") != "pipes":
         yield None
         return
-    from dagster_pipes import open_dagster_pipes
+    from dagster_pipes import open_dagster_pipes  # lazy: only a step Dagster launched speaks Pipes
 
     with open_dagster_pipes() as pipes:
-        yield pipes
+        forward = _ToPipes(pipes)
+        logging.getLogger("visionflow").addHandler(forward)  # progress lines into the Dagster run's log
+        try:
+            yield pipes
+        finally:
+            logging.getLogger("visionflow").removeHandler(forward)
+
+
+class _ToPipes(logging.Handler):
+    def __init__(self, pipes: Any) -> None:
+        super().__init__(logging.INFO)
+        self.pipes = pipes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno >= logging.WARNING else "info"
+        getattr(self.pipes.log, level)(record.getMessage())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pipelines.assets.training import (
     pretrained_run,
 )
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
+from pipelines.upstream import upstream
 
 GROUP = "detection"
 VERSIONS = ["yolov1", "yolov2", "yolov3"]
@@ -127,12 +128,7 @@ def detection_evaluation(
     launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
     version = context.partition_key
-    event = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=yolo_detector.key, asset_partitions=[version]), limit=1
-    ).records
-    if not event:
-        raise dg.Failure(f"yolo_detector[{version}] was never materialized")
-    trained = {k: v.value for k, v in event[0].asset_materialization.metadata.items()}
+    trained = upstream(context, yolo_detector.key, version)
     data, out = project.prepared("detection"), project.run_dir(context)
     lineage = {"evaluated_run_id": trained["mlflow_run_id"], "yolo_version": version}
     run_id = mlflow.start_run(context, "detection-evaluation", out, project.prepared_version("detection"), lineage)
@@ -147,7 +143,7 @@ def detection_evaluation(
         model_name=f"{config.model_name}-{version}",
         map50_floor=config.map50_floor,
     )
-    return launcher.run_step(context, "detection_evaluation", spec)
+    return launcher.run_step(context, "detection_evaluation", spec, metadata=trained.lineage_metadata())
 
 
 DETECTION_ASSETS = [yolo_detector, detection_evaluation]

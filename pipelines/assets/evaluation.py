@@ -12,15 +12,9 @@ from pydantic import Field
 from lightning_modules.steps.specs import ClassificationEvaluationSpec, TransferReportSpec
 from pipelines.assets.training import scratch_baseline, transfer_finetuned
 from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
+from pipelines.upstream import upstream
 
 GROUP = "evaluation"
-
-
-def latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict:
-    event = context.instance.get_latest_materialization_event(key)
-    if event is None:
-        raise dg.Failure(f"{key.to_user_string()} was never materialized")
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 class ReportConfig(dg.Config):
@@ -40,8 +34,8 @@ def transfer_report(
     mlflow: MlflowResource,
     launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
-    t = latest_metadata(context, transfer_finetuned.key)
-    s = latest_metadata(context, scratch_baseline.key)
+    t = upstream(context, transfer_finetuned.key)
+    s = upstream(context, scratch_baseline.key)
     out = project.run_dir(context)
     lineage = {"transfer_run_id": t["mlflow_run_id"], "scratch_run_id": s["mlflow_run_id"]}
     run_id = mlflow.start_run(context, "transfer-report", out, project.prepared_version("transfer"), lineage)
@@ -54,12 +48,13 @@ def transfer_report(
         scratch_history=s["history"],
         early_epochs=config.early_epochs,
     )
-    result = launcher.run_step(context, "transfer_report", spec)
     links = {
         "transfer_run": dg.MetadataValue.url(mlflow.run_url(t["mlflow_run_id"])),
         "scratch_run": dg.MetadataValue.url(mlflow.run_url(s["mlflow_run_id"])),
+        **t.lineage_metadata(),
+        **s.lineage_metadata(),
     }
-    return result._replace(metadata={**(result.metadata or {}), **links})
+    return launcher.run_step(context, "transfer_report", spec, metadata=links)
 
 
 class EvaluationConfig(dg.Config):
@@ -92,7 +87,7 @@ def classification_evaluation(
     mlflow: MlflowResource,
     launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
-    trained = latest_metadata(context, transfer_finetuned.key)
+    trained = upstream(context, transfer_finetuned.key)
     data, out = project.prepared("transfer"), project.run_dir(context)
     lineage = {"evaluated_run_id": trained["mlflow_run_id"]}
     run_id = mlflow.start_run(context, "evaluation", out, project.prepared_version("transfer"), lineage)
@@ -108,7 +103,7 @@ def classification_evaluation(
         accuracy_floor=config.accuracy_floor,
         margin_over_chance=config.margin_over_chance,
     )
-    return launcher.run_step(context, "classification_evaluation", spec)
+    return launcher.run_step(context, "classification_evaluation", spec, metadata=trained.lineage_metadata())
 
 
 EVALUATION_ASSETS = [transfer_report, classification_evaluation]

@@ -13,6 +13,7 @@ from lightning_modules.contract import JobRequest
 from lightning_modules.errors import VisionflowError
 from pipelines import metadata
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
+from pipelines.upstream import upstream
 
 GROUP = "training"
 ARCHITECTURES = ["resnet18", "resnet34", "plain18", "plain34", "vgg16", "darknet19", "darknet53"]
@@ -129,16 +130,10 @@ def _backbone(context: dg.AssetExecutionContext, config: FinetuneConfig) -> str:
 
 
 def pretrained_run(context: dg.AssetExecutionContext, arch: str) -> dict:
-    """Checkpoint and model settings of the latest pretrained_backbone[arch]."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("pretrained_backbone"), asset_partitions=[arch]), limit=1
-    ).records
-    if not records:
-        raise dg.Failure(f"pretrained_backbone[{arch}] was never materialized: materialize that partition first")
-    meta = records[0].asset_materialization.metadata
-    run_dir = Path(meta["run_dir"].value)
-    model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
-    return {"checkpoint": meta["best_checkpoint"].value, "model": model, "mlflow_run_id": meta["mlflow_run_id"].value}
+    """Checkpoint and model settings of pretrained_backbone[arch]: this run's, else the latest of arch."""
+    source = upstream(context, dg.AssetKey("pretrained_backbone"), arch)
+    model = yaml.safe_load((Path(source["run_dir"]) / "config.yaml").read_text())["model"]
+    return {"checkpoint": source["best_checkpoint"], "model": model, "mlflow_run_id": source["mlflow_run_id"]}
 
 
 def _model_overrides(model: dict) -> list[str]:
