@@ -144,8 +144,8 @@ def prepared_loader(prepared: Path, mode: str, workers: int, size: int, scale_mi
     """The job's train (or val-style) path over the prepared litdata split."""
     from litdata import StreamingDataLoader
 
+    from lightning_modules.classification.datamodule import EvalTransform, TrainTransform, collate
     from lightning_modules.data.streaming import open_split
-    from lightning_modules.datamodule import EvalTransform, TrainTransform, collate
 
     transform = TrainTransform(size, True, scale_min) if mode == "train" else EvalTransform(size)
     dataset = open_split(prepared, "train", shuffle=True, seed=0, transform=transform)

@@ -80,8 +80,8 @@ def job_config(args):
 
 
 def _module_and_data(cfg, data: Path):
-    from lightning_modules.classification import ClassificationModule
-    from lightning_modules.datamodule import ClassificationDataModule
+    from lightning_modules.classification.datamodule import ClassificationDataModule
+    from lightning_modules.classification.module import ClassificationModule
 
     dm = ClassificationDataModule(data, cfg.data, seed=0)
     module = ClassificationModule(
@@ -99,7 +99,7 @@ def run_lightning(cfg, data: Path, warmup: int, steps: int, devices: int = 1) ->
     """Images/s of the job's module + Trainer + standard callbacks over `steps` steps after `warmup` (all ranks)."""
     import pytorch_lightning as L
 
-    from lightning_modules.callbacks import standard_callbacks
+    from lightning_modules.training.callbacks import standard_callbacks
     from lightning_modules.training.trainer import SilentLogger
 
     module, dm = _module_and_data(cfg, data)
@@ -165,7 +165,7 @@ def run_plain(cfg, data: Path, warmup: int, steps: int) -> float:
     """Images/s of a hand-written loop: same backbone, loader, normalisation, SGD and loss."""
     import torch
 
-    from lightning_modules.classification import param_groups
+    from lightning_modules.classification.module import param_groups
     from lightning_modules.models import build_model
 
     _, dm = _module_and_data(cfg, data)
@@ -210,7 +210,7 @@ def flops_per_image(cfg, size: int) -> tuple[float, float]:
 
 def ddp_worker(args) -> None:
     """One torchrun rank: the job's module under DDP; rank 0 writes images/s (all ranks) to --result."""
-    from lightning_modules import distributed as dist
+    from lightning_modules.training import distributed as dist
 
     dist.set_threads()
     ips = run_lightning(
@@ -285,7 +285,7 @@ def main() -> int:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     import torch
 
-    from lightning_modules.distributed import cpu_count
+    from lightning_modules.training.distributed import cpu_count
 
     OUT.mkdir(parents=True, exist_ok=True)
     data = ensure_data(args.size)

@@ -136,7 +136,7 @@ def _evaluate(a: argparse.Namespace) -> None:
         shown = {k: v for k, v in result.items() if k != "confusion_matrix"}
         print(json.dumps(shown, indent=2) if a.json else format_table(result))
         return
-    from lightning_modules.evaluate import evaluate, format_result
+    from lightning_modules.classification.evaluate import evaluate, format_result
 
     result = evaluate(
         Path(a.checkpoint), Path(a.data), split=a.split or "test", out_dir=Path(a.out), batch_size=a.batch_size
@@ -146,7 +146,7 @@ def _evaluate(a: argparse.Namespace) -> None:
 
 def _is_detector(checkpoint: Path) -> bool:
     """A detector checkpoint carries detection hyper-parameters (read without building anything)."""
-    from lightning_modules.checkpoints import load_checkpoint
+    from lightning_modules.training.checkpoints import load_checkpoint
 
     hp = load_checkpoint(checkpoint).get("hyper_parameters")  # DataError naming a missing/damaged/unsafe file
     return isinstance(hp, dict) and "detection" in hp
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_model_summary)
 
-    from lightning_modules.darknet.cli import add_darknet_commands
+    from lightning_modules.interop.darknet.cli import add_darknet_commands
 
     add_darknet_commands(sub)
     from lightning_modules.detection.eval_cli import add_detect_eval_command

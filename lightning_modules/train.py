@@ -28,10 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from lightning_modules import distributed as dist
+from lightning_modules import reporting
 from lightning_modules.config import JobConfig, flatten, load_config
 from lightning_modules.contract import RESULT_FILE, JobResult, summary
 from lightning_modules.errors import ConfigError, DataError, VisionflowError
+from lightning_modules.training import distributed as dist
 from lightning_modules.training.preflight import check_names, check_trains
 from lightning_modules.training.run_folder import check_same_job, record_job, run_state
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         # Rank 0 tells its launcher (Pipes: the error shows in Dagster); the process still fails.
         if not _children_report:
-            dist.fail_open_reporters(exc, args.out)
+            reporting.fail_open_reporters(exc, args.out)
         if not isinstance(exc, VisionflowError):
             raise
         log.error("%s", exc)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        dist.close_open_reporters()
+        reporting.close_open_reporters()
     if isinstance(result, int):
         return result
     if dist.is_global_zero() and result:
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> JobResult | int:
     """Run (or resume, or report) the job described by the parsed arguments."""
     cfg = load_config(args.config, args.set)
     check_names(cfg, _sources(args))
-    from lightning_modules.tasks import get_task
+    from lightning_modules.training.tasks import get_task
 
     get_task(cfg.task).check_data(args.data)  # DataError naming the path, before any rank starts
     run_dir = args.out.resolve()
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> JobResult | int:
     if state == "finished":
         result = json.loads((run_dir / RESULT_FILE).read_text())
         log.info("%s already finished (result.json): nothing to do; use a new --out to train again", run_dir)
-        reporter = dist.make_reporter(run_dir)
+        reporter = reporting.make_reporter(run_dir)
         reporter.finish(result)
         reporter.close()
         return result
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> JobResult | int:
                 "-m lightning_modules.train ...)"
             )
         if args.tune:
-            from lightning_modules.tune import tune
+            from lightning_modules.training.tune import tune
 
             tune(cfg, args.data, run_dir)
             cfg = _apply_tuned(args, run_dir)
@@ -168,13 +169,13 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     """Train in this process (one rank of the job): build -> fit -> report. Returns the result on rank 0."""
     import pytorch_lightning as L
 
-    from lightning_modules.callbacks import standard_callbacks
-    from lightning_modules.checkpoints import resume_checkpoint
     from lightning_modules.data.lineage import prepared_version
-    from lightning_modules.pruning import pruning_callbacks
-    from lightning_modules.tasks import get_task
+    from lightning_modules.search.pruning import pruning_callbacks
+    from lightning_modules.training.callbacks import standard_callbacks
+    from lightning_modules.training.checkpoints import resume_checkpoint
     from lightning_modules.training.mlflow_run import MlflowRun
     from lightning_modules.training.result import job_result
+    from lightning_modules.training.tasks import get_task
     from lightning_modules.training.trainer import build_trainer, quiet_known_warnings
 
     quiet_known_warnings()
@@ -202,7 +203,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     if rank0 and not fast:
         record_job(run_dir, cfg, data_dir, data_version, sources)
     mlflow = MlflowRun(cfg, run_dir, data_dir, data_version, extra, active=rank0 and not fast)
-    reporter = dist.make_reporter(run_dir) if not fast else dist.NullReporter()
+    reporter = reporting.make_reporter(run_dir) if not fast else reporting.NullReporter()
     if mlflow.run_id:
         reporter.start({"run_dir": str(run_dir), "mlflow_run_id": mlflow.run_id, **extra})
         log.info(
@@ -278,7 +279,7 @@ def _sources(args: argparse.Namespace) -> str:
 
 
 def _setup_logging() -> None:
-    from lightning_modules.progress import log_to_stderr
+    from lightning_modules.reporting.progress import log_to_stderr
 
     log_to_stderr("%(asctime)s %(levelname)s [rank %(rank)s] %(message)s", _RankFilter())
 

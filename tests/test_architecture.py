@@ -3,6 +3,7 @@ private Dagster API is used."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,64 @@ def test_compute_assets_launch_through_the_launcher(monkeypatch) -> None:
     uses = json.loads(done.stdout.strip().splitlines()[-1])
     assert {k for k, v in uses.items() if v} == THROUGH_THE_LAUNCHER
     assert {k for k, v in uses.items() if not v} == IN_THE_STEP
+
+
+PACKAGES = ("lightning_modules", "pipelines")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (REPO / pkg).rglob("*.py"):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every project module `path` imports, at any level (a function-level import is still a
+    dependency), except under `if TYPE_CHECKING:`; `from pkg import sub` counts as importing pkg.sub."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    found: set[str | None] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {owner(a.name) for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {owner(f"{node.module}.{a.name}") for a in node.names}
+    return {m for m in found if m is not None}
+
+
+def test_no_import_cycles() -> None:
+    modules = _modules()
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    cycles = []
+    for start in graph:  # a cycle through `start`: a path from one of its imports back to it
+        seen, stack = set(), [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join([*trail, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert cycles == []

@@ -267,8 +267,8 @@ def _resume_trapped(ctx: Ctx):
 def _registry_trapped(ctx: Ctx):
     from mlflow.tracking import MlflowClient
 
-    from lightning_modules import registry
-    from lightning_modules.evaluate import load_classifier
+    from lightning_modules.classification.evaluate import load_classifier
+    from lightning_modules.tracking import model_registry as registry
 
     uri, artifacts = ctx.uri, ctx.out("artifacts")
     client = MlflowClient(uri)

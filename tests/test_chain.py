@@ -215,8 +215,8 @@ def test_detection_stage_trains_on_the_pretrained_backbone_and_registers(chain) 
     # the registered version rebuilds without pickle (weights + settings) and detects on uint8 images
     import torch
 
-    from lightning_modules import registry
     from lightning_modules.detection.evaluation import load_predictor
+    from lightning_modules.tracking import model_registry as registry
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     path = registry.download(uri, f"models:/visionflow-detector-yolov3/{evaluated['registered_version']}", "detector")

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.darknet import build_model, load_weights, parse_cfg, save_weights, summary
-from lightning_modules.darknet import cfgs as bundled_cfgs
-from lightning_modules.darknet.cfg import parse_cfg_text
-from lightning_modules.darknet.cli import add_darknet_commands
-from lightning_modules.darknet.model import Reorg, Shortcut, _reorg_index
-from lightning_modules.darknet.weights import count_floats, read_header
 from lightning_modules.errors import DataError
+from lightning_modules.interop.darknet import build_model, load_weights, parse_cfg, save_weights, summary
+from lightning_modules.interop.darknet import cfgs as bundled_cfgs
+from lightning_modules.interop.darknet.cfg import parse_cfg_text
+from lightning_modules.interop.darknet.cli import add_darknet_commands
+from lightning_modules.interop.darknet.layers import Reorg, Shortcut, _reorg_index
+from lightning_modules.interop.darknet.weights import count_floats, read_header
 
-# The cfgs the tests need ship with the package (lightning_modules/darknet/cfgs). The full official set
+# The cfgs the tests need ship with the package (lightning_modules/interop/darknet/cfgs). The full official set
 # sits in ../shared next to the checkout; only the sweep over all of it and the drift check read it, and
 # they skip without it. VISIONFLOW_SHARED_REFERENCE points at another copy of that darknet folder.
 _DEFAULT_REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "darknet"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules import distributed as dist
+from lightning_modules import reporting
+from lightning_modules.training import distributed as dist
 
 pytestmark = pytest.mark.slow  # torchrun with 2 ranks and 2 simulated nodes
 
@@ -67,10 +68,10 @@ def test_effective_batch_lr_scaling_and_threads(monkeypatch: pytest.MonkeyPatch)
 def test_only_global_rank_zero_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _clear_rank_env(monkeypatch)
     monkeypatch.setenv("RANK", "1")
-    dist.make_reporter(tmp_path).finish({"status": "finished"})
+    reporting.make_reporter(tmp_path).finish({"status": "finished"})
     assert not (tmp_path / "result.json").exists()
     monkeypatch.setenv("RANK", "0")
-    dist.make_reporter(tmp_path).finish({"status": "finished"})
+    reporting.make_reporter(tmp_path).finish({"status": "finished"})
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "finished"
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.classification.losses import LOSS_REGISTRY, build_loss
 from lightning_modules.errors import ConfigError
-from lightning_modules.losses import LOSS_REGISTRY, build_loss
 
 K = 5
 

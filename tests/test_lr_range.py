@@ -1,4 +1,4 @@
-"""Reading an LR range test (lightning_modules/lr_range.py): smoothing, divergence cut, suggestion."""
+"""Reading an LR range test (lightning_modules/training/lr_range.py): smoothing, divergence cut, suggestion."""
 
 import math
 import random
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules import lr_range
+from lightning_modules.training import lr_range
 
 
 def _sweep(n: int = 100, lo: float = 1e-6, hi: float = 1.0, best: float = 1e-2, noise: float = 0.1, seed: int = 0):

@@ -62,7 +62,8 @@ def test_lightning_modules_never_import_dagster() -> None:
             bad = [n for n in names if n == "dagster" or n.startswith("dagster.")]
             assert not bad, f"{path}: imports {bad}"
     code = (
-        "import sys, lightning_modules.train, lightning_modules.pipes_reporter, lightning_modules.evaluate, "
+        "import sys, lightning_modules.train, lightning_modules.reporting.pipes, "
+        "lightning_modules.classification.evaluate, "
         "lightning_modules.cli; assert not [m for m in sys.modules if m.split('.')[0] == 'dagster'], 'dagster'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
@@ -73,7 +74,7 @@ def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint in our format (state_dict + hyper_parameters) without training: enough to transfer from."""
     import torch
 
-    from lightning_modules.classification import ClassificationModule
+    from lightning_modules.classification.module import ClassificationModule
 
     module = ClassificationModule(
         model={"name": "resnet18", "width": 0.25, "small_input": True},

@@ -8,8 +8,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lightning_modules import registry
 from lightning_modules.errors import DataError
+from lightning_modules.tracking import model_registry as registry
 
 NAME = "vf-test-classifier"
 

@@ -17,8 +17,8 @@ import yaml
 
 from lightning_modules.config import load_config
 from lightning_modules.errors import ConfigError
-from lightning_modules.experiments import subprocess_launch
 from lightning_modules.search import load_search_config, overlay, overrides, run_search
+from lightning_modules.tracking.experiments import subprocess_launch
 
 # Fast jobs: a quarter-width ResNet-18 on 32 px images, no loader processes, no gradient monitor.
 BASE_JOB = {
@@ -271,7 +271,7 @@ def test_overrides_keep_every_dropout_group_and_float_types(tmp_path):
 
 
 def test_pruning_callback_only_inside_a_search(tmp_path, monkeypatch):
-    from lightning_modules import pruning
+    from lightning_modules.search import pruning
 
     for key in (pruning.ENV_STORAGE, pruning.ENV_STUDY, pruning.ENV_TRIAL_ID):
         monkeypatch.delenv(key, raising=False)

@@ -15,12 +15,12 @@ import yaml
 from torch import nn
 
 from lightning_modules.errors import ConfigError
-from lightning_modules.experiments import PARENT_TAG, JobRequest, subprocess_launch
 from lightning_modules.studies import STUDIES, StudyResults, get_study
 from lightning_modules.studies.cli import main as studies_main
 from lightning_modules.studies.epochs import early_stop_epoch
 from lightning_modules.studies.report import studies_report
 from lightning_modules.studies.runner import inprocess_launch, run_study
+from lightning_modules.tracking.experiments import PARENT_TAG, JobRequest, subprocess_launch
 
 pytestmark = pytest.mark.slow  # every study's training jobs
 

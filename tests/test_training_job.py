@@ -136,7 +136,7 @@ def test_fast_dev_run_every_backbone_and_activation(
 
 
 def test_every_loss_trains_through_the_module(tiny_prepared_imagenet: Path, tmp_path: Path) -> None:
-    from lightning_modules.losses import LOSS_REGISTRY
+    from lightning_modules.classification.losses import LOSS_REGISTRY
 
     for loss in LOSS_REGISTRY:
         _fast_dev_run(tiny_prepared_imagenet, tmp_path / loss, f"loss.name={loss}", "loss.label_smoothing=0.0")
@@ -160,7 +160,7 @@ def test_precisions_channels_last_and_schedules(tiny_prepared_imagenet: Path, tm
 def test_weight_decay_skips_norms_and_biases() -> None:
     from torch import nn
 
-    from lightning_modules.classification import param_groups
+    from lightning_modules.classification.module import param_groups
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
     net(__import__("torch").zeros(1, 3, 5, 5))
@@ -242,7 +242,7 @@ def test_nan_guard_stops_with_a_clear_message(
 
 
 def test_tune_writes_an_overlay_config(tiny_prepared_imagenet: Path, tmp_path: Path) -> None:
-    from lightning_modules.tune import tune
+    from lightning_modules.training.tune import tune
 
     cfg = load_config(SMOKE, ["data.num_workers=0", "data.batch_size=4"])
     tuned = tune(cfg, tiny_prepared_imagenet, tmp_path / "run", max_batch_trials=2, lr_steps=12)

@@ -103,7 +103,7 @@ def test_frozen_body_keeps_pretrained_weights_in_a_handed_over_mlflow_run(
 
 
 def test_unfrozen_body_trains_at_the_body_lr(pretrained: Path) -> None:
-    from lightning_modules.classification import ClassificationModule, param_groups
+    from lightning_modules.classification.module import ClassificationModule, param_groups
 
     module = ClassificationModule(
         model={"name": "resnet18", "width": 0.25, "small_input": True, "pretrained_checkpoint": str(pretrained)},
@@ -139,7 +139,7 @@ def test_checkpoint_of_another_architecture_is_a_config_error(
     )
     err = capsys.readouterr().err
     assert rc == 2 and "width" in err and str(pretrained) in err
-    from lightning_modules.classification import load_pretrained
+    from lightning_modules.classification.module import load_pretrained
     from lightning_modules.models import build_model
 
     with pytest.raises(ConfigError, match="does not fit"):  # a plain state dict: checked by keys and shapes
@@ -156,7 +156,7 @@ def test_freeze_longer_than_training_is_a_config_error() -> None:
 
 
 def test_torchvision_weights_initialise_the_body(prepared_transfer: Path, tmp_path: Path) -> None:
-    from lightning_modules.classification import ClassificationModule
+    from lightning_modules.classification.module import ClassificationModule
     from lightning_modules.models import build_model
 
     reference = build_model("resnet18", num_classes=1000, width=1.0)
@@ -186,8 +186,8 @@ def test_torchvision_weights_initialise_the_body(prepared_transfer: Path, tmp_pa
 def test_evaluate_checkpoint_on_the_test_split(
     pretrained: Path, prepared_transfer: Path, tiny_prepared_imagenet: Path, tmp_path: Path, capsys
 ) -> None:
+    from lightning_modules.classification.evaluate import evaluate, evaluate_module, load_classifier
     from lightning_modules.cli import main as cli
-    from lightning_modules.evaluate import evaluate, evaluate_module, load_classifier
 
     ft = tmp_path / "ft"
     assert (
@@ -262,7 +262,7 @@ def test_evaluate_checkpoint_on_the_test_split(
 def test_evaluate_flags_non_finite_logits(prepared_transfer: Path, tmp_path: Path) -> None:
     from torch import nn
 
-    from lightning_modules.evaluate import evaluate_module
+    from lightning_modules.classification.evaluate import evaluate_module
 
     class Broken(nn.Module):
         def forward(self, x):

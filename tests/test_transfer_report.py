@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.transfer_report import compare, curve_stats, plot
+from lightning_modules.classification.transfer_report import compare, curve_stats, plot
 
 
 def _hist(values):

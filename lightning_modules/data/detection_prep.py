@@ -37,7 +37,7 @@ from lightning_modules.data.lineage import data_version
 from lightning_modules.data.prep_settings import DETECTION
 from lightning_modules.data.staging import PRODUCER, staged_output
 from lightning_modules.errors import ConfigError, DataError
-from lightning_modules.progress import track
+from lightning_modules.reporting.progress import track
 
 log = logging.getLogger("visionflow")
 PREVIEW_IMAGES = 8

@@ -33,7 +33,7 @@ from lightning_modules.data.prep_settings import CLASSIFICATION
 from lightning_modules.data.previews import save_grid
 from lightning_modules.data.staging import PRODUCER, check_not_overlapping, staged_output
 from lightning_modules.errors import ConfigError, DataError
-from lightning_modules.progress import track
+from lightning_modules.reporting.progress import track
 
 log = logging.getLogger("visionflow")
 

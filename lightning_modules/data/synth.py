@@ -30,7 +30,7 @@ from lightning_modules.data.synth_classes import (
     make_wnids,
 )
 from lightning_modules.errors import ConfigError, DataError
-from lightning_modules.progress import track
+from lightning_modules.reporting.progress import track
 
 SUMMARY_FILE = "synth.json"  # marks `out` as generated, so a rerun may replace it
 SETS = ("imagenet", "transfer", "detection")

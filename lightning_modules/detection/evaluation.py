@@ -10,97 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from lightning_modules.detection.module import DetectionModule
+from lightning_modules.detection.predictor import YoloPredictor, predictor_from_module
+from lightning_modules.detection.scoring import evaluate_loader
 from lightning_modules.errors import DataError
-from lightning_modules.progress import track
+from lightning_modules.reporting.progress import track
+from lightning_modules.training.checkpoints import load_checkpoint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-class YoloPredictor(nn.Module):
-    """A trained detector with its input normalisation and decoding: what the registry stores.
-
-    forward(uint8 images [N,3,S,S]) -> [N, max_det, 6] rows (x1, y1, x2, y2, score, label) in the
-    input's pixels, padded with -1 (one tensor, so MLflow can record the signature);
-    `predict_images` gives the same as a list of {"boxes", "scores", "labels"}.
-    """
-
-    def __init__(
-        self,
-        detector: nn.Module,
-        mean,
-        std,
-        image_size: int,
-        class_names: list[str],
-        *,
-        conf: float = 0.001,
-        iou: float = 0.6,
-        max_det: int = 100,
-        agnostic: bool = False,
-    ):
-        super().__init__()
-        self.detector = detector
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-        self.image_size, self.class_names = int(image_size), list(class_names)
-        self.conf, self.iou, self.max_det, self.agnostic = conf, iou, max_det, agnostic
-
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
-    @torch.no_grad()
-    def predict_images(self, images: torch.Tensor, conf: float | None = None) -> list[dict[str, torch.Tensor]]:
-        from lightning_modules.detection.decode import postprocess
-
-        was = self.training
-        self.eval()
-        try:
-            x = (images.float() - self.mean) / self.std
-            boxes, scores = self.detector.decode(self.detector(x), x.shape[-2:])
-        finally:
-            self.train(was)
-        return postprocess(
-            boxes.float(),
-            scores.float(),
-            x.shape[-2:],
-            conf=self.conf if conf is None else conf,
-            iou=self.iou,
-            agnostic=self.agnostic,
-            max_det=self.max_det,
-        )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = torch.full((images.shape[0], self.max_det, 6), -1.0, device=images.device)
-        for i, p in enumerate(self.predict_images(images)):
-            k = len(p["scores"])
-            out[i, :k] = torch.cat([p["boxes"], p["scores"][:, None], p["labels"][:, None].float()], 1)
-        return out
-
-
-def predictor_from_module(module) -> YoloPredictor:
-    """The predictor of a DetectionModule (sharing its detector, so EMA weights swapped in are used)."""
-    hp, d = module.hparams, module.hparams.detection
-    mean, std = (module.mean / 255).flatten().tolist(), (module.std / 255).flatten().tolist()
-    return YoloPredictor(
-        module.detector,
-        mean,
-        std,
-        hp.image_size,
-        hp.class_names or [str(i) for i in range(hp.num_classes)],
-        conf=d.get("conf_threshold", 0.001),
-        iou=d.get("nms_iou", 0.6),
-        max_det=d.get("max_det", 100),
-        agnostic=d.get("class_agnostic_nms", False),
-    ).to(module.device)
-
-
 def load_predictor(checkpoint: str | Path) -> YoloPredictor:
     """The predictor of one of our detector checkpoints (EMA weights when training used EMA)."""
-    from lightning_modules.checkpoints import load_checkpoint
-    from lightning_modules.detection.module import DetectionModule
-
     path = Path(checkpoint)
     blob = load_checkpoint(path, "detector checkpoint")
     hp = blob.get("hyper_parameters")
@@ -214,78 +136,6 @@ def predict(
     for f, d in zip(files, drawn):  # name drawings after their images
         d.rename(d.with_name(f"{f.stem}.png"))
     return out / "predictions.json"
-
-
-def _ground_truth(rows: list[dict]) -> list[dict]:
-    return [
-        {
-            "boxes": torch.as_tensor(r.get("boxes") or [], dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.as_tensor(r.get("labels") or [], dtype=torch.int64),
-            "difficult": torch.as_tensor(r.get("difficult") or [False] * len(r.get("labels") or [])),
-        }
-        for r in rows
-    ]
-
-
-@torch.no_grad()
-def evaluate_loader(
-    predictor: YoloPredictor,
-    loader,
-    class_names,
-    out_dir: str | Path,
-    *,
-    rows: list[dict],
-    root: Path,
-    samples: int = 8,
-) -> dict[str, Any]:
-    """Detect every image of a letterboxing loader; score against the prepared rows in original pixels."""
-    from lightning_modules.detection.augment import unletterbox_boxes
-    from lightning_modules.detection.cocoio import write_coco_gt, write_coco_results
-    from lightning_modules.detection.metrics import draw_samples, evaluate_detections
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    preds: dict[int, dict] = {}
-    for images, targets in track(loader, "evaluating", total=len(loader)):
-        for p, t in zip(predictor.predict_images(images.to(predictor.device)), targets):
-            p = {k: v.cpu() for k, v in p.items()}
-            p["boxes"] = unletterbox_boxes(p["boxes"], t["scale"], t["pad"], t["orig_size"])
-            preds[int(t["image_id"])] = p
-    ids = sorted(preds)
-    pred = [preds[i] for i in ids]
-    gt = _ground_truth([rows[i] for i in ids])
-    result = evaluate_detections(gt, pred, class_names, out_dir=out)
-    files = [root / rows[i]["image"] for i in ids]
-    write_coco_gt(
-        out / "gt_coco.json",
-        gt,
-        class_names,
-        file_names=[rows[i]["image"] for i in ids],
-        sizes=[(rows[i]["width"], rows[i]["height"]) for i in ids],
-    )
-    write_coco_results(out / "pred_coco.json", pred)
-    drawn = draw_samples(files, gt, pred, class_names, out / "samples", n=samples)
-    grid = sample_grid(drawn, out / "detections.png")
-    result["figure_paths"] = [result["figures"]["pr_curves"], result["figures"]["confusion_matrix"], str(grid)]
-    result["n"] = len(ids)
-    (out / "metrics.json").write_text(
-        json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=1)
-    )
-    return result
-
-
-def sample_grid(paths: list[Path], out: Path, cell: int = 256) -> Path:
-    """One picture of the drawn samples (each letterboxed to `cell` px), 4 per row."""
-    from torchvision.io import ImageReadMode, read_image
-    from torchvision.utils import make_grid, save_image
-
-    from lightning_modules.detection.augment import letterbox, make_sample
-
-    tiles = [letterbox(*make_sample(read_image(str(p), mode=ImageReadMode.RGB), [], []), cell)[0] for p in paths]
-    if not tiles:
-        tiles = [torch.full((3, cell, cell), 114, dtype=torch.uint8)]
-    save_image(make_grid([t.as_subclass(torch.Tensor).float() / 255 for t in tiles], nrow=4, padding=4), out)
-    return out
 
 
 def evaluate_checkpoint(

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.optim import BodyFreezing, configure_optimization
+from lightning_modules.detection.predictor import predictor_from_module
+from lightning_modules.detection.scoring import evaluate_loader
+from lightning_modules.training.optim import BodyFreezing, configure_optimization
 
 log = logging.getLogger("visionflow")
 
@@ -166,8 +168,6 @@ class DetectionModule(BodyFreezing, L.LightningModule):
 
     def final_figures(self, datamodule, out_dir: Path) -> tuple[list[Path], dict[str, Any]]:
         """Validation PR curves, confusion matrix and drawn samples (rank 0, after fit)."""
-        from lightning_modules.detection.evaluation import evaluate_loader, predictor_from_module
-
         res = evaluate_loader(
             predictor_from_module(self),
             datamodule.val_dataloader(),

@@ -232,7 +232,7 @@ def load_torchvision_weights(model: Backbone, state_dict_or_path: Mapping[str, t
     if not model.torchvision_keys:
         raise ConfigError(f"{model.name} has no torchvision counterpart; cannot load {source}")
     if isinstance(state_dict_or_path, (str, Path)):
-        from lightning_modules.checkpoints import load_checkpoint
+        from lightning_modules.training.checkpoints import load_checkpoint
 
         state = load_checkpoint(Path(state_dict_or_path), "model.torchvision_weights file")
         if isinstance(state, Mapping) and "state_dict" in state:

@@ -11,7 +11,7 @@ run at once (parallel).
 Each trial is an ordinary training job (`python -m lightning_modules.train`, started through a
 `Launch` function) in OUT/trials/trial_<n>, logging into an MLflow run nested under the search's
 parent run; its parameters are plain `--set` overrides, so the job logs them as MLflow params. The
-job reports its validation metric to the Optuna study (OUT/optuna.db, see lightning_modules.pruning)
+job reports its validation metric to the Optuna study (OUT/optuna.db, see lightning_modules.search.pruning)
 each epoch and stops when the pruner says so.
 
 OUT gets optuna.db (the study: rerunning with the same OUT continues it; finished trials are never

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lightning_modules.errors import VisionflowError
-from lightning_modules.progress import log_to_stderr
+from lightning_modules.reporting.progress import log_to_stderr
 from lightning_modules.search.config import load_search_config
 from lightning_modules.search.results import format_trials
 from lightning_modules.search.runner import run_search

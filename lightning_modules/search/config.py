@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, InstanceOf, StrictInt, StrictStr, ValidationError
 
-from lightning_modules import pruning
 from lightning_modules.config import JobConfig, load_config, read_yaml_mapping, to_dict
 from lightning_modules.errors import ConfigError
 from lightning_modules.paths import project_root
+from lightning_modules.search import pruning
 from lightning_modules.search.overrides import overrides
 from lightning_modules.search.space import ParamSpec, parse_param
 

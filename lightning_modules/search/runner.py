@@ -13,13 +13,13 @@ from filelock import FileLock, Timeout
 from lightning_modules.config import load_config
 from lightning_modules.data.streaming import read_prepared
 from lightning_modules.errors import ConfigError
-from lightning_modules.experiments import Launch, finish_run, subprocess_launch
-from lightning_modules.progress import track
+from lightning_modules.reporting.progress import track
 from lightning_modules.search.config import SearchConfig
 from lightning_modules.search.results import finish
 from lightning_modules.search.study import Context, open_search
 from lightning_modules.search.trial import reopen_trial, run_trial
 from lightning_modules.tracking import ensure_store, resolve_uri
+from lightning_modules.tracking.experiments import Launch, finish_run, subprocess_launch
 
 if TYPE_CHECKING:
     import optuna

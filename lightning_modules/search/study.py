@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from lightning_modules import pruning
 from lightning_modules.config import JobConfig, diff
 from lightning_modules.data.lineage import data_identity
-from lightning_modules.distributed import cpu_count
 from lightning_modules.errors import ConfigError
-from lightning_modules.experiments import Launch, parent_run
+from lightning_modules.search import pruning
 from lightning_modules.search.config import Sampler, SearchConfig
 from lightning_modules.search.space import ParamSpec
+from lightning_modules.tracking.experiments import Launch, parent_run
+from lightning_modules.training.distributed import cpu_count
 
 if TYPE_CHECKING:
     import optuna

@@ -10,12 +10,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_modules import pruning
-from lightning_modules.experiments import JobFailed, JobRequest, child_run, finish_run
+from lightning_modules.search import pruning
 from lightning_modules.search.config import METRICS, SearchConfig
 from lightning_modules.search.overrides import overrides
 from lightning_modules.search.results import read_history, short
 from lightning_modules.search.study import STUDY_NAME, Context
+from lightning_modules.tracking.experiments import JobFailed, JobRequest, child_run, finish_run
 
 if TYPE_CHECKING:
     import optuna

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.errors import VisionflowError
-from lightning_modules.progress import log_to_stderr
+from lightning_modules.reporting.progress import log_to_stderr
 
 ERROR_FILE = "step_error.txt"
 

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning_modules import registry, tracking
+from lightning_modules import tracking
 from lightning_modules.data.lineage import data_identity, prepared_version
+from lightning_modules.tracking import model_registry as registry
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lightning_modules import tracking
-from lightning_modules import transfer_report as report
+from lightning_modules.classification import transfer_report as report
 from lightning_modules.steps.promotion import finish
 from lightning_modules.steps.report import StepReport, image, typed
 from lightning_modules.steps.specs import TransferReportSpec

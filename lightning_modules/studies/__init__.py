@@ -8,36 +8,10 @@ verdict computed from them plus a plot. `STUDIES` maps a name to its `Study`; `r
 
 from __future__ import annotations
 
-from lightning_modules.errors import ConfigError
-from lightning_modules.studies import activations, batch_lr, degradation, dropout, epochs, vanishing
 from lightning_modules.studies.base import SIZES, Study, StudyResults, Variant, VariantResult
-
-STUDIES: dict[str, Study] = {
-    s.name: s
-    for s in (vanishing.STUDY, degradation.STUDY, dropout.STUDY, batch_lr.STUDY, epochs.STUDY, activations.STUDY)
-}
-
-
-def get_study(name: str) -> Study:
-    try:
-        return STUDIES[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"study {name!r} is unknown; choose one of: {', '.join(STUDIES)}") from None
-
-
-def run_study(*args, **kwargs):
-    """See runner.run_study (imported lazily)."""
-    from lightning_modules.studies.runner import run_study as run
-
-    return run(*args, **kwargs)
-
-
-def studies_report(*args, **kwargs):
-    """See report.studies_report (imported lazily)."""
-    from lightning_modules.studies.report import studies_report as report
-
-    return report(*args, **kwargs)
-
+from lightning_modules.studies.registry import STUDIES, get_study
+from lightning_modules.studies.report import studies_report
+from lightning_modules.studies.runner import run_study
 
 __all__ = [
     "SIZES",

@@ -5,7 +5,7 @@ Variants train the same epochs at several batch sizes, once with the LR fixed at
 at the reference batch both are the same job. Time per epoch is the job's fit wall time / epochs
 (train + validation; the jobs run one after another, so they do not share the cores).
 
-The batch-size finder and the LR finder (lightning_modules.tune, Lightning's Tuner) run in this
+The batch-size finder and the LR finder (lightning_modules.training.tune, Lightning's Tuner) run in this
 process after the jobs, at the reference batch: a launched job cannot be asked for them, because
 JobRequest carries only configs and `--set` overrides (no `--tune` flag), and tuning is
 single-device by necessity anyway. Their picks are in OUT/tune/{batch,lr}/tuned.yaml and
@@ -130,7 +130,7 @@ def _tune(configs, overrides, data: Path, run_dir: Path, env: dict[str, str], **
     import torch
 
     from lightning_modules.config import load_config
-    from lightning_modules.tune import tune
+    from lightning_modules.training.tune import tune
 
     threads, saved = torch.get_num_threads(), dict(os.environ)
     os.environ.update(env)  # the jobs' environment (VISIONFLOW_THREADS) applies to tuning too

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from lightning_modules.errors import VisionflowError
-from lightning_modules.progress import log_to_stderr
+from lightning_modules.reporting.progress import log_to_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from lightning_modules.errors import ConfigError
     from lightning_modules.paths import prepared_dir, runs_dir
-    from lightning_modules.studies import STUDIES, get_study
+    from lightning_modules.studies.registry import STUDIES, get_study
 
     if args.name == "list":
         for study in STUDIES.values():

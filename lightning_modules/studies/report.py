@@ -24,7 +24,7 @@ def load_verdicts(out_root: Path) -> list[dict[str, Any]]:
     per size and overrides, so a scaled-up run never collides with the default one); when a study has
     several, the most recently written verdict wins.
     """
-    from lightning_modules.studies import STUDIES
+    from lightning_modules.studies.registry import STUDIES
     from lightning_modules.studies.runner import VERDICT_FILE
 
     found: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -39,7 +39,7 @@ def load_verdicts(out_root: Path) -> list[dict[str, Any]]:
 
 
 def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str | Path | None = None) -> str:
-    from lightning_modules.studies import STUDIES
+    from lightning_modules.studies.registry import STUDIES
 
     lines = ["# Measured studies", ""]
     if verdicts:
@@ -111,8 +111,8 @@ def studies_report(
 def _log_report(uri: str, out_root: Path, page: Path, verdicts: list[dict[str, Any]]) -> str:
     """The page and the plots in their relative layout, so the Markdown renders from the artifact folder."""
     from lightning_modules import tracking
-    from lightning_modules.experiments import finish_run, parent_run
     from lightning_modules.studies.runner import EXPERIMENT
+    from lightning_modules.tracking.experiments import finish_run, parent_run
 
     experiment = verdicts[0].get("experiment") or EXPERIMENT
     run_id = parent_run(uri, experiment, out_root, "studies-report", {"visionflow.studies_report": "1"})

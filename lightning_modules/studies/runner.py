@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.errors import ConfigError, DataError
-from lightning_modules.experiments import (
+from lightning_modules.studies.base import SIZES, Study, StudyResults, VariantResult
+from lightning_modules.studies.seeds import expand, failures, merge, seeds_of, spread
+from lightning_modules.tracking.experiments import (
     JobFailed,
     JobRequest,
     JobResult,
@@ -28,8 +30,6 @@ from lightning_modules.experiments import (
     read_result,
     subprocess_launch,
 )
-from lightning_modules.studies.base import SIZES, Study, StudyResults, VariantResult
-from lightning_modules.studies.seeds import expand, failures, merge, seeds_of, spread
 
 log = logging.getLogger("visionflow")
 
@@ -120,8 +120,8 @@ def run_study(
     Returns the verdict dict written to OUT/verdict.json.
     """
     from lightning_modules import tracking
-    from lightning_modules.progress import track
-    from lightning_modules.studies import get_study
+    from lightning_modules.reporting.progress import track
+    from lightning_modules.studies.registry import get_study
 
     study = get_study(study_name)
     if size not in SIZES:

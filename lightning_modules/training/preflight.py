@@ -10,7 +10,7 @@ from lightning_modules.errors import ConfigError, DataError
 
 def check_names(cfg: JobConfig, source: str) -> None:
     """Names picked from registries (model, activation, loss): a typo names the file and field."""
-    from lightning_modules.losses import LOSS_REGISTRY  # torch: only once the job really starts
+    from lightning_modules.classification.losses import LOSS_REGISTRY  # torch: only once the job really starts
     from lightning_modules.models import ACTIVATIONS, MODEL_REGISTRY
 
     checks = [

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytorch_lightning as L
 
-from lightning_modules.callbacks import EpochHistory
 from lightning_modules.config import JobConfig
 from lightning_modules.contract import JobResult
+from lightning_modules.training.callbacks import EpochHistory
 from lightning_modules.training.mlflow_run import MlflowRun, init_kind
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytorch_lightning as L
 from pytorch_lightning.loggers.logger import Logger
 
-from lightning_modules import distributed as dist
-from lightning_modules.checkpoints import atomic_checkpoint_io
 from lightning_modules.config import JobConfig
+from lightning_modules.training import distributed as dist
+from lightning_modules.training.checkpoints import atomic_checkpoint_io
 
 
 def quiet_known_warnings() -> None:

@@ -20,7 +20,7 @@ from lightning_modules.data.detection_readers.common import (
 from lightning_modules.data.detection_readers.paths import outside_root
 from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from lightning_modules.errors import DataError
-from lightning_modules.progress import track
+from lightning_modules.reporting.progress import track
 
 
 def _voc_splits(src: Path, ann_dir: Path, val_fraction: float, seed: int) -> dict[str, str]:

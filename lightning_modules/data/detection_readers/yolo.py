@@ -21,7 +21,7 @@ from lightning_modules.data.detection_readers.common import (
 from lightning_modules.data.detection_readers.paths import list_images, outside_root
 from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from lightning_modules.errors import DataError
-from lightning_modules.progress import track
+from lightning_modules.reporting.progress import track
 
 
 def yolo_label_path(image: Path) -> Path:

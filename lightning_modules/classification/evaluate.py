@@ -47,8 +47,8 @@ def load_classifier(checkpoint: str | Path) -> Classifier:
 
     No pretrained file is read again (a transfer run's `model.pretrained_checkpoint` may be gone by now).
     """
-    from lightning_modules.checkpoints import load_checkpoint
     from lightning_modules.models import build_model
+    from lightning_modules.training.checkpoints import load_checkpoint
 
     path = Path(checkpoint)
     blob = load_checkpoint(path)
@@ -192,8 +192,8 @@ def _check_split(prepared: Path, split: str) -> None:
 
 def _batches(prepared: Path, split: str, batch_size: int, size: int):
     """(uint8 images, labels) batches in the split's stored order, in this process."""
+    from lightning_modules.classification.datamodule import EvalTransform, collate
     from lightning_modules.data.streaming import open_split
-    from lightning_modules.datamodule import EvalTransform, collate
 
     ds = open_split(prepared, split, shuffle=False, transform=EvalTransform(size))
     batch: list[dict[str, Any]] = []

@@ -50,7 +50,7 @@ def log_and_register(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from lightning_modules.checkpoints import load_checkpoint
+    from lightning_modules.training.checkpoints import load_checkpoint
 
     blob = load_checkpoint(checkpoint)
     client = MlflowClient(uri)

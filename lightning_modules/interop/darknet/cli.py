@@ -15,7 +15,7 @@ def _size(text: str) -> int | tuple[int, int]:
 
 
 def _summary(a: argparse.Namespace) -> None:
-    from lightning_modules.darknet.model import format_summary, summary
+    from lightning_modules.interop.darknet.shapes import format_summary, summary
 
     d = summary(a.cfg, a.size)
     print(json.dumps(d, indent=2) if a.json else format_summary(d))

@@ -41,8 +41,8 @@ def _check_classification(data: Path):
 
 
 def _build_classification(cfg: JobConfig, data: Path, lr: float) -> Built:
-    from lightning_modules.classification import ClassificationModule, input_normalization
-    from lightning_modules.datamodule import ClassificationDataModule
+    from lightning_modules.classification.datamodule import ClassificationDataModule
+    from lightning_modules.classification.module import ClassificationModule, input_normalization
 
     dm = ClassificationDataModule(data, cfg.data, seed=cfg.trainer.seed)
     mean, std = input_normalization(cfg.model.model_dump(), dm.info.mean, dm.info.std)
@@ -74,7 +74,7 @@ def _check_detection(data: Path):
 
 
 def _build_detection(cfg: JobConfig, data: Path, lr: float) -> Built:
-    from lightning_modules.classification import input_normalization
+    from lightning_modules.classification.module import input_normalization
     from lightning_modules.detection.data import DetectionDataModule, anchors_for
     from lightning_modules.detection.module import DetectionModule
 

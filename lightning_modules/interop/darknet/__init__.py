@@ -1,9 +1,10 @@
 """Darknet interoperability: read `.cfg` files, build PyTorch models from them, count parameters and
 BFLOPs as Darknet prints them, and read/write `.weights` files."""
 
-from lightning_modules.darknet.cfg import DarknetCfg, parse_cfg, parse_cfg_text
-from lightning_modules.darknet.model import DarknetModel, build_model, format_summary, infer_layers, summary
-from lightning_modules.darknet.weights import count_floats, load_weights, read_header, save_weights
+from lightning_modules.interop.darknet.cfg import DarknetCfg, parse_cfg, parse_cfg_text
+from lightning_modules.interop.darknet.model import DarknetModel, build_model
+from lightning_modules.interop.darknet.shapes import format_summary, infer_layers, summary
+from lightning_modules.interop.darknet.weights import count_floats, load_weights, read_header, save_weights
 
 __all__ = [
     "DarknetCfg",

@@ -1,6 +1,6 @@
 """The "pipes" reporter: a training job launched by Dagster (Pipes) reports back through Dagster Pipes.
 
-Chosen with VISIONFLOW_REPORTER=pipes. Only global rank 0 gets one (`distributed.make_reporter`):
+Chosen with VISIONFLOW_REPORTER=pipes. Only global rank 0 gets one (`reporting.make_reporter`):
 every torchrun rank inherits the Pipes environment, and a second process opening Pipes fails the
 Dagster step. Uses `dagster_pipes` only (the light external-process half of Pipes), never `dagster`.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.contract import REQUIRED_KEYS
-from lightning_modules.distributed import JsonReporter
+from lightning_modules.reporting.reporters import JsonReporter
 
 log = logging.getLogger("visionflow")
 

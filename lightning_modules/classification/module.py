@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_modules.errors import ConfigError, DataError
-from lightning_modules.optim import (  # noqa: F401  (lr_lambda, param_groups: re-exported)
+from lightning_modules.training.optim import (  # noqa: F401  (lr_lambda, param_groups: re-exported)
     BodyFreezing,
     configure_optimization,
     lr_lambda,
@@ -46,7 +46,7 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
         self.save_hyperparameters(logger=False)
         from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-        from lightning_modules.losses import build_loss
+        from lightning_modules.classification.losses import build_loss
         from lightning_modules.models import build_model
 
         self.model = build_model(
@@ -154,7 +154,7 @@ def input_normalization(model: dict[str, Any], data_mean, data_std) -> tuple[tup
     if model.get("torchvision_weights"):
         return IMAGENET_MEAN, IMAGENET_STD
     if model.get("pretrained_checkpoint") and Path(model["pretrained_checkpoint"]).is_file():
-        from lightning_modules.checkpoints import load_checkpoint
+        from lightning_modules.training.checkpoints import load_checkpoint
 
         hp = load_checkpoint(model["pretrained_checkpoint"], "model.pretrained_checkpoint").get("hyper_parameters")
         if hp and hp.get("mean") is not None and hp.get("std") is not None:
@@ -173,7 +173,7 @@ def load_pretrained(model: nn.Module, path: str | Path, expect: dict[str, Any] |
     must be in the file with the same shape, else ConfigError. `expect` (this job's model config) is
     checked against the checkpoint's saved model settings first, so a mismatch names the setting.
     """
-    from lightning_modules.checkpoints import load_checkpoint
+    from lightning_modules.training.checkpoints import load_checkpoint
 
     path = Path(path)
     blob = load_checkpoint(path, "model.pretrained_checkpoint")

@@ -1,6 +1,6 @@
 """Single-device tuning: Lightning's Tuner finds the per-device batch size and a learning rate.
 
-    python -m lightning_modules.tune CONFIG --data PREPARED_DIR --out RUN_DIR [--set k=v ...]
+    python -m lightning_modules.training.tune CONFIG --data PREPARED_DIR --out RUN_DIR [--set k=v ...]
 
 Writes RUN_DIR/tuned.yaml (an overlay config: `data.batch_size`, `optim.lr`,
 `optim.reference_batch`), RUN_DIR/figures/lr_find.png and RUN_DIR/lr_find.json (the sweep; the pick
@@ -47,9 +47,9 @@ def tune(
     import torch
     from pytorch_lightning.tuner import Tuner
 
-    from lightning_modules.classification import ClassificationModule
-    from lightning_modules.datamodule import ClassificationDataModule
-    from lightning_modules.distributed import set_threads
+    from lightning_modules.classification.datamodule import ClassificationDataModule
+    from lightning_modules.classification.module import ClassificationModule
+    from lightning_modules.training.distributed import set_threads
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,14 +96,14 @@ def tune(
         "data": {"batch_size": found["batch_size"]},
         "optim": {"lr": found["lr"], "reference_batch": found["batch_size"]},
     }
-    header = "# Written by lightning_modules.tune: use as an overlay config after the job's own.\n"
+    header = "# Written by lightning_modules.training.tune: use as an overlay config after the job's own.\n"
     (run_dir / "tuned.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     return found
 
 
 def _find_lr(tuner, module, dm, run_dir: Path, *, min_lr: float, max_lr: float, steps: int) -> dict[str, Any]:
     """Lightning's LR sweep; the pick comes from our reading of its raw losses (see lr_range)."""
-    from lightning_modules import lr_range
+    from lightning_modules.training import lr_range
 
     with lr_range.recording_losses(module) as losses:
         finder = tuner.lr_find(
@@ -144,7 +144,7 @@ def _find_lr(tuner, module, dm, run_dir: Path, *, min_lr: float, max_lr: float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lightning_modules.tune", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lightning_modules.training.tune", description=__doc__.split("\n\n")[0])
     p.add_argument("config", nargs="+", type=Path)
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightning_modules.darknet.model import ConnectedBlock, ConvBlock, DarknetModel, LocalBlock
 from lightning_modules.errors import DataError
+from lightning_modules.interop.darknet.layers import ConnectedBlock, ConvBlock, LocalBlock
+from lightning_modules.interop.darknet.model import DarknetModel
 
 
 def _layer_tensors(layer: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
