@@ -11,11 +11,17 @@ import logging
 import sys
 from pathlib import Path
 
+from lightning_modules.data import versioning
+from lightning_modules.data.prep_settings import ClassificationPrepSettings, DetectionPrepSettings, cli_option
+from lightning_modules.data.versioning import workspace_version
+from lightning_modules.detection.eval_cli import add_detect_eval_command
 from lightning_modules.errors import VisionflowError
+from lightning_modules.interop.darknet.cli import add_darknet_commands
+from lightning_modules.paths import data_dir, project_root
 
 
 def _synth(a: argparse.Namespace) -> None:
-    from lightning_modules.data.synth import synthesize
+    from lightning_modules.data.synth import synthesize  # lazy: only this command needs it
 
     summary = synthesize(
         Path(a.out),
@@ -36,9 +42,6 @@ def _synth(a: argparse.Namespace) -> None:
 
 
 def _data_version_of(src: Path) -> str | None:
-    from lightning_modules.data.versioning import workspace_version
-    from lightning_modules.paths import data_dir, project_root
-
     # Only data inside the DVC-tracked folder, unchanged since `dvc add`, has a DVC version; any
     # other data is versioned by the prep's own content hash.
     if src.resolve().is_relative_to(data_dir().resolve()):
@@ -47,7 +50,7 @@ def _data_version_of(src: Path) -> str | None:
 
 
 def _prep_imagenet(a: argparse.Namespace) -> None:
-    from lightning_modules.data.imagenet_prep import prep_classification
+    from lightning_modules.data.imagenet_prep import prep_classification  # lazy: only this command needs it
 
     m = prep_classification(
         Path(a.src),
@@ -76,7 +79,7 @@ def _prep_imagenet(a: argparse.Namespace) -> None:
 
 
 def _prep_detection(a: argparse.Namespace) -> None:
-    from lightning_modules.data.detection_prep import prep_detection
+    from lightning_modules.data.detection_prep import prep_detection  # lazy: only this command needs it
 
     m = prep_detection(
         Path(a.src),
@@ -96,26 +99,23 @@ def _prep_detection(a: argparse.Namespace) -> None:
 
 
 def _version(a: argparse.Namespace) -> None:
-    from lightning_modules.data import versioning as v
-    from lightning_modules.paths import project_root
-
     root = project_root()
     if a.action == "show":
-        print(v.read_data_version(root / "data.dvc") or "untracked (no data.dvc)")
+        print(versioning.read_data_version(root / "data.dvc") or "untracked (no data.dvc)")
     elif a.action == "init":
-        v.init(root, a.remote or v.DEFAULT_REMOTE_URL)
+        versioning.init(root, a.remote or versioning.DEFAULT_REMOTE_URL)
     elif a.action == "add":
-        print(v.add(root))
+        print(versioning.add(root))
     elif a.action == "push":
-        print(f"pushed {v.push(root)} file(s)")
+        print(f"pushed {versioning.push(root)} file(s)")
     elif a.action == "pull":
-        v.pull(root)
+        versioning.pull(root)
     elif a.action == "status":
-        print(json.dumps(v.status(root), indent=2, default=str))
+        print(json.dumps(versioning.status(root), indent=2, default=str))
 
 
 def _model_summary(a: argparse.Namespace) -> None:
-    from lightning_modules.models.summary import format_summary, summarize
+    from lightning_modules.models.summary import format_summary, summarize  # lazy: torch; --help stays instant
 
     d = summarize(a.name, num_classes=a.num_classes, size=a.size, width=a.width, activation=a.activation)
     print(json.dumps(d, indent=2) if a.json else format_summary(d))
@@ -123,8 +123,8 @@ def _model_summary(a: argparse.Namespace) -> None:
 
 def _evaluate(a: argparse.Namespace) -> None:
     if _is_detector(Path(a.checkpoint)):
-        from lightning_modules.detection.evaluation import evaluate_checkpoint
-        from lightning_modules.detection.metrics import format_table
+        from lightning_modules.detection.evaluation import evaluate_checkpoint  # lazy: torch; --help stays instant
+        from lightning_modules.detection.metrics import format_table  # lazy: torch; --help stays instant
 
         result = evaluate_checkpoint(
             Path(a.checkpoint),
@@ -136,7 +136,7 @@ def _evaluate(a: argparse.Namespace) -> None:
         shown = {k: v for k, v in result.items() if k != "confusion_matrix"}
         print(json.dumps(shown, indent=2) if a.json else format_table(result))
         return
-    from lightning_modules.classification.evaluate import evaluate, format_result
+    from lightning_modules.classification.evaluate import evaluate, format_result  # lazy: torch; --help stays instant
 
     result = evaluate(
         Path(a.checkpoint), Path(a.data), split=a.split or "test", out_dir=Path(a.out), batch_size=a.batch_size
@@ -146,14 +146,14 @@ def _evaluate(a: argparse.Namespace) -> None:
 
 def _is_detector(checkpoint: Path) -> bool:
     """A detector checkpoint carries detection hyper-parameters (read without building anything)."""
-    from lightning_modules.training.checkpoints import load_checkpoint
+    from lightning_modules.training.checkpoints import load_checkpoint  # lazy: torch; --help stays instant
 
     hp = load_checkpoint(checkpoint).get("hyper_parameters")  # DataError naming a missing/damaged/unsafe file
     return isinstance(hp, dict) and "detection" in hp
 
 
 def _predict(a: argparse.Namespace) -> None:
-    from lightning_modules.detection.evaluation import predict
+    from lightning_modules.detection.evaluation import predict  # lazy: torch; --help stays instant
 
     path = predict(Path(a.weights), a.images, Path(a.out), conf=a.conf, iou=a.iou)
     rows = json.loads(path.read_text())["images"]
@@ -165,28 +165,24 @@ def _predict(a: argparse.Namespace) -> None:
 
 
 def _search(a: argparse.Namespace, rest: list[str]) -> int:
-    from lightning_modules.search import main as search_main
+    from lightning_modules.search import main as search_main  # lazy: only `search` needs the search package
 
     return search_main(rest)
 
 
 def _train(a: argparse.Namespace, rest: list[str]) -> int:
-    from lightning_modules.train import main as train_main
+    from lightning_modules.train import main as train_main  # lazy: only `train` needs the job code
 
     return train_main(rest)
 
 
 def _prep_options(s: argparse.ArgumentParser, settings, **options: str) -> None:
     """--option for each prep setting, with the default, type and help of the one definition (prep_settings)."""
-    from lightning_modules.data.prep_settings import cli_option
-
     for flag, field in options.items():
         s.add_argument(f"--{flag.replace('_', '-')}", **cli_option(settings, field))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lightning_modules.data.prep_settings import ClassificationPrepSettings, DetectionPrepSettings
-
     p = argparse.ArgumentParser(prog="visionflow", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="group", required=True)
 
@@ -262,11 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_model_summary)
 
-    from lightning_modules.interop.darknet.cli import add_darknet_commands
-
     add_darknet_commands(sub)
-    from lightning_modules.detection.eval_cli import add_detect_eval_command
-
     add_detect_eval_command(sub)
 
     s = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a checkpoint")

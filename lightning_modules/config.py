@@ -8,8 +8,9 @@ The defaults live here, in the models, and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -50,12 +51,45 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, coerce_numbers_to_str=True)
 
 
+S = TypeVar("S", bound=Section)
+
+
+def from_saved(section: type[S], values: Mapping[str, Any] | Section) -> S:
+    """A section from a checkpoint's hyper-parameters (saved as plain dicts, so a weights-only load can
+    read them): keys this version no longer has are dropped, so a checkpoint of an older version still
+    loads; the rest is validated and missing keys take today's defaults."""
+    if isinstance(values, section):
+        return values
+    known = {k: v for k, v in dict(values).items() if k in section.model_fields}
+    return section.model_validate(known)
+
+
+class DropoutConfig(Section):
+    """Dropout probability per layer group; never applied after the output layer.
+
+    input: element-wise dropout on the input image (first module of the body). blocks: Dropout2d after
+    each conv stage (ResNet layer, VGG/Darknet pooling stage). classifier: dropout right before the final
+    Linear (`head.fc`), and VGG's own two classifier dropouts. A single number sets all three.
+    """
+
+    input: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+    blocks: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+    classifier: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_number(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # `model.dropout=0.3`
+            return {"input": value, "blocks": value, "classifier": value}
+        return value
+
+
 class ModelConfig(Section):
     name: str = "resnet18"
     width: Annotated[Float, Positive] = 1.0
     activation: str = "default"  # "default": the architecture's own; else a name in ACTIVATIONS
-    # Keyword arguments of models.DropoutConfig (None: the backbone's default).
-    dropout: dict[str, Any] | None = None
+    # Per layer group, or one number for all (None: the architecture's default, VGG 0.5 in the classifier).
+    dropout: DropoutConfig | None = None
     small_input: Bool = False
     # Transfer: our Lightning checkpoint (or a state_dict) whose body initialises the model; the
     # classifier starts fresh for this job's classes. The architecture must match (ConfigError).

@@ -69,7 +69,7 @@ class JobRequest:
 
     def validate(self) -> JobConfig:
         """The job's whole config as the job will read it; ConfigError naming the file and the field."""
-        from lightning_modules.config import load_config
+        from lightning_modules.config import load_config  # lazy: config pulls in pydantic; keep this module tiny
 
         return load_config(list(self.configs), list(self.overrides))
 

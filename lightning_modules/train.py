@@ -28,13 +28,20 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from lightning_modules import reporting
 from lightning_modules.config import JobConfig, flatten, load_config
 from lightning_modules.contract import RESULT_FILE, JobResult, summary
+from lightning_modules.data.lineage import prepared_version
 from lightning_modules.errors import ConfigError, DataError, VisionflowError
+from lightning_modules.reporting.progress import log_to_stderr
+from lightning_modules.tracking import ensure_store, resolve_uri
 from lightning_modules.training import distributed as dist
 from lightning_modules.training.preflight import check_names, check_trains
 from lightning_modules.training.run_folder import check_same_job, record_job, run_state
+from lightning_modules.training.tasks import get_task
+from lightning_modules.training.tune import tune
 
 log = logging.getLogger("visionflow")
 
@@ -87,8 +94,6 @@ def run(args: argparse.Namespace) -> JobResult | int:
     """Run (or resume, or report) the job described by the parsed arguments."""
     cfg = load_config(args.config, args.set)
     check_names(cfg, _sources(args))
-    from lightning_modules.training.tasks import get_task
-
     get_task(cfg.task).check_data(args.data)  # DataError naming the path, before any rank starts
     run_dir = args.out.resolve()
     world = dist.world_info()
@@ -119,8 +124,6 @@ def run(args: argparse.Namespace) -> JobResult | int:
                 "-m lightning_modules.train ...)"
             )
         if args.tune:
-            from lightning_modules.training.tune import tune
-
             tune(cfg, args.data, run_dir)
             cfg = _apply_tuned(args, run_dir)
         if cfg.trainer.devices > 1:
@@ -130,8 +133,6 @@ def run(args: argparse.Namespace) -> JobResult | int:
 
 def _apply_tuned(args: argparse.Namespace, run_dir: Path) -> JobConfig:
     """Add RUN_DIR/tuned.yaml's values as the last overrides (after --set); a re-launch carries them."""
-    import yaml
-
     tuned = flatten(yaml.safe_load((run_dir / "tuned.yaml").read_text()) or {})
     args.set = [*args.set, *(f"{k}={v}" for k, v in tuned.items())]
     args.tune = False
@@ -140,8 +141,6 @@ def _apply_tuned(args: argparse.Namespace, run_dir: Path) -> JobConfig:
 
 def relaunch_under_torchrun(args: argparse.Namespace, cfg: JobConfig) -> int:
     """Run this same command as `torchrun --standalone --nproc-per-node N` (a child process)."""
-    from lightning_modules.tracking import ensure_store, resolve_uri
-
     if not cfg.trainer.fast_dev_run:
         ensure_store(resolve_uri(cfg.tracking.tracking_uri))  # before ranks race on a fresh schema
     argv = [str(c) for c in args.config] + ["--data", str(args.data), "--out", str(args.out)]
@@ -167,16 +166,15 @@ def relaunch_under_torchrun(args: argparse.Namespace, cfg: JobConfig) -> int:
 
 def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *, sources: str = "") -> JobResult:
     """Train in this process (one rank of the job): build -> fit -> report. Returns the result on rank 0."""
-    import pytorch_lightning as L
+    # Imported here, not at the top: `--help` and the parent that relaunches under torchrun stay torch-free.
+    import pytorch_lightning as L  # lazy: Lightning (see above)
 
-    from lightning_modules.data.lineage import prepared_version
-    from lightning_modules.search.pruning import pruning_callbacks
-    from lightning_modules.training.callbacks import standard_callbacks
-    from lightning_modules.training.checkpoints import resume_checkpoint
-    from lightning_modules.training.mlflow_run import MlflowRun
-    from lightning_modules.training.result import job_result
-    from lightning_modules.training.tasks import get_task
-    from lightning_modules.training.trainer import build_trainer, quiet_known_warnings
+    from lightning_modules.search.pruning import pruning_callbacks  # lazy: the search package, only for training
+    from lightning_modules.training.callbacks import standard_callbacks  # lazy: Lightning (see above)
+    from lightning_modules.training.checkpoints import resume_checkpoint  # lazy: torch (see above)
+    from lightning_modules.training.mlflow_run import MlflowRun  # lazy: Lightning (see above)
+    from lightning_modules.training.result import job_result  # lazy: Lightning (see above)
+    from lightning_modules.training.trainer import build_trainer, quiet_known_warnings  # lazy: Lightning (see above)
 
     quiet_known_warnings()
     t, rank0, fast = cfg.trainer, dist.is_global_zero(), bool(cfg.trainer.fast_dev_run)
@@ -279,8 +277,6 @@ def _sources(args: argparse.Namespace) -> str:
 
 
 def _setup_logging() -> None:
-    from lightning_modules.reporting.progress import log_to_stderr
-
     log_to_stderr("%(asctime)s %(levelname)s [rank %(rank)s] %(message)s", _RankFilter())
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lightning_modules import tracking
 from lightning_modules.paths import project_root
 
 # Pools of size 1: two training steps never share the machine's cores or GPU (pool "train").
@@ -30,10 +31,11 @@ def dagster_home(root: Path) -> Path:
 
 
 def run(root: Path, arch: str, detector: str = "yolov3") -> int:
+    # lazy: `ui` needs neither Dagster in this process nor the definitions (loading them takes ~1 s)
     import dagster as dg
 
-    from lightning_modules.data.bootstrap import ensure_default_data
-    from pipelines.definitions import defs
+    from lightning_modules.data.bootstrap import ensure_default_data  # lazy: generation imports PIL, numpy
+    from pipelines.definitions import defs  # lazy: see above
 
     dagster_home(root)
     version = ensure_default_data(root)
@@ -55,10 +57,10 @@ def run(root: Path, arch: str, detector: str = "yolov3") -> int:
 
 def studies(root: Path) -> int:
     """The `studies` job (search, the six studies, the report) on the prepared sets, through Dagster."""
-    import dagster as dg
+    import dagster as dg  # lazy: as in run()
 
-    from lightning_modules.data.bootstrap import ensure_default_data
-    from pipelines.definitions import defs
+    from lightning_modules.data.bootstrap import ensure_default_data  # lazy: as in run()
+    from pipelines.definitions import defs  # lazy: as in run()
 
     dagster_home(root)
     print(f"data version: {ensure_default_data(root)}")
@@ -92,8 +94,6 @@ def _print_summary(result, job: str = "main") -> None:
 
 def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
     """MLflow's UI (a server on the project's SQLite store) and `dagster dev` (webserver + daemon), on 127.0.0.1."""
-    from lightning_modules import tracking
-
     dagster_home(root)
     bin_dir = Path(sys.executable).parent
     uri = tracking.default_tracking_uri()

@@ -14,7 +14,7 @@ import dagster as dg
 
 from lightning_modules import tracking
 from lightning_modules.contract import JobRequest
-from lightning_modules.data import versioning
+from lightning_modules.data import lineage, versioning
 from lightning_modules.errors import VisionflowError
 from lightning_modules.paths import project_root
 from pipelines.launcher import check_reported, k8s_pod_spec, rank_errors, step_command, torchrun_command
@@ -37,9 +37,7 @@ class ProjectResource(dg.ConfigurableResource):
 
     def prepared_version(self, name: str) -> str:
         """The data version the prep of `name` recorded (DVC md5 of its source, else its content hash)."""
-        from lightning_modules.data.lineage import prepared_version
-
-        return prepared_version(self.prepared(name))
+        return lineage.prepared_version(self.prepared(name))
 
     def run_dir(self, context: dg.AssetExecutionContext) -> Path:
         """runs/<asset>/<partition>/<dagster run id>: a retry of the same Dagster run resumes in it."""

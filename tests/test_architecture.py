@@ -132,3 +132,22 @@ def test_no_import_cycles() -> None:
                     seen.add(nxt)
                     stack.append((nxt, [*trail, nxt]))
     assert cycles == []
+
+
+def test_every_function_level_import_says_why() -> None:
+    """An import inside a function hides a dependency (and once hid two import cycles): it is only for
+    keeping a light module light (the Dagster side, the CLIs' --help) or an optional dependency, and a
+    comment on its line or the line above says which."""
+    silent = []
+    for name, path in _modules().items():
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    line, above = lines[node.lineno - 1], lines[node.lineno - 2] if node.lineno > 1 else ""
+                    if "#" not in line and not above.strip().startswith("#"):
+                        silent.append(f"{name}:{node.lineno}: {line.strip()}")
+    assert sorted(set(silent)) == []

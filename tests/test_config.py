@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.config import JobConfig, dump_yaml, from_dict, load_config, to_dict
+from lightning_modules.config import DropoutConfig, JobConfig, dump_yaml, from_dict, load_config, to_dict
 from lightning_modules.errors import ConfigError
 
 
@@ -109,7 +109,7 @@ def test_overlays_then_overrides_in_order(base: Path, tmp_path: Path) -> None:
     overlay.write_text("optim:\n  lr: 0.05\n  name: adamw\nmodel:\n  dropout: {input: 0.1, classifier: 0.2}\n")
     cfg = load_config([base, overlay], ["optim.lr=0.2", "model.dropout={blocks: 0.3}"])
     assert cfg.optim.lr == 0.2 and cfg.optim.name == "adamw" and cfg.optim.warmup_epochs == 1.0
-    assert cfg.trainer.max_epochs == 4 and cfg.model.dropout == {"blocks": 0.3}  # a mapping value is replaced whole
+    assert cfg.trainer.max_epochs == 4 and cfg.model.dropout == DropoutConfig(blocks=0.3)  # replaced whole
     assert load_config([base, overlay]).optim.lr == 0.05
 
 

@@ -183,9 +183,9 @@ def test_unknown_names_and_bad_values_raise_config_error():
         build_model("resnet18", width=0.25, activation="swishy")
     with pytest.raises(ConfigError, match="width"):
         build_model("resnet18", width=0)
-    with pytest.raises(ConfigError, match="dropout.blocks"):
-        DropoutConfig(blocks=1.0)
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="dropout.blocks: Input should be less than 1"):
+        build_model("resnet18", width=0.25, dropout={"blocks": 1.0})
+    with pytest.raises(ConfigError, match="dropout.fc: Extra inputs are not permitted"):
         build_model("resnet18", width=0.25, dropout={"fc": 0.1})
 
 

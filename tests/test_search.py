@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_modules.config import load_config
+from lightning_modules.config import DropoutConfig, load_config
 from lightning_modules.errors import ConfigError
 from lightning_modules.search import load_search_config, overlay, overrides, run_search
 from lightning_modules.tracking.experiments import subprocess_launch
@@ -264,7 +264,7 @@ def test_overrides_keep_every_dropout_group_and_float_types(tmp_path):
     base = load_config(tmp_path / "base.yaml")
     values = {"model.dropout.classifier": 0.1, "model.dropout.blocks": 0.2, "optim.lr": 1e-6, "optim.name": "sgd"}
     job = load_config(tmp_path / "base.yaml", overrides(values, base))
-    assert job.model.dropout == {"input": 0.05, "classifier": 0.1, "blocks": 0.2}
+    assert job.model.dropout == DropoutConfig(input=0.05, classifier=0.1, blocks=0.2)
     assert job.optim.lr == 1e-6 and isinstance(job.optim.lr, float) and job.optim.name == "sgd"
     (tmp_path / "best.yaml").write_text(yaml.safe_dump(overlay(values, base)))
     assert load_config([tmp_path / "base.yaml", tmp_path / "best.yaml"]) == job

@@ -147,7 +147,8 @@ def _results(root: Path, name: str) -> StudyResults:
         )
         for v in record["variants"]
     ]
-    return StudyResults(variants, record["params"], record.get("extra", {}))
+    params = get_study(record["study"]).params.model_validate(record["params"])
+    return StudyResults(variants, params, record.get("extra", {}))
 
 
 def test_verdicts_are_computed_from_the_runs(studies):
@@ -186,7 +187,8 @@ def test_early_stopping_replay_matches_lightning_semantics():
     # improvement must be strict; stop after `patience` epochs without one, keep the best epoch
     assert early_stop_epoch([3.0, 2.0, 1.0, 1.5, 1.0, 1.7], patience=3) == (6, 3)
     assert early_stop_epoch([3.0, 2.0, 1.0, 0.5], patience=1) == (None, 4)
-    verdict = get_study("epochs").verdict(StudyResults([], {"patience": 2}))
+    study = get_study("epochs")
+    verdict = study.verdict(StudyResults([], study.params_for("default", {"patience": 2})))
     assert verdict["numbers"]["optimum_epoch"] is None  # no runs: no numbers, but the fields exist
 
 

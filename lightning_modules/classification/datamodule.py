@@ -14,6 +14,8 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+from litdata import StreamingDataLoader
+from torchvision.transforms import v2
 
 from lightning_modules.config import DataConfig
 from lightning_modules.data.streaming import PreparedClassification, open_split, read_prepared
@@ -23,8 +25,6 @@ class TrainTransform:
     """Per-sample augmentation on a uint8 [3,H,W] tensor (picklable for loader workers)."""
 
     def __init__(self, size: int, augment: bool, scale_min: float = 0.35):
-        from torchvision.transforms import v2
-
         self.size = size
         self.augment = augment
         self.crop = v2.Compose(
@@ -45,8 +45,6 @@ class EvalTransform:
     """Resize only when the prepared size differs from the requested one."""
 
     def __init__(self, size: int):
-        from torchvision.transforms import v2
-
         self.size = size
         self.t = v2.Resize((size, size), antialias=True)
 
@@ -109,8 +107,6 @@ class ClassificationDataModule(L.LightningDataModule):
             )
 
     def _loader(self, ds, drop_last: bool, batch_size: int | None = None):
-        from litdata import StreamingDataLoader
-
         return StreamingDataLoader(
             ds,
             batch_size=batch_size or self.batch_size,

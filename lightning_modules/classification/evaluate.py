@@ -17,7 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_modules.classification.datamodule import EvalTransform, collate
+from lightning_modules.data.streaming import open_split, read_prepared
 from lightning_modules.errors import ConfigError, DataError
+from lightning_modules.models import build_model
+from lightning_modules.tracking import confusion_figure
+from lightning_modules.training.checkpoints import load_checkpoint
 
 log = logging.getLogger("visionflow")
 
@@ -47,9 +52,6 @@ def load_classifier(checkpoint: str | Path) -> Classifier:
 
     No pretrained file is read again (a transfer run's `model.pretrained_checkpoint` may be gone by now).
     """
-    from lightning_modules.models import build_model
-    from lightning_modules.training.checkpoints import load_checkpoint
-
     path = Path(checkpoint)
     blob = load_checkpoint(path)
     hp = blob.get("hyper_parameters")
@@ -113,8 +115,6 @@ def evaluate_module(
     A `Classifier` gets uint8 images (it normalises itself); any other module gets images normalised
     with `mean`/`std` (0..1 scale), by default the prepared set's.
     """
-    from lightning_modules.data.streaming import read_prepared
-
     prepared, out_dir = Path(prepared), Path(out_dir)
     info = read_prepared(prepared)
     _check_split(prepared, split)
@@ -192,9 +192,6 @@ def _check_split(prepared: Path, split: str) -> None:
 
 def _batches(prepared: Path, split: str, batch_size: int, size: int):
     """(uint8 images, labels) batches in the split's stored order, in this process."""
-    from lightning_modules.classification.datamodule import EvalTransform, collate
-    from lightning_modules.data.streaming import open_split
-
     ds = open_split(prepared, split, shuffle=False, transform=EvalTransform(size))
     batch: list[dict[str, Any]] = []
     for i in range(len(ds)):
@@ -207,8 +204,6 @@ def _batches(prepared: Path, split: str, batch_size: int, size: int):
 
 
 def _figures(result: dict[str, Any], out_dir: Path) -> list[str]:
-    from lightning_modules.tracking import confusion_figure
-
     out_dir.mkdir(parents=True, exist_ok=True)
     made = [
         confusion_figure(
@@ -220,10 +215,10 @@ def _figures(result: dict[str, Any], out_dir: Path) -> list[str]:
 
 
 def per_class_figure(per_class: dict[str, float | None], out: Path, split: str = "test") -> Path:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads at draw time, Agg chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
 
     names = list(per_class)
     values = [per_class[n] if per_class[n] is not None else 0.0 for n in names]

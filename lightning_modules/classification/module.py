@@ -9,8 +9,14 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from lightning_modules.classification.losses import build_loss
+from lightning_modules.config import LossConfig, ModelConfig, OptimConfig, from_saved
 from lightning_modules.errors import ConfigError, DataError
+from lightning_modules.models import build_model
+from lightning_modules.models.backbone import load_torchvision_weights
+from lightning_modules.training.checkpoints import load_checkpoint
 from lightning_modules.training.optim import (  # noqa: F401  (lr_lambda, param_groups: re-exported)
     BodyFreezing,
     configure_optimization,
@@ -44,29 +50,26 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
         super().__init__()
         # logger=False: train.py logs the whole job config itself (once per MLflow run).
         self.save_hyperparameters(logger=False)
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
-        from lightning_modules.classification.losses import build_loss
-        from lightning_modules.models import build_model
-
+        # Saved as plain dicts (a weights-only checkpoint load reads them back); used typed.
+        self.model_config = m = from_saved(ModelConfig, model)
+        self.optim_config = from_saved(OptimConfig, optim)
+        self.loss_config = from_saved(LossConfig, loss)
         self.model = build_model(
-            model["name"],
+            m.name,
             num_classes=num_classes,
-            width=model.get("width", 1.0),
-            activation=model.get("activation"),
-            dropout=model.get("dropout"),
-            small_input=model.get("small_input", False),
+            width=m.width,
+            activation=m.activation,
+            dropout=m.dropout,
+            small_input=m.small_input,
         )
-        if model.get("pretrained_checkpoint"):
-            load_pretrained(self.model, model["pretrained_checkpoint"], expect=model)
-        elif model.get("torchvision_weights"):
-            from lightning_modules.models.backbone import load_torchvision_weights
-
-            load_torchvision_weights(self.model, model["torchvision_weights"])
+        if m.pretrained_checkpoint:
+            load_pretrained(self.model, m.pretrained_checkpoint, expect=m.model_dump())
+        elif m.torchvision_weights:
+            load_torchvision_weights(self.model, m.torchvision_weights)
         self.criterion = build_loss(
-            loss["name"], num_classes=num_classes, label_smoothing=loss.get("label_smoothing", 0.0)
+            self.loss_config.name, num_classes=num_classes, label_smoothing=self.loss_config.label_smoothing
         )
-        self.lr = lr if lr is not None else optim["lr"]
+        self.lr = lr if lr is not None else self.optim_config.lr
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
         top5 = min(5, num_classes)
@@ -141,7 +144,7 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
         return self.model.body
 
     def configure_optimizers(self):
-        return configure_optimization(self, self.model, self.hparams.optim, self.lr)
+        return configure_optimization(self, self.model, self.optim_config, self.lr)
 
 
 # torchvision's ImageNet weights expect inputs normalised with these (0..1 scale).
@@ -154,8 +157,6 @@ def input_normalization(model: dict[str, Any], data_mean, data_std) -> tuple[tup
     if model.get("torchvision_weights"):
         return IMAGENET_MEAN, IMAGENET_STD
     if model.get("pretrained_checkpoint") and Path(model["pretrained_checkpoint"]).is_file():
-        from lightning_modules.training.checkpoints import load_checkpoint
-
         hp = load_checkpoint(model["pretrained_checkpoint"], "model.pretrained_checkpoint").get("hyper_parameters")
         if hp and hp.get("mean") is not None and hp.get("std") is not None:
             return tuple(hp["mean"]), tuple(hp["std"])
@@ -173,8 +174,6 @@ def load_pretrained(model: nn.Module, path: str | Path, expect: dict[str, Any] |
     must be in the file with the same shape, else ConfigError. `expect` (this job's model config) is
     checked against the checkpoint's saved model settings first, so a mismatch names the setting.
     """
-    from lightning_modules.training.checkpoints import load_checkpoint
-
     path = Path(path)
     blob = load_checkpoint(path, "model.pretrained_checkpoint")
     state = blob.get("state_dict", blob)

@@ -52,10 +52,10 @@ def compare(with_transfer: list[dict], scratch: list[dict], early: int = 3) -> d
 
 def plot(curves: dict[str, list[dict]], out: Path, metric: str = METRIC, title: str = "transfer vs scratch") -> Path:
     """Every named history's curve on one plot (val top-1 per epoch)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads at draw time, Agg chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, history in curves.items():

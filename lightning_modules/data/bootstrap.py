@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from lightning_modules.data import versioning
+from lightning_modules.data.synth import synthesize
 
 log = logging.getLogger("visionflow")
 
@@ -31,8 +32,6 @@ def ensure_default_data(root: Path, *, seed: int = 0, workers: int = 2) -> str:
         except Exception as exc:  # noqa: BLE001 - an empty or missing remote is expected on a fresh clone
             log.info("dvc pull found nothing usable (%s); generating the embedded default data", type(exc).__name__)
     if not _has_data(data):
-        from lightning_modules.data.synth import synthesize
-
         log.info("generating the embedded default data into %s", data)
         synthesize(data, seed=seed, workers=workers)
     version = versioning.add(root)

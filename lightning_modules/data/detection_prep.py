@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from lightning_modules.data.anchors import ANCHOR_COUNTS, compute_anchors, letterbox_wh
 from lightning_modules.data.detection_readers import (
@@ -35,6 +36,7 @@ from lightning_modules.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImage, op
 from lightning_modules.data.lineage import content_hash as lineage_hash
 from lightning_modules.data.lineage import data_version
 from lightning_modules.data.prep_settings import DETECTION
+from lightning_modules.data.previews import save_grid
 from lightning_modules.data.staging import PRODUCER, staged_output
 from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.reporting.progress import track
@@ -221,8 +223,6 @@ def _unique_name(im: DetImage, used: set[str]) -> str:
 def _to_rgb(pil):
     """RGB from any PIL mode; 16-bit and float greyscale are rescaled rather than clipped."""
     if pil.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        from PIL import Image
-
         a = np.asarray(pil, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
@@ -264,11 +264,8 @@ def _anchors(images: list[DetImage], size: int, seed: int, src: Path) -> tuple[d
 
 def _preview(stage: Path, rows: list[dict], classes: list[str]) -> None:
     """Draw boxes and class names on the first few images and save a grid as preview.png."""
-    import torch
-    from PIL import Image
-    from torchvision.utils import draw_bounding_boxes
-
-    from lightning_modules.data.previews import save_grid
+    import torch  # lazy: torch, only for the preview; prep steps stay torch-free
+    from torchvision.utils import draw_bounding_boxes  # lazy: torch, only for the preview; prep steps stay torch-free
 
     images, captions = [], []
     for row in sorted(rows, key=lambda r: not r["boxes"])[:PREVIEW_IMAGES]:  # images with boxes first

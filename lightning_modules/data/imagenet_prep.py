@@ -146,8 +146,8 @@ class _ChunkResult:
 
 def _write_chunk(task: _ChunkTask, num_classes: int, max_pixels: int) -> _ChunkResult:
     """Decode the task's files and write them as one litdata chunk plus a `{index}.index.json` for the merge."""
-    import torch
-    from litdata.streaming.writer import BinaryWriter
+    import torch  # lazy: torch, only to write; prep steps import this module
+    from litdata.streaming.writer import BinaryWriter  # lazy: litdata imports torch; only writing needs it
 
     part = task.parts / str(os.getpid())  # one scratch folder per process, reused: folder ops are slow on some disks
     part.mkdir(exist_ok=True)
@@ -282,7 +282,7 @@ def _write_split(
     source: ClassificationSource,
     max_pixels: int,
 ) -> _SplitResult:
-    from litdata.streaming.writer import BinaryWriter
+    from litdata.streaming.writer import BinaryWriter  # lazy: litdata imports torch; only writing needs it
 
     folder, parts = stage / split, stage / f".parts-{split}"
     folder.mkdir()

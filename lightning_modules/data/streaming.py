@@ -60,7 +60,7 @@ def open_split(prepared_dir: str | Path, split: str, **kwargs: Any):
 
     Samples are `{"image": uint8 tensor [3,S,S], "label": int}`; under DDP the dataset shards itself per rank.
     """
-    import litdata
+    import litdata  # lazy: litdata imports torch; Dagster loads this module
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

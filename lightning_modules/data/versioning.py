@@ -54,7 +54,7 @@ def init(root: Path, remote_url: str = DEFAULT_REMOTE_URL) -> None:
     if not (root / ".git").exists():
         raise DataError(root, "not a git repository: DVC here versions data beside git (run `git init` first)")
     if not (root / ".dvc").exists():
-        from dvc.repo import Repo
+        from dvc.repo import Repo  # lazy: dvc is slow to import; Dagster loads this module
 
         Repo.init(str(root)).close()
     with _write_lock(root):
@@ -63,7 +63,7 @@ def init(root: Path, remote_url: str = DEFAULT_REMOTE_URL) -> None:
 
 def set_remote(root: Path, url: str, name: str = DEFAULT_REMOTE) -> None:
     """Point the default remote at `url`: a folder (relative to root) now; any DVC URL (s3://...) later."""
-    from dvc.config import Config
+    from dvc.config import Config  # lazy: dvc is slow to import; Dagster loads this module
 
     if "://" not in url:
         folder = Path(url) if Path(url).is_absolute() else Path(root).resolve() / url

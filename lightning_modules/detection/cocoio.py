@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from lightning_modules.errors import DataError
 
 
@@ -54,8 +56,6 @@ def _bbox(path, what: str, ann: dict) -> list[float]:
 
 def load_coco_gt(path: str | Path) -> CocoGroundTruth:
     """Read a COCO instances json into per-image {"boxes","labels","area","iscrowd"} tensors."""
-    import torch
-
     path = Path(path)
     d = _read_json(path)
     if not isinstance(d, dict):
@@ -112,8 +112,6 @@ def load_coco_gt(path: str | Path) -> CocoGroundTruth:
 
 def load_coco_results(path: str | Path, gt: CocoGroundTruth) -> list[dict]:
     """Read COCO results-format detections into per-image tensors aligned with `gt.image_ids`."""
-    import torch
-
     path = Path(path)
     d = _read_json(path)
     if isinstance(d, dict) and isinstance(d.get("annotations"), list):

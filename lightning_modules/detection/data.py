@@ -18,7 +18,9 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
 
+from lightning_modules.detection.augment import build_eval_transform, build_train_transform, make_sample
 from lightning_modules.errors import DataError
 
 DEFAULT_IMAGE_SIZE = 416
@@ -99,10 +101,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def load(self, i: int):
-        from torchvision.io import ImageReadMode, decode_image, read_file
-
-        from lightning_modules.detection.augment import make_sample
-
         row = self.rows[i]
         path = self.info.root / row["image"]
         try:
@@ -154,8 +152,6 @@ class DetectionDataModule(L.LightningDataModule):
         return list(self.info.classes)
 
     def setup(self, stage: str | None = None) -> None:
-        from lightning_modules.detection.augment import build_eval_transform, build_train_transform
-
         if self.train_ds is None and stage in (None, "fit"):
             d = self.det
             aug = self.cfg.augment

@@ -1,9 +1,13 @@
-"""`visionflow detect-eval`: COCO ground truth + COCO results json -> detection metrics."""
+"""`visionflow detect-eval`: COCO ground truth + COCO results json -> detection metrics.
+
+The metrics code (torch) is imported when the command runs: `visionflow --help` imports this module.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_detect_eval_command(subparsers) -> argparse.ArgumentParser:
@@ -18,10 +22,8 @@ def add_detect_eval_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_detect_eval(a: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from lightning_modules.detection.cocoio import load_coco_gt, load_coco_results
-    from lightning_modules.detection.metrics import draw_samples, evaluate_detections, format_table
+    from lightning_modules.detection.cocoio import load_coco_gt, load_coco_results  # lazy: torch (see the docstring)
+    from lightning_modules.detection.metrics import draw_samples, evaluate_detections, format_table  # lazy: torch
 
     gt = load_coco_gt(Path(a.gt))
     pred = load_coco_results(Path(a.pred), gt)

@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
 
+from lightning_modules.detection.augment import build_eval_transform, letterbox, make_sample, unletterbox_boxes
+from lightning_modules.detection.data import DetectionDataset, collate, read_prepared_detection
+from lightning_modules.detection.metrics import draw_samples
 from lightning_modules.detection.module import DetectionModule
 from lightning_modules.detection.predictor import YoloPredictor, predictor_from_module
 from lightning_modules.detection.scoring import evaluate_loader
@@ -49,8 +53,6 @@ def _images_of(paths: list[str | Path]) -> list[Path]:
 
 
 def _read(path: Path) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     try:
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except (RuntimeError, OSError) as exc:
@@ -62,8 +64,6 @@ def predict_files(
     predictor: YoloPredictor, files: list[Path], *, conf: float = 0.25, batch_size: int = 8
 ) -> list[dict[str, Any]]:
     """Per file {"boxes" xyxy in the file's pixels, "scores", "labels"}: letterbox, detect, map back."""
-    from lightning_modules.detection.augment import letterbox, make_sample, unletterbox_boxes
-
     size = predictor.image_size
     out: list[dict[str, Any]] = []
     for start in track(
@@ -101,8 +101,6 @@ def predict(
 
     OUT must be new or empty: earlier predictions are never overwritten.
     """
-    from lightning_modules.detection.metrics import draw_samples
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DataError(out, "output folder is not empty; choose a new --out (earlier predictions are kept)")
@@ -155,9 +153,6 @@ def evaluate_predictor(
     samples: int = 8,
 ) -> dict[str, Any]:
     """Score a predictor (e.g. the registry's champion) on a prepared split, in the images' own pixels."""
-    from lightning_modules.detection.augment import build_eval_transform
-    from lightning_modules.detection.data import DetectionDataset, collate, read_prepared_detection
-
     info = read_prepared_detection(prepared)
     if info.classes != predictor.class_names:
         raise DataError(

@@ -12,7 +12,12 @@ import contextlib
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.io import ImageReadMode, read_image
+from torchvision.ops import box_iou
+from torchvision.utils import draw_bounding_boxes, save_image
 
 COCO_KEYS = (
     "map",
@@ -53,9 +58,6 @@ def _pred_item(p: dict) -> dict:
 
 def coco_map(gt: list[dict], pred: list[dict]) -> dict:
     """torchmetrics MeanAveragePrecision (COCO protocol); floats, per-class AP, AP50 and AR100."""
-    import numpy as np
-    from torchmetrics.detection import MeanAveragePrecision
-
     if len(gt) != len(pred):
         raise ValueError(f"{len(gt)} ground-truth images but {len(pred)} prediction images")
     # COCOeval's thresholds in float64: torchmetrics' defaults are float32 linspaces, and a recall
@@ -125,8 +127,6 @@ def voc_pr_curve(gt: list[dict], pred: list[dict], cls: int, iou: float = VOC_IO
     Greedy matching in score order, IoU >= `iou` (VOC devkit); 'difficult' (and crowd) GT are
     ignored: matching one is neither a TP nor an FP, and they do not count as positives.
     """
-    from torchvision.ops import box_iou
-
     npos = 0
     dets = []  # (score, image, box)
     for i, (g, p) in enumerate(zip(gt, pred)):
@@ -203,8 +203,6 @@ def confusion_matrix(
     class, highest IoU first; unmatched GT count as 'predicted background', unmatched predictions as
     'true background'.
     """
-    from torchvision.ops import box_iou
-
     k = num_classes
     m = torch.zeros(k + 1, k + 1, dtype=torch.int64)
     for g, p in zip(gt, pred):
@@ -292,10 +290,10 @@ def format_table(result: dict) -> str:
 
 def plot_pr_curves(curves, names, per_class, path: Path) -> Path:
     """Precision/recall at IoU 0.5, one line per class with ground truth."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads at draw time, Agg chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
 
     fig, ax = plt.subplots(figsize=(6, 5))
     for (rec, prec, npos), name in zip(curves, names):
@@ -314,10 +312,10 @@ def plot_pr_curves(curves, names, per_class, path: Path) -> Path:
 
 
 def plot_confusion_matrix(cm: torch.Tensor, names, path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads at draw time, Agg chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
 
     labels = [*names, "background"]
     n = len(labels)
@@ -341,9 +339,6 @@ def draw_samples(images, gts, preds, class_names, out_dir, n: int = 8, *, score_
 
     `images`: uint8 tensors [3,H,W] or image file paths; `gts` may be None.
     """
-    from torchvision.io import ImageReadMode, read_image
-    from torchvision.utils import draw_bounding_boxes, save_image
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -174,7 +174,7 @@ def load_backbone(detector: Detector, checkpoint: str | Path) -> dict[str, list[
 
     Uses `classification.load_pretrained`: every backbone weight except the classifier must fit.
     """
-    from lightning_modules.classification.module import load_pretrained
+    from lightning_modules.classification.module import load_pretrained  # lazy: Lightning; preflight loads this module
 
     if not Path(checkpoint).is_file():
         raise DataError(Path(checkpoint), "pretrained backbone checkpoint not found")

@@ -19,7 +19,11 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
 
+from lightning_modules.config import DetectionConfig, ModelConfig, OptimConfig, from_saved
+from lightning_modules.detection.decode import postprocess
+from lightning_modules.detection.models import build_detector, load_backbone
 from lightning_modules.detection.predictor import predictor_from_module
 from lightning_modules.detection.scoring import evaluate_loader
 from lightning_modules.training.optim import BodyFreezing, configure_optimization
@@ -28,7 +32,7 @@ log = logging.getLogger("visionflow")
 
 
 class DetectionModule(BodyFreezing, L.LightningModule):
-    """YOLO v1/v2/v3 (`detection["version"]`) on a registry backbone (`model["name"]`).
+    """YOLO v1/v2/v3 (`detection.version`) on a registry backbone (`model.name`).
 
     `anchors` are (w, h) pixels at `image_size`; `lr` is the effective (already scaled) LR.
     """
@@ -49,29 +53,28 @@ class DetectionModule(BodyFreezing, L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
-        from torchmetrics.detection import MeanAveragePrecision
-
-        from lightning_modules.detection.models import build_detector, load_backbone
-
-        d = detection
+        # Saved as plain dicts (a weights-only checkpoint load reads them back); used typed.
+        self.detection_config = d = from_saved(DetectionConfig, detection)
+        self.model_config = m = from_saved(ModelConfig, model)
+        self.optim_config = from_saved(OptimConfig, optim)
         options: dict[str, Any] = {}
-        if d["version"] == "yolov1":
-            options.update(grid=d.get("grid", 7), boxes=d.get("boxes", 2))
-        elif d["version"] == "yolov3":
-            options["box_loss"] = d.get("box_loss", "ciou")
+        if d.version == "yolov1":
+            options.update(grid=d.grid, boxes=d.boxes)
+        elif d.version == "yolov3":
+            options["box_loss"] = d.box_loss
         self.detector = build_detector(
-            d["version"],
-            model["name"],
+            d.version,
+            m.name,
             num_classes,
             anchors,
-            width=model.get("width", 1.0),
-            small_input=model.get("small_input", False),
+            width=m.width,
+            small_input=m.small_input,
             image_size=image_size,
             **options,
         )
-        if model.get("pretrained_checkpoint"):
-            load_backbone(self.detector, model["pretrained_checkpoint"])
-        self.lr = lr if lr is not None else optim["lr"]
+        if m.pretrained_checkpoint:
+            load_backbone(self.detector, m.pretrained_checkpoint)
+        self.lr = lr if lr is not None else self.optim_config.lr
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
@@ -89,7 +92,7 @@ class DetectionModule(BodyFreezing, L.LightningModule):
         images, targets = batch
         if images.dtype == torch.uint8:
             images = (images.float() - self.mean) / self.std
-        if self.training and self.hparams.detection.get("multiscale"):
+        if self.training and self.detection_config.multiscale:
             images, targets = self._rescale(images, targets)
         return images, targets
 
@@ -98,10 +101,10 @@ class DetectionModule(BodyFreezing, L.LightningModule):
     ) -> tuple[torch.Tensor, list[dict]]:
         """YOLOv2's multi-scale training: a new input size every k batches, the same on every rank
         (drawn from the step number), boxes scaled with the images."""
-        d = self.hparams.detection
+        d = self.detection_config
         step = self.global_step if step is None else step
-        period = step // max(1, d.get("multiscale_every", 10))
-        size = random.Random(self.hparams.seed * 1_000_003 + period).choice(list(d["multiscale"]))
+        period = step // max(1, d.multiscale_every)
+        size = random.Random(self.hparams.seed * 1_000_003 + period).choice(list(d.multiscale or [images.shape[-1]]))
         current = images.shape[-1]
         if size == current:
             return images, targets
@@ -136,18 +139,16 @@ class DetectionModule(BodyFreezing, L.LightningModule):
         )
 
     def decode(self, raw, size) -> list[dict[str, torch.Tensor]]:
-        from lightning_modules.detection.decode import postprocess
-
-        d = self.hparams.detection
+        d = self.detection_config
         boxes, scores = self.detector.decode(raw, size)
         return postprocess(
             boxes.float(),
             scores.float(),
             size,
-            conf=d.get("conf_threshold", 0.001),
-            iou=d.get("nms_iou", 0.6),
-            agnostic=d.get("class_agnostic_nms", False),
-            max_det=d.get("max_det", 100),
+            conf=d.conf_threshold,
+            iou=d.nms_iou,
+            agnostic=d.class_agnostic_nms,
+            max_det=d.max_det,
         )
 
     def on_validation_epoch_end(self) -> None:
@@ -162,7 +163,7 @@ class DetectionModule(BodyFreezing, L.LightningModule):
         self.log("val/fitness", fitness, sync_dist=False, prog_bar=True)
 
     def configure_optimizers(self):
-        return configure_optimization(self, self.detector, self.hparams.optim, self.lr)
+        return configure_optimization(self, self.detector, self.optim_config, self.lr)
 
     # -- end of training: figures ---------------------------------------------------------------
 

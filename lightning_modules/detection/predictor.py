@@ -70,7 +70,7 @@ class YoloPredictor(nn.Module):
 
 def predictor_from_module(module) -> YoloPredictor:
     """The predictor of a DetectionModule (sharing its detector, so EMA weights swapped in are used)."""
-    hp, d = module.hparams, module.hparams.detection
+    hp, d = module.hparams, module.detection_config
     mean, std = (module.mean / 255).flatten().tolist(), (module.std / 255).flatten().tolist()
     return YoloPredictor(
         module.detector,
@@ -78,8 +78,8 @@ def predictor_from_module(module) -> YoloPredictor:
         std,
         hp.image_size,
         hp.class_names or [str(i) for i in range(hp.num_classes)],
-        conf=d.get("conf_threshold", 0.001),
-        iou=d.get("nms_iou", 0.6),
-        max_det=d.get("max_det", 100),
-        agnostic=d.get("class_agnostic_nms", False),
+        conf=d.conf_threshold,
+        iou=d.nms_iou,
+        max_det=d.max_det,
+        agnostic=d.class_agnostic_nms,
     ).to(module.device)

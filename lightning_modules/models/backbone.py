@@ -10,58 +10,33 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
+from lightning_modules.config import DropoutConfig
 from lightning_modules.errors import ConfigError
+from lightning_modules.training.checkpoints import load_checkpoint
 
 log = logging.getLogger("visionflow")
 
 LEVELS = (8, 16, 32)
 
 
-@dataclass(frozen=True)
-class DropoutConfig:
-    """Dropout probability per layer group; never applied after the output layer.
-
-    input: element-wise dropout on the input image (first module of `body`).
-    blocks: Dropout2d after each conv stage (ResNet layer, VGG/Darknet pooling stage).
-    classifier: dropout right before the final Linear (`head.fc`), and VGG's own two
-    classifier dropouts. `build_model(dropout=None)` keeps each architecture's default
-    (VGG 0.5 in the classifier as in torchvision, 0 elsewhere).
-    """
-
-    input: float = 0.0
-    blocks: float = 0.0
-    classifier: float = 0.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            p = getattr(self, f.name)
-            if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-                raise ConfigError(f"dropout.{f.name}: {p!r} is not a probability in [0, 1)")
-
-    @classmethod
-    def coerce(cls, value: DropoutConfig | Mapping | float | None, default: DropoutConfig) -> DropoutConfig:
-        """Accept a DropoutConfig, a dict from a config file, a single float (all groups) or None."""
-        if value is None:
-            return default
-        if isinstance(value, DropoutConfig):
-            return value
-        if isinstance(value, (int, float)):
-            return cls(float(value), float(value), float(value))
-        if isinstance(value, Mapping):
-            unknown = set(value) - {f.name for f in fields(cls)}
-            if unknown:
-                raise ConfigError(f"dropout: unknown keys {sorted(unknown)}; allowed: input, blocks, classifier")
-            return cls(**{k: float(v) for k, v in value.items()})
-        raise ConfigError(f"dropout: expected a mapping or a number, got {value!r}")
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+def dropout_or(value: DropoutConfig | Mapping | float | None, default: DropoutConfig) -> DropoutConfig:
+    """A model's dropout: `default` (the architecture's own) when None, else the given groups or number."""
+    if value is None:
+        return default
+    if isinstance(value, DropoutConfig):
+        return value
+    try:
+        return DropoutConfig.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"dropout{'.' + where if where else ''}: {first['msg']} (got {value!r})") from None
 
 
 def scaled(channels: int, width: float) -> int:
@@ -232,8 +207,6 @@ def load_torchvision_weights(model: Backbone, state_dict_or_path: Mapping[str, t
     if not model.torchvision_keys:
         raise ConfigError(f"{model.name} has no torchvision counterpart; cannot load {source}")
     if isinstance(state_dict_or_path, (str, Path)):
-        from lightning_modules.training.checkpoints import load_checkpoint
-
         state = load_checkpoint(Path(state_dict_or_path), "model.torchvision_weights file")
         if isinstance(state, Mapping) and "state_dict" in state:
             state = state["state_dict"]

@@ -17,6 +17,7 @@ from lightning_modules.models.backbone import (
     ConvClassifier,
     DropoutConfig,
     check_width,
+    dropout_or,
     global_pool,
     linear_head,
     scaled,
@@ -137,7 +138,7 @@ def darknet19(
 ) -> Backbone:
     """YOLOv2's classifier: 19 convs (the last a 1x1 to the classes, on the 7x7 map) and 5 max-pools."""
     width = check_width(width)
-    dropout = DropoutConfig.coerce(dropout, DropoutConfig())
+    dropout = dropout_or(dropout, DropoutConfig())
     b = _plain_body(DARKNET19, width, dropout, small_input)
     head = ConvClassifier(b.out_channels, num_classes, dropout.classifier)
     model = Backbone(
@@ -156,7 +157,7 @@ def yolov1(
     levels 8/16/32 are the deepest layers before each of the last max-pools / the stride-2 conv.
     """
     width = check_width(width)
-    dropout = DropoutConfig.coerce(dropout, DropoutConfig())
+    dropout = dropout_or(dropout, DropoutConfig())
     b = _plain_body(YOLOV1, width, dropout, small_input)
     model = Backbone(
         "yolov1",
@@ -175,7 +176,7 @@ def darknet53(
 ) -> Backbone:
     """YOLOv3's backbone: 52 convs (stem + 5 x (stride-2 conv + residual blocks)) + the 1000-way layer."""
     width = check_width(width)
-    dropout = DropoutConfig.coerce(dropout, DropoutConfig())
+    dropout = dropout_or(dropout, DropoutConfig())
     b = BodyBuilder(dropout)
     cin = scaled(32, width)
     b.add("conv0", conv_bn_act(3, cin, 3), channels=cin)

@@ -25,6 +25,7 @@ from lightning_modules.models.backbone import (
     BodyBuilder,
     DropoutConfig,
     check_width,
+    dropout_or,
     global_pool,
     linear_head,
     scaled,
@@ -105,7 +106,7 @@ def _build(
     name: str, kind: str, num_classes: int, width: float, dropout: DropoutConfig | None, small_input: bool
 ) -> Backbone:
     width = check_width(width)
-    dropout = DropoutConfig.coerce(dropout, DropoutConfig())
+    dropout = dropout_or(dropout, DropoutConfig())
     c = [scaled(n, width) for n in CHANNELS]
     b = BodyBuilder(dropout)
     # Same layout as the ResNets: stem at stride 2 (+ max-pool), or stride 1 without pool for small inputs.

@@ -16,6 +16,7 @@ from lightning_modules.models.backbone import (
     BodyBuilder,
     DropoutConfig,
     check_width,
+    dropout_or,
     global_pool,
     linear_head,
     scaled,
@@ -71,7 +72,7 @@ def _build(
     small_input: bool,
 ) -> Backbone:
     width = check_width(width)
-    dropout = DropoutConfig.coerce(dropout, DropoutConfig())
+    dropout = dropout_or(dropout, DropoutConfig())
     c = [scaled(n, width) for n in (64, 128, 256, 512)]
     b = BodyBuilder(dropout)
     if small_input:

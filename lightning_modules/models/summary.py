@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_modules.models.registry import build_model
+
 
 def _top_level_layers(model) -> list[tuple[str, Any]]:
     layers = [(f"body.{n}", m) for n, m in model.body.named_children()]
@@ -19,11 +24,6 @@ def _top_level_layers(model) -> list[tuple[str, Any]]:
 
 def summarize(name: str, *, num_classes: int = 1000, size: int = 224, device: str = "meta", **build_kwargs) -> dict:
     """{"name", "params", "flops", "input_size", "layers": [{"name", "type", "output_shape", "params"}]}."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from lightning_modules.models.registry import build_model
-
     with torch.device(device):
         model = build_model(name, num_classes=num_classes, **build_kwargs)
     model.eval()

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from lightning_modules.models.backbone import Backbone, BodyBuilder, DropoutConfig, check_width, scaled
+from lightning_modules.models.backbone import Backbone, BodyBuilder, DropoutConfig, check_width, dropout_or, scaled
 
 TORCHVISION_KEYS = (("features.", "body."), ("classifier.6.", "head.fc."), ("classifier.", "head."))
 
@@ -38,7 +38,7 @@ def _build(
     name: str, batch_norm: bool, num_classes: int, width: float, dropout: DropoutConfig | None, small_input: bool
 ) -> Backbone:
     width = check_width(width)
-    dropout = DropoutConfig.coerce(dropout, DropoutConfig(classifier=0.5))  # torchvision's default
+    dropout = dropout_or(dropout, DropoutConfig(classifier=0.5))  # torchvision's default
     cfg = [v if v == "M" else scaled(v, width) for v in cfgs["D"]]
     features = make_layers(cfg, batch_norm=batch_norm)
     b = BodyBuilder(dropout)

@@ -118,7 +118,7 @@ class PipesReporter(JsonReporter):
 
     def __init__(self, run_dir: Path):
         super().__init__(run_dir)
-        from dagster_pipes import open_dagster_pipes
+        from dagster_pipes import open_dagster_pipes  # lazy: only a job that Dagster launched speaks Pipes
 
         self.ctx = open_dagster_pipes()
         self._closed = False

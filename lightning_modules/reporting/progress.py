@@ -36,7 +36,7 @@ def track(items: Iterable[T], description: str, total: int | None = None, log_ev
     done = 0
     bar = None
     if sys.stderr.isatty():
-        from rich.progress import Progress
+        from rich.progress import Progress  # lazy: rich only draws a bar on a TTY
 
         bar = Progress(transient=True)
         bar.start()

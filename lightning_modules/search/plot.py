@@ -21,8 +21,8 @@ def plot_search(rows: list[dict[str, Any]], cfg: SearchConfig, out: Path) -> Pat
     import matplotlib  # heavy: loaded only when there is something to plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
+    import numpy as np  # lazy: only when there is something to plot (see above)
 
     keys = list(cfg.space)
     logs = {k: _log_scale(cfg.space[k], [r["params"].get(k) for r in shown]) for k in keys}

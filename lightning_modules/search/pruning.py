@@ -34,19 +34,19 @@ SQLITE_TIMEOUT = 120
 
 
 def _median(**kw: Any):
-    import optuna
+    import optuna  # lazy: keeps optuna out of Dagster's import of search
 
     return optuna.pruners.MedianPruner(**kw)
 
 
 def _successive_halving(**kw: Any):
-    import optuna
+    import optuna  # lazy: keeps optuna out of Dagster's import of search
 
     return optuna.pruners.SuccessiveHalvingPruner(**kw)
 
 
 def _nop(**kw: Any):
-    import optuna
+    import optuna  # lazy: keeps optuna out of Dagster's import of search
 
     return optuna.pruners.NopPruner(**kw)
 
@@ -80,7 +80,7 @@ def build_pruner(name: str, args: dict[str, Any] | None = None, source: str = "p
 
 def open_storage(url: str):
     """Optuna's RDB storage with a long SQLite busy timeout (several processes share the file)."""
-    import optuna
+    import optuna  # lazy: keeps optuna out of Dagster's import of search
 
     kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite:") else {}
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
@@ -114,7 +114,7 @@ class _Reporter:
     """Rank 0's link to the trial: report a value for an epoch, ask whether to prune."""
 
     def __init__(self, storage_url: str, study_name: str, trial_id: int):
-        import optuna
+        import optuna  # lazy: keeps optuna out of Dagster's import of search
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage(storage_url)
@@ -137,8 +137,8 @@ class _Reporter:
 
 
 def _callback_class():
-    import pytorch_lightning as L
-    import torch
+    import pytorch_lightning as L  # lazy: torch/Lightning; Dagster loads this module
+    import torch  # lazy: torch/Lightning; Dagster loads this module
 
     class OptunaPruning(L.Callback):
         """Reports the search metric at each validation end; stops the job when the study prunes it."""

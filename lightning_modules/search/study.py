@@ -107,7 +107,7 @@ def open_search(cfg: SearchConfig, data: Path, out: Path, launch: Launch, uri: s
 def _log_parent_info(uri: str, run_id: str, cfg: SearchConfig) -> None:
     """Params once (MLflow keeps them immutable); the budget as tags, since a rerun may raise it."""
     from mlflow.entities import Param, RunTag  # heavy: only when a search runs
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     client = MlflowClient(uri)
     tags = {"n_trials": cfg.trials_wanted(), "parallel": cfg.parallel}

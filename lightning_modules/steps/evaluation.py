@@ -19,7 +19,7 @@ def accuracy_gate(floor: float, margin_over_chance: float, classes: int) -> floa
 
 
 def classification(spec: ClassificationEvaluationSpec) -> StepReport:
-    from lightning_modules.classification import evaluate as ev
+    from lightning_modules.classification import evaluate as ev  # lazy: torch; every step's process loads this module
 
     data, out, uri, run_id = Path(spec.data), spec.out_dir, spec.tracking_uri, spec.run_id
     res = ev.evaluate(Path(spec.checkpoint), data, split=spec.split, out_dir=out)
@@ -74,7 +74,7 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
 
 
 def detection(spec: DetectionEvaluationSpec) -> StepReport:
-    from lightning_modules.detection import evaluation as ev
+    from lightning_modules.detection import evaluation as ev  # lazy: torch; every step's process loads this module
 
     data, out, uri, run_id, s = Path(spec.data), spec.out_dir, spec.tracking_uri, spec.run_id, spec.split
     predictor = ev.load_predictor(spec.checkpoint)

@@ -120,7 +120,7 @@ def _bar_chart(labels: list[str], values: list[int], title: str, out: Path) -> P
     import matplotlib  # lazy: the Agg backend is chosen here, only by a step that draws
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
 
     fig, ax = plt.subplots(figsize=(min(2 + 0.35 * len(labels), 12), 3), dpi=80)
     ax.bar(range(len(values)), values, color="#4c72b0")

@@ -53,6 +53,6 @@ def register_and_promote(
 
 
 def finish(uri: str, run_id: str) -> None:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; every step loads this module
 
     MlflowClient(uri).set_terminated(run_id)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from lightning_modules.studies.base import (
     Study,
+    StudyParams,
     StudyResults,
     Variant,
     best,
@@ -36,17 +39,28 @@ def _loss_name(loss: str) -> str:
     return _act_name(BASE_ACTIVATION) if loss == BASE_LOSS else f"loss-{loss}"
 
 
-def variants(params: dict) -> list[Variant]:
+class Params(StudyParams):
+    activations: list[str] = Field(
+        default_factory=lambda: ["identity", "binary_step", "sigmoid", "tanh", "relu", "leaky_relu"],
+        description="activation functions compared (names in models.activations)",
+    )
+    losses: list[str] = Field(
+        default_factory=lambda: ["cross_entropy", "nll", "mse", "hinge", "soft_margin"],
+        description="losses compared (names in classification.losses)",
+    )
+
+
+def variants(params: Params) -> list[Variant]:
     out = [
         Variant(
             _act_name(a),
             (f"model.activation={a}", f"loss.name={BASE_LOSS}"),
             {"activation": a, "loss": BASE_LOSS, "sweep": "activation"},
         )
-        for a in params["activations"]
+        for a in params.activations
     ]
     names = {v.name for v in out}
-    for loss in params["losses"]:
+    for loss in params.losses:
         if _loss_name(loss) not in names:
             out.append(
                 Variant(
@@ -97,7 +111,7 @@ def verdict(results: StudyResults) -> dict:
     numbers: dict[str, float | None] = {"chance": chance}
     text = []
     for sweep, plural, key, fixed in SWEEPS:
-        items = results.params[plural]
+        items = getattr(results.params, plural)
         _, bar = _threshold(results, [key(i) for i in items])
         numbers[f"{sweep}.bar"] = bar
         rows = {item: _row(results, key(item), bar) for item in items}
@@ -129,7 +143,7 @@ def plot(results: StudyResults, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     chance, _ = _threshold(results)
     for ax, (sweep, plural, key, _fixed) in zip(axes, SWEEPS):
-        _, thr = _threshold(results, [key(i) for i in results.params[plural]])
+        _, thr = _threshold(results, [key(i) for i in getattr(results.params, plural)])
         for v in results.ok:
             if v.tags.get("sweep") == sweep or (v.name == _act_name(BASE_ACTIVATION)):
                 label = v.tags["activation"] if sweep == "activation" else v.tags["loss"]
@@ -152,9 +166,6 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     tolerate_failures=True,
-    params={
-        "activations": ["identity", "binary_step", "sigmoid", "tanh", "relu", "leaky_relu"],
-        "losses": ["cross_entropy", "nll", "mse", "hinge", "soft_margin"],
-    },
+    params=Params,
     sizes=tiny(train_batches=1, epochs=2),
 )

@@ -14,7 +14,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lightning_modules.errors import ConfigError
+
 SIZES = ("default", "tiny")
+
+
+class StudyParams(BaseModel):
+    """A study's own knobs (what it varies, and its verdict's thresholds), typed: each study subclasses
+    this with its fields and defaults; `--param key=value` and the Dagster config set them by name."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    seeds: list[int] = Field(
+        default_factory=list, description="repeat every variant once per seed ([]: one run per variant)"
+    )
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _one_seed(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else value  # `seeds=3`
 
 
 @dataclass(frozen=True)
@@ -63,7 +83,7 @@ class StudyResults:
     """Everything a verdict or plot sees: the variants' results, the study params, extra measurements."""
 
     variants: list[VariantResult]
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Any = field(default_factory=StudyParams)  # the study's own StudyParams subclass
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the batch study's tuner picks
 
     def get(self, name: str) -> VariantResult:
@@ -82,8 +102,9 @@ class Study:
     """A measured study.
 
     variants(params) -> the jobs; verdict(results) -> {"numbers": {name: float|None}, "text": str, ...};
-    plot(results, path) -> path. `sizes[size]` holds `overrides` (applied to every job before the
-    user's and the variant's own) and `params` (merged over `params`). `extra(ctx)` runs after the
+    plot(results, path) -> path. `params` is the study's StudyParams subclass (fields and defaults);
+    `sizes[size]` holds `overrides` (applied to every job before the user's and the variant's own) and
+    `params` (values that size sets before the user's). `extra(ctx)` runs after the
     jobs, in this process, for measurements that are not training jobs (the batch study's tuner).
     """
 
@@ -91,17 +112,26 @@ class Study:
     title: str
     config: str  # file name in configs/
     dataset: str  # the prepared set it expects under a prepared root: "imagenet" or "transfer"
-    variants: Callable[[dict[str, Any]], list[Variant]]
+    variants: Callable[[Any], list[Variant]]
     verdict: Callable[[StudyResults], dict[str, Any]]
     plot: Callable[[StudyResults, Path], Path]
-    params: dict[str, Any] = field(default_factory=dict)
+    params: type[StudyParams] = StudyParams
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     tolerate_failures: bool = False  # a diverging variant is a result (activations), not a broken study
     question: str = ""
 
-    def params_for(self, size: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {**self.params, **self.sizes.get(size, {}).get("params", {}), **(params or {})}
+    def params_for(self, size: str, params: dict[str, Any] | None = None) -> Any:
+        """The params of one run: the defaults, then the size's values, then the user's; a bad or unknown
+        key is a ConfigError naming the study and the field."""
+        values = {**self.sizes.get(size, {}).get("params", {}), **(params or {})}
+        try:
+            return self.params.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "params"
+            known = ", ".join(self.params.model_fields)
+            raise ConfigError(f"study {self.name}: param {where}: {first['msg']} (params: {known})") from None
 
     def size_overrides(self, size: str) -> list[str]:
         return list(self.sizes.get(size, {}).get("overrides", []))
@@ -176,10 +206,10 @@ def signed_pct(new: float | None, old: float | None) -> str:
 
 def setup_axes():
     """A fresh Agg figure helper (matplotlib imported lazily: it is slow and not always needed)."""
-    import matplotlib
+    import matplotlib  # lazy: slow to import; the Agg backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after the backend (see above)
 
     return plt
 

@@ -19,11 +19,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import yaml
+from pydantic import Field
+
+from lightning_modules.config import load_config
 from lightning_modules.studies.base import (
     Study,
+    StudyParams,
     StudyResults,
     Variant,
     best,
@@ -44,10 +50,20 @@ def _name(batch: int, rule: str | None) -> str:
     return f"b{batch}" if rule is None else f"b{batch}-{rule}"
 
 
-def variants(params: dict) -> list[Variant]:
-    ref, lr = int(params["reference_batch"]), params["lr"]
+class Params(StudyParams):
+    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [16, 32, 64, 128], description="per-device batch sizes compared"
+    )
+    reference_batch: int = Field(16, gt=0, description="the batch `lr` is given for (linear scaling rule)")
+    lr: float = Field(0.02, gt=0, description="learning rate at reference_batch")
+    lr_steps: int = Field(100, gt=0, description="steps of the LR range test")
+    max_batch_trials: int = Field(4, gt=0, description="doublings the batch-size finder tries")
+
+
+def variants(params: Params) -> list[Variant]:
+    ref, lr = params.reference_batch, params.lr
     out = []
-    for b in params["batch_sizes"]:
+    for b in params.batch_sizes:
         b = int(b)
         if b == ref:
             out.append(
@@ -78,17 +94,15 @@ def variants(params: dict) -> list[Variant]:
 def tune_step(ctx: dict[str, Any]) -> dict[str, Any]:
     """Batch-size finder and LR finder, each on a fresh model at the reference batch and LR, in this
     process (OUT/tune/batch, OUT/tune/lr); a rerun reuses their tuned.yaml."""
-    import yaml
-
     params, tune_dir = ctx["params"], Path(ctx["out"]) / "tune"
-    ref, lr_steps = int(params["reference_batch"]), int(params["lr_steps"])
+    ref, lr_steps = params.reference_batch, params.lr_steps
     train_images = json.loads((Path(ctx["data"]) / "manifest.json").read_text())["totals"]["train"]
     # lr_find stops at the trainer's max_epochs: give it enough epochs for all of its steps.
     epochs = max(1, math.ceil(lr_steps / max(1, train_images // ref)) + 1)
     overrides = [
         *ctx["overrides"],
         f"data.batch_size={ref}",
-        f"optim.lr={params['lr']}",
+        f"optim.lr={params.lr}",
         "optim.reference_batch=null",
         f"trainer.max_epochs={epochs}",
     ]
@@ -103,7 +117,7 @@ def tune_step(ctx: dict[str, Any]) -> dict[str, Any]:
                 ctx.get("env", {}),
                 scale_batch=what == "batch",
                 find_lr=what == "lr",
-                max_batch_trials=int(params["max_batch_trials"]),
+                max_batch_trials=params.max_batch_trials,
                 lr_steps=lr_steps,
             )
         found[what] = yaml.safe_load((run_dir / "tuned.yaml").read_text()) or {}
@@ -125,12 +139,11 @@ def tune_step(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tune(configs, overrides, data: Path, run_dir: Path, env: dict[str, str], **kwargs) -> None:
-    import os
 
+    # lazy: the study registry (loaded by Dagster and the CLI) must not import torch
     import torch
 
-    from lightning_modules.config import load_config
-    from lightning_modules.training.tune import tune
+    from lightning_modules.training.tune import tune  # lazy: Lightning
 
     threads, saved = torch.get_num_threads(), dict(os.environ)
     os.environ.update(env)  # the jobs' environment (VISIONFLOW_THREADS) applies to tuning too
@@ -175,14 +188,14 @@ def verdict(results: StudyResults) -> dict:
         numbers["epoch_speedup_largest_vs_smallest"] = ratio(t0, t1)
         text.append(f"Time per epoch: {fmt(t0)} s at batch {b0} vs {fmt(t1)} s at batch {b1} ({fmt(ratio(t0, t1))}x).")
         accs = ", ".join(f"{b}: {pct(numbers[f'{v.name}.final_val_acc1'])}" for b, v in fixed)
-        text.append(f"Fixed LR {fmt(p['lr'])}: final val top-1 by batch {accs}.")
+        text.append(f"Fixed LR {fmt(p.lr)}: final val top-1 by batch {accs}.")
     if scaled:
         accs = ", ".join(
             f"{b}: {pct(numbers[f'{v.name}.final_val_acc1'])} (LR {fmt(numbers[f'{v.name}.lr_effective'])})"
             for b, v in scaled
         )
-        text.append(f"Linearly scaled LR (reference batch {p['reference_batch']}): {accs}.")
-    if fixed and scaled and fixed[-1][0] == scaled[-1][0] and fixed[-1][0] != int(p["reference_batch"]):
+        text.append(f"Linearly scaled LR (reference batch {p.reference_batch}): {accs}.")
+    if fixed and scaled and fixed[-1][0] == scaled[-1][0] and fixed[-1][0] != p.reference_batch:
         b = fixed[-1][0]
         af, as_ = numbers[f"{fixed[-1][1].name}.final_val_acc1"], numbers[f"{scaled[-1][1].name}.final_val_acc1"]
         gain = None if af is None or as_ is None else as_ - af
@@ -199,10 +212,10 @@ def verdict(results: StudyResults) -> dict:
         text.append(
             f"Batch-size finder: largest batch tried that fits {fmt(tb)} (on a CPU there is no "
             "out-of-memory signal, so this is the limit of its doubling trials, not of memory); "
-            f"LR finder ({results.extra.get('lr_steps', p['lr_steps'])}-step sweep at batch "
-            f"{results.extra.get('tuned_lr_batch', p['reference_batch'])}): training loss lowest at LR "
+            f"LR finder ({results.extra.get('lr_steps', p.lr_steps)}-step sweep at batch "
+            f"{results.extra.get('tuned_lr_batch', p.reference_batch)}): training loss lowest at LR "
             f"{fmt(results.extra.get('lr_min_loss'))}, suggestion a tenth of it, {fmt(tl)} (the study's LR "
-            f"there, {fmt(p['lr'])}, is {fmt(ratio(p['lr'], tl))}x the suggestion; the sweep is in the parent "
+            f"there, {fmt(p.lr)}, is {fmt(ratio(p.lr, tl))}x the suggestion; the sweep is in the parent "
             "run's study/extra/lr_find.png)."
         )
     return {"numbers": numbers, "text": " ".join(text) + failed_note(results)}
@@ -252,13 +265,7 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     extra=tune_step,
-    params={
-        "batch_sizes": [16, 32, 64, 128],
-        "reference_batch": 16,
-        "lr": 0.02,
-        "lr_steps": 100,
-        "max_batch_trials": 4,
-    },
+    params=Params,
     sizes=tiny(
         train_batches=2,
         epochs=1,

@@ -18,8 +18,14 @@ import json
 import sys
 from pathlib import Path
 
-from lightning_modules.errors import VisionflowError
+import yaml
+
+from lightning_modules.errors import ConfigError, VisionflowError
+from lightning_modules.paths import prepared_dir, runs_dir
 from lightning_modules.reporting.progress import log_to_stderr
+from lightning_modules.studies.registry import STUDIES, get_study
+from lightning_modules.studies.report import studies_report
+from lightning_modules.studies.runner import LAUNCHERS, run_study
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,19 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    import yaml
-
-    from lightning_modules.errors import ConfigError
-    from lightning_modules.paths import prepared_dir, runs_dir
-    from lightning_modules.studies.registry import STUDIES, get_study
-
     if args.name == "list":
         for study in STUDIES.values():
             print(f"{study.name:20s} {study.question}")
         return 0
     if args.name == "report":
-        from lightning_modules.studies.report import studies_report
-
         root = args.root or args.out or runs_dir() / "studies"
         done = studies_report(root, transfer_report=args.transfer_report, tracking_uri=args.tracking_uri)
         print(done["path"])
@@ -95,12 +93,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ConfigError(f"--param {item!r}: expected key=value, e.g. p=[0,0.5]")
         params[key] = yaml.safe_load(raw)
-    from lightning_modules.studies.runner import LAUNCHERS, run_study
-
     root = (args.out or runs_dir() / "studies").resolve()
     data = args.data or prepared_dir()
     for name in names:
-        known = [*STUDIES[name].params, "seeds"]  # seeds: every study can repeat its variants
+        known = list(STUDIES[name].params.model_fields)  # seeds included: every study can repeat its variants
         unknown = [k for k in params if k not in known]
         if unknown and args.name != "all":
             raise ConfigError(f"--param {', '.join(unknown)}: unknown for study {name} (known: {', '.join(known)})")

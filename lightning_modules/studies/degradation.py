@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from lightning_modules.studies.base import (
     Study,
+    StudyParams,
     StudyResults,
     Variant,
     best,
@@ -33,7 +36,18 @@ from lightning_modules.studies.base import (
 MODELS = ("plain18", "plain34", "resnet18", "resnet34")
 
 
-def variants(params: dict) -> list[Variant]:
+class Params(StudyParams):
+    tolerance: float = Field(0.02, ge=0, description="final losses within this relative gap count as equal")
+    progress_floor: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="the deeper net degrades when it removes less than this share of the shallow net's "
+        "first-epoch loss",
+    )
+
+
+def variants(params: Params) -> list[Variant]:
     return [
         Variant(
             m,
@@ -65,7 +79,7 @@ def _drop(results: StudyResults, name: str) -> float | None:
 
 
 def verdict(results: StudyResults) -> dict:
-    tol, floor = results.params.get("tolerance", 0.02), results.params.get("progress_floor", 0.5)
+    tol, floor = results.params.tolerance, results.params.progress_floor
     numbers: dict[str, float | None] = {}
     for m in MODELS:
         final, low, acc = _losses(results, m)
@@ -146,6 +160,6 @@ STUDY = Study(
     variants=variants,
     verdict=verdict,
     plot=plot,
-    params={"tolerance": 0.02, "progress_floor": 0.5},
+    params=Params,
     sizes=tiny(train_batches=2, epochs=2),
 )

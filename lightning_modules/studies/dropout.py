@@ -14,9 +14,13 @@ overfits. Numbers per p, from the job's history:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from lightning_modules.studies.base import (
     Study,
+    StudyParams,
     StudyResults,
     Variant,
     best,
@@ -35,15 +39,24 @@ def _name(p: float) -> str:
     return f"p{p:g}"
 
 
-def variants(params: dict) -> list[Variant]:
-    return [Variant(_name(p), (f"model.dropout={{blocks: {p}, classifier: {p}}}",), {"p": str(p)}) for p in params["p"]]
+class Params(StudyParams):
+    p: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=lambda: [0.0, 0.2, 0.5], description="dropout probabilities compared (blocks and classifier)"
+    )
+    converge_fraction: float = Field(
+        0.9, gt=0, le=1, description="converged: the epoch a run first reaches this share of its best val top-1"
+    )
+
+
+def variants(params: Params) -> list[Variant]:
+    return [Variant(_name(p), (f"model.dropout={{blocks: {p}, classifier: {p}}}",), {"p": str(p)}) for p in params.p]
 
 
 def verdict(results: StudyResults) -> dict:
-    frac = results.params.get("converge_fraction", 0.9)
+    frac = results.params.converge_fraction
     numbers: dict[str, float | None] = {}
     runs = []
-    for p in results.params["p"]:
+    for p in results.params.p:
         try:
             v = results.get(_name(p))
         except KeyError:
@@ -121,6 +134,6 @@ STUDY = Study(
     variants=variants,
     verdict=verdict,
     plot=plot,
-    params={"p": [0.0, 0.2, 0.5], "converge_fraction": 0.9},
+    params=Params,
     sizes=tiny(train_batches=1, epochs=2),
 )

@@ -12,15 +12,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_modules.studies.base import Study, StudyResults, Variant, failed_note, finish, fmt, pct, setup_axes, tiny
+from pydantic import Field
+
+from lightning_modules.studies.base import (
+    Study,
+    StudyParams,
+    StudyResults,
+    Variant,
+    failed_note,
+    finish,
+    fmt,
+    pct,
+    setup_axes,
+    tiny,
+)
 
 
-def variants(params: dict) -> list[Variant]:
+class Params(StudyParams):
+    epochs: int = Field(30, gt=0, description="the long run's epochs (no early stopping)")
+    patience: int = Field(5, ge=1, description="epochs without val/loss improvement before early stopping")
+
+
+def variants(params: Params) -> list[Variant]:
     return [
         Variant(
             "long",
-            (f"trainer.max_epochs={params['epochs']}", "trainer.early_stopping_patience=null"),
-            {"epochs": str(params["epochs"])},
+            (f"trainer.max_epochs={params.epochs}", "trainer.early_stopping_patience=null"),
+            {"epochs": str(params.epochs)},
         )
     ]
 
@@ -41,7 +59,7 @@ def early_stop_epoch(val_loss: list[float | None], patience: int) -> tuple[int |
 
 
 def verdict(results: StudyResults) -> dict:
-    patience = int(results.params["patience"])
+    patience = results.params.patience
     numbers: dict[str, float | None] = {}
     runs = results.ok
     if not runs:
@@ -111,7 +129,7 @@ def verdict(results: StudyResults) -> dict:
 def plot(results: StudyResults, path: Path) -> Path:
     plt = setup_axes()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    patience = int(results.params["patience"])
+    patience = results.params.patience
     for v in results.ok[:1]:
         epochs = [r["epoch"] for r in v.history]
         vl = v.curve("val_loss")
@@ -140,6 +158,6 @@ STUDY = Study(
     variants=variants,
     verdict=verdict,
     plot=plot,
-    params={"epochs": 30, "patience": 5},
+    params=Params,
     sizes=tiny(train_batches=1, params={"epochs": 3, "patience": 1}),
 )

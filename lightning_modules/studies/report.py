@@ -11,7 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightning_modules import tracking
 from lightning_modules.errors import DataError
+from lightning_modules.studies.registry import STUDIES
+from lightning_modules.studies.runner import EXPERIMENT, VERDICT_FILE
+from lightning_modules.tracking.experiments import finish_run, parent_run
 
 REPORT_FILE = "studies_report.md"
 TRANSFER_LINE = "Transfer learning (pretrained vs scratch) is measured by the transfer report"
@@ -24,8 +28,6 @@ def load_verdicts(out_root: Path) -> list[dict[str, Any]]:
     per size and overrides, so a scaled-up run never collides with the default one); when a study has
     several, the most recently written verdict wins.
     """
-    from lightning_modules.studies.registry import STUDIES
-    from lightning_modules.studies.runner import VERDICT_FILE
 
     found: dict[str, tuple[float, dict[str, Any]]] = {}
     for path in Path(out_root).rglob(VERDICT_FILE):
@@ -39,7 +41,6 @@ def load_verdicts(out_root: Path) -> list[dict[str, Any]]:
 
 
 def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str | Path | None = None) -> str:
-    from lightning_modules.studies.registry import STUDIES
 
     lines = ["# Measured studies", ""]
     if verdicts:
@@ -110,9 +111,6 @@ def studies_report(
 
 def _log_report(uri: str, out_root: Path, page: Path, verdicts: list[dict[str, Any]]) -> str:
     """The page and the plots in their relative layout, so the Markdown renders from the artifact folder."""
-    from lightning_modules import tracking
-    from lightning_modules.studies.runner import EXPERIMENT
-    from lightning_modules.tracking.experiments import finish_run, parent_run
 
     experiment = verdicts[0].get("experiment") or EXPERIMENT
     run_id = parent_run(uri, experiment, out_root, "studies-report", {"visionflow.studies_report": "1"})

@@ -16,8 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightning_modules import tracking, train
 from lightning_modules.errors import ConfigError, DataError
+from lightning_modules.paths import project_root
+from lightning_modules.reporting.progress import track
 from lightning_modules.studies.base import SIZES, Study, StudyResults, VariantResult
+from lightning_modules.studies.registry import get_study
 from lightning_modules.studies.seeds import expand, failures, merge, seeds_of, spread
 from lightning_modules.tracking.experiments import (
     JobFailed,
@@ -30,6 +34,7 @@ from lightning_modules.tracking.experiments import (
     read_result,
     subprocess_launch,
 )
+from lightning_modules.training.run_folder import check_same_job, run_state
 
 log = logging.getLogger("visionflow")
 
@@ -40,8 +45,6 @@ STUDY_TAG = "visionflow.study"
 
 def config_path(study: Study) -> Path:
     """The study's base job config: configs/<file> under the project root (else beside this package)."""
-    from lightning_modules.paths import project_root
-
     for root in (project_root(), Path(__file__).resolve().parents[2]):
         path = root / "configs" / study.config
         if path.is_file():
@@ -65,9 +68,7 @@ def inprocess_launch(req: JobRequest) -> JobResult:
     Same job, same files and MLflow logging as `subprocess_launch`; useful for CPU studies and tests.
     The process's torch thread count and environment are restored afterwards.
     """
-    import torch
-
-    from lightning_modules import train
+    import torch  # lazy: the study registry (loaded by Dagster and the CLI) must not import torch
 
     req.run_dir.mkdir(parents=True, exist_ok=True)
     saved_env = dict(os.environ)  # the job's env, and what Lightning sets (PL_GLOBAL_SEED, ...), stay in it
@@ -89,8 +90,6 @@ LAUNCHERS: dict[str, Launch] = {"subprocess": subprocess_launch, "inprocess": in
 
 def stored_result(req: JobRequest) -> JobResult | None:
     """The result of a finished RUN_DIR if it ran this same job (ConfigError if it ran another)."""
-    from lightning_modules.training.run_folder import check_same_job, run_state
-
     if run_state(req.run_dir) != "finished":
         return None
     check_same_job(req.run_dir, req.validate(), req.data)
@@ -119,10 +118,6 @@ def run_study(
     env: extra environment of every job, e.g. {"VISIONFLOW_THREADS": "1"} on a shared CPU machine.
     Returns the verdict dict written to OUT/verdict.json.
     """
-    from lightning_modules import tracking
-    from lightning_modules.reporting.progress import track
-    from lightning_modules.studies.registry import get_study
-
     study = get_study(study_name)
     if size not in SIZES:
         raise ConfigError(f"size={size!r} is not one of {', '.join(SIZES)}")
@@ -149,7 +144,7 @@ def run_study(
     parent = parent_run(
         uri, experiment, out, f"study-{study.name}", {STUDY_TAG: study.name, "size": size, "data_dir": str(data)}
     )
-    tracking.set_tag(uri, parent, "study.params", json.dumps(p, default=str))
+    tracking.set_tag(uri, parent, "study.params", p.model_dump_json())
     results: list[VariantResult] = []
     try:
         for v, req, done in track(list(zip(variants, requests, stored)), f"study {study.name}", total=len(variants)):
@@ -233,7 +228,7 @@ def _record(study, size, params, verdict, plot_path, results, parent, uri, exper
         "title": study.title,
         "question": study.question,
         "size": size,
-        "params": params,
+        "params": params.model_dump(),
         "numbers": verdict["numbers"],
         "text": verdict["text"],
         **{k: v for k, v in verdict.items() if k not in ("numbers", "text")},
@@ -268,8 +263,6 @@ def metric_name(key: str) -> str:
 
 
 def _log_parent(uri: str, parent: str, record: dict, out: Path, plot_path: Path, extra: dict) -> None:
-    from lightning_modules import tracking
-
     numbers = {
         f"verdict/{metric_name(k)}": float(v)
         for k, v in record["numbers"].items()

@@ -14,20 +14,14 @@ import statistics
 from typing import Any
 
 from lightning_modules.errors import ConfigError
-from lightning_modules.studies.base import Variant, VariantResult, fmt, last
+from lightning_modules.studies.base import StudyParams, Variant, VariantResult, fmt, last
 
 SEED_TAG = "seed"
 
 
-def seeds_of(params: dict[str, Any]) -> list[int]:
+def seeds_of(params: StudyParams) -> list[int]:
     """The study's `seeds` parameter as a list of distinct ints ([] = one run per variant)."""
-    seeds = params.get("seeds") or []
-    if isinstance(seeds, int):
-        seeds = [seeds]
-    try:
-        out = [int(s) for s in seeds]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"seeds={seeds!r}: give a list of integers, e.g. seeds=[0,1,2]") from exc
+    out = list(params.seeds)
     if len(set(out)) != len(out):
         raise ConfigError(f"seeds={out}: repeated seed")
     return out

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from lightning_modules.studies.base import (
     Study,
+    StudyParams,
     StudyResults,
     Variant,
     failed_note,
@@ -35,11 +38,18 @@ VARIANTS = {
 }
 
 
-def variants(params: dict) -> list[Variant]:
+class Params(StudyParams):
+    variants: list[str] = Field(default_factory=lambda: list(VARIANTS), description="the nets compared")
+    vanish_below: float = Field(
+        1e-2, gt=0, description="a layer's gradient vanishes below this share of the last layer's"
+    )
+
+
+def variants(params: Params) -> list[Variant]:
     return [
         Variant(name, (f"model.name={model}", f"model.activation={act}"), {"model": model, "activation": act})
         for name, (model, act) in VARIANTS.items()
-        if name in params["variants"]
+        if name in params.variants
     ]
 
 
@@ -54,7 +64,7 @@ def _profiles(results: StudyResults) -> dict[str, dict]:
 
 
 def verdict(results: StudyResults) -> dict:
-    vanish = results.params.get("vanish_below", 1e-2)
+    vanish = results.params.vanish_below
     numbers: dict[str, float | None] = {}
     prof = _profiles(results)
     init_parts, trained_parts = [], []
@@ -114,7 +124,7 @@ def plot(results: StudyResults, path: Path) -> Path:
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("gradient L2 norm")
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy: after setup_axes chose the backend
 
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend()
@@ -132,6 +142,6 @@ STUDY = Study(
     variants=variants,
     verdict=verdict,
     plot=plot,
-    params={"variants": list(VARIANTS), "vanish_below": 1e-2},
+    params=Params,
     sizes=tiny(3, 1, "trainer.grad_monitor_every_n_steps=2"),
 )

@@ -12,6 +12,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
+from lightning_modules.errors import ConfigError
 from lightning_modules.paths import project_root
 
 log = logging.getLogger("visionflow")
@@ -36,7 +39,7 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def run_url(uri: str, run_id: str, ui: str) -> str:
     """The MLflow UI page of a run (the UI serves the store at `uri`)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     return f"{ui}/#/experiments/{MlflowClient(uri).get_run(run_id).info.experiment_id}/runs/{run_id}"
 
@@ -50,11 +53,9 @@ def ensure_store(uri: str) -> None:
     path = _sqlite_path(uri)
     if path is None:
         return
-    from filelock import FileLock
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=300):
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
         MlflowClient(uri).search_experiments(max_results=1)
 
@@ -86,10 +87,8 @@ def open_run(
     existing run handed over (e.g. created by Dagster's MlflowResource with its tags); else a new run in
     `experiment`. The id ends up in RUN_DIR/mlflow_run_id either way.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from lightning_modules.errors import ConfigError
+    from mlflow.exceptions import MlflowException  # lazy: mlflow is ~1 s to import; Dagster loads this module
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     client = MlflowClient(uri)
     id_file = run_dir / RUN_ID_FILE
@@ -118,7 +117,7 @@ def open_run(
         exp_id = exp.experiment_id
     else:
         exp_id = client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     all_tags = {**tags, **({MLFLOW_RUN_NAME: run_name} if run_name else {})}
     run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
@@ -135,13 +134,13 @@ def _write_id(id_file: Path, run_id: str) -> None:
 
 def run_info_logged(uri: str, run_id: str) -> bool:
     """Whether this job already logged its params into the run (MLflow params are write-once)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     return "effective_batch" in MlflowClient(uri).get_run(run_id).data.params
 
 
 def experiment_name(uri: str, run_id: str) -> str:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     client = MlflowClient(uri)
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name
@@ -157,7 +156,7 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def make_logger(uri: str, experiment: str, run_id: str):
-    from pytorch_lightning.loggers import MLFlowLogger
+    from pytorch_lightning.loggers import MLFlowLogger  # lazy: Lightning; only a training job builds a logger
 
     # tracking_uri explicitly: MLFlowLogger's own default is the refused file store.
     return MLFlowLogger(experiment_name=experiment, tracking_uri=uri, run_id=run_id)
@@ -167,8 +166,8 @@ def log_run_info(
     uri: str, run_id: str, *, params: dict[str, Any], tags: dict[str, str], config_yaml: str | None
 ) -> None:
     """Params (MLflow keeps them immutable: call once per run), tags and the config file."""
-    from mlflow.entities import Param, RunTag
-    from mlflow.tracking import MlflowClient
+    from mlflow.entities import Param, RunTag  # lazy: mlflow is ~1 s to import; Dagster loads this module
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     client = MlflowClient(uri)
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -180,7 +179,7 @@ def log_run_info(
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     client = MlflowClient(uri)
     for k, v in metrics.items():
@@ -188,14 +187,14 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0)
 
 
 def log_artifact(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     MlflowClient(uri).log_artifact(run_id, str(path), artifact_path)
 
 
 def learning_curves(uri: str, run_id: str, out: Path) -> Path | None:
     """Plot train/val loss and accuracy per epoch from the run's metric history (all attempts of the run)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     client = MlflowClient(uri)
     epoch_at = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
@@ -209,10 +208,10 @@ def learning_curves(uri: str, run_id: str, out: Path) -> Path | None:
             series[key] = [(epoch_at.get(m.step, m.step) + 1, m.value) for m in hist]
     if not any(series.values()):
         return None
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads at draw time, Agg chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (title, keys) in zip(axes, panels):
@@ -234,11 +233,11 @@ def learning_curves(uri: str, run_id: str, out: Path) -> Path | None:
 
 def confusion_figure(matrix, class_names: list[str], out: Path, split: str = "val") -> Path:
     """Row-normalised confusion matrix (rows: true class) as a PNG."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads at draw time, Agg chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
+    import numpy as np  # lazy: drawing only; the train and search CLIs load this module
 
     m = np.asarray(matrix, dtype=float)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -274,6 +273,6 @@ def confusion_figure(matrix, class_names: list[str], out: Path, split: str = "va
 
 
 def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     MlflowClient(uri).set_tag(run_id, key, value[:5000])

@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from lightning_modules import tracking
 from lightning_modules.contract import JobFailed, JobRequest, JobResult, read_result
 
 __all__ = [
@@ -58,8 +59,6 @@ def _own_env() -> dict[str, str]:
 
 def parent_run(uri: str, experiment: str, run_dir: Path, name: str, tags: dict[str, str] | None = None) -> str:
     """The experiment's parent MLflow run (reopened when RUN_DIR already holds one)."""
-    from lightning_modules import tracking
-
     tracking.ensure_store(uri)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id, _ = tracking.open_run(uri, experiment, run_dir, name, dict(tags or {}))
@@ -70,14 +69,12 @@ def child_run(
     uri: str, experiment: str, parent_id: str, run_dir: Path, name: str, tags: dict[str, str] | None = None
 ) -> str:
     """A run nested under `parent_id`, for one job whose folder is RUN_DIR (reopened on a rerun)."""
-    from lightning_modules import tracking
-
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id, _ = tracking.open_run(uri, experiment, run_dir, name, {**(tags or {}), PARENT_TAG: parent_id})
     return run_id
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     MlflowClient(uri).set_terminated(run_id, status=status)

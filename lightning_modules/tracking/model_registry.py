@@ -8,9 +8,12 @@ decision is recorded as tags on the challenger's model version, including why it
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lightning_modules.errors import DataError
 
 ALIAS = "champion"
 SCORE_TAG = "test_acc1"
@@ -44,13 +47,11 @@ def log_and_register(
     from them (`evaluate.load_classifier`, `detection.evaluation.load_predictor`). A registry artifact
     swapped for a booby-trapped file is refused when loaded, never executed.
     """
-    import tempfile
+    import torch  # lazy: torch; every step loads this module
+    from mlflow.exceptions import MlflowException  # lazy: mlflow is ~1 s to import; every step loads this module
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; every step loads this module
 
-    import torch
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from lightning_modules.training.checkpoints import load_checkpoint
+    from lightning_modules.training.checkpoints import load_checkpoint  # lazy: torch; every step loads this module
 
     blob = load_checkpoint(checkpoint)
     client = MlflowClient(uri)
@@ -75,10 +76,8 @@ def download(uri: str, model_uri: str, kind: str | None = None) -> Path:
 
     DataError when the version is not in our format (e.g. registered by another tool) or of another kind.
     """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from lightning_modules.errors import DataError
+    import mlflow  # lazy: mlflow is ~1 s to import; every step loads this module
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; every step loads this module
 
     client = MlflowClient(uri)  # this store's registry, whatever the process-wide MLflow settings are
     name, sep, rest = model_uri.removeprefix("models:/").partition("/")
@@ -102,8 +101,8 @@ def download(uri: str, model_uri: str, kind: str | None = None) -> Path:
 
 def champion(uri: str, name: str):
     """The current champion's ModelVersion, or None."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from mlflow.exceptions import MlflowException  # lazy: mlflow is ~1 s to import; every step loads this module
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; every step loads this module
 
     try:
         return MlflowClient(uri).get_model_version_by_alias(name, ALIAS)
@@ -130,7 +129,7 @@ def decide_and_promote(
     a set prepared again at another size is not "the same data"). The champion's stored score is
     trusted only when it was scored on that same set; otherwise rescore(model_uri) scores it again.
     """
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; every step loads this module
 
     scored_on = scored_on or data_version
     client = MlflowClient(uri)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from torch import nn
 
 from lightning_modules.errors import VisionflowError
@@ -87,10 +88,10 @@ class GradientFlowMonitor(L.Callback):
         records = [json.loads(line) for line in self.history_path.read_text().splitlines() if line.strip()]
         if not records:
             return None
-        import matplotlib
+        import matplotlib  # lazy: matplotlib loads at draw time, Agg chosen before pyplot
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
 
         fig, ax = plt.subplots(figsize=(10, 4.5))
         cmap = plt.get_cmap("viridis")
@@ -275,8 +276,6 @@ def checkpoint_callbacks(
     last.ckpt is rewritten every N steps (a kill mid-epoch loses at most N steps) and after
     each validation (by the best-checkpoint callback).
     """
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     folder = Path(run_dir) / "checkpoints"
     best = ModelCheckpoint(
         dirpath=folder,
@@ -312,8 +311,6 @@ def standard_callbacks(
     monitor: str = "val/loss",
     mode: str = "min",
 ) -> list[L.Callback]:
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
-
     cbs: list[L.Callback] = checkpoint_callbacks(run_dir, checkpoint_every_n_steps, monitor, mode)
     cbs.append(LearningRateMonitor(logging_interval="step"))
     if early_stopping_patience:

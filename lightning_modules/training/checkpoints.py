@@ -18,6 +18,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lightning_modules.errors import DataError
 
 log = logging.getLogger("visionflow")
@@ -27,8 +29,6 @@ LAST, PREVIOUS = "last.ckpt", "last-prev.ckpt"
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
     """The file's dict, loaded weights-only; DataError naming the file when it is missing, damaged or unsafe."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise DataError(path, f"{what} not found")
@@ -91,7 +91,7 @@ def atomic_checkpoint_io():
 
     Built on call: Lightning is a slow import that `visionflow evaluate` does not need.
     """
-    from pytorch_lightning.plugins.io import TorchCheckpointIO
+    from pytorch_lightning.plugins.io import TorchCheckpointIO  # lazy: see the docstring
 
     class AtomicCheckpointIO(TorchCheckpointIO):
         """Write to `<name>.tmp-<pid>`, then rename over the target; rotate last.ckpt to last-prev.ckpt first."""

@@ -95,7 +95,7 @@ def threads_per_rank(local_world_size: int | None = None) -> int:
 
 def set_threads(local_world_size: int | None = None) -> int:
     """Give each rank its share of the cores: ranks that each take all cores run ~3x slower."""
-    import torch
+    import torch  # lazy: Dagster and the CLIs load this module torch-free
 
     n = threads_per_rank(local_world_size)
     torch.set_num_threads(n)

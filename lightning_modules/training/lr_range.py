@@ -88,10 +88,10 @@ def suggest(lrs: list[float], losses: list[float], window_fraction: float = 0.1,
 
 def plot(lrs: list[float], losses: list[float], s: Suggestion, path) -> None:
     """Raw and smoothed loss against the LR (log axis), with both picks marked."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads at draw time, Agg chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
 
     n = len(s.smoothed)
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -9,11 +9,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_modules.config import OptimConfig
+
 log = logging.getLogger("visionflow")
 
 # Parameters of these modules (and every bias) get no weight decay: decaying a norm's scale or a
 # bias only fights the normalisation and costs accuracy (Goyal et al. 2017; He et al. 2019 "tricks").
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
 
 
 def param_groups(
@@ -49,10 +62,10 @@ def _decay_groups(model: nn.Module, weight_decay: float, skip: set[int] | None =
     return groups
 
 
-def lr_lambda(schedule: str, total_steps: int, steps_per_epoch: float, optim: dict[str, Any]):
+def lr_lambda(schedule: str, total_steps: int, steps_per_epoch: float, optim: OptimConfig):
     """Per-step LR multiplier for the cosine (with linear warmup), step and constant schedules."""
-    warmup = int(round(optim.get("warmup_epochs", 0.0) * steps_per_epoch))
-    floor = optim.get("min_lr_ratio", 0.0)
+    warmup = int(round(optim.warmup_epochs * steps_per_epoch))
+    floor = optim.min_lr_ratio
 
     def f(step: int) -> float:
         if step < warmup:
@@ -62,7 +75,7 @@ def lr_lambda(schedule: str, total_steps: int, steps_per_epoch: float, optim: di
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         if schedule == "step":
             epoch = int(step // max(1.0, steps_per_epoch))
-            return optim.get("gamma", 0.1) ** (epoch // max(1, optim.get("step_size", 30)))
+            return optim.gamma ** (epoch // max(1, optim.step_size))
         return 1.0
 
     return f
@@ -77,25 +90,23 @@ def onecycle_pct_start(pct: float, total: int) -> float:
     return min(max(pct, 1.5 / total), (total - 0.5) / total)
 
 
-def configure_optimization(pl_module, model: nn.Module, o: dict[str, Any], lr: float) -> dict[str, Any]:
+def configure_optimization(pl_module, model: nn.Module, o: OptimConfig, lr: float) -> dict[str, Any]:
     """SGD or AdamW over `param_groups(model)` with a per-step schedule (what configure_optimizers returns)."""
-    groups = param_groups(model, o.get("weight_decay", 0.0), lr=lr, body_lr_mult=o.get("body_lr_mult", 1.0))
-    if o["name"] == "sgd":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=o.get("momentum", 0.9), nesterov=o.get("nesterov", False))
-    elif o["name"] == "adamw":
+    groups = param_groups(model, o.weight_decay, lr=lr, body_lr_mult=o.body_lr_mult)
+    if o.name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
+    else:  # "adamw" (the config allows only these two)
         opt = torch.optim.AdamW(groups, lr=lr)
-    else:
-        raise ValueError(f"optim.name {o['name']!r}")
     trainer = pl_module.trainer
     total = max(1, int(trainer.estimated_stepping_batches))
     epochs = max(1, trainer.max_epochs or 1)
-    schedule = o.get("schedule", "cosine")
+    schedule = o.schedule
     if schedule == "onecycle" and total >= 2:
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt,
             max_lr=[g["lr"] for g in opt.param_groups],
             total_steps=total,
-            pct_start=onecycle_pct_start(o.get("warmup_epochs", 0.0) / epochs or 0.3, total),
+            pct_start=onecycle_pct_start(o.warmup_epochs / epochs or 0.3, total),
         )
     elif schedule == "onecycle":  # a single step has no cycle: that step runs at the peak LR
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
@@ -106,15 +117,17 @@ def configure_optimization(pl_module, model: nn.Module, o: dict[str, Any], lr: f
 
 class BodyFreezing:
     """LightningModule mixin: the body (feature extractor, `self.body()`) is frozen for the first
-    `optim.freeze_body_epochs` epochs, so a fresh head settles before it can disturb pretrained features."""
+    `optim.freeze_body_epochs` epochs, so a fresh head settles before it can disturb pretrained features.
+    The module sets `optim_config` (its typed optimisation settings)."""
 
     body_frozen = False
+    optim_config: OptimConfig
 
     def body(self) -> nn.Module:
         raise NotImplementedError
 
     def on_train_epoch_start(self) -> None:
-        self.set_body_frozen(self.current_epoch < self.hparams.optim.get("freeze_body_epochs", 0))
+        self.set_body_frozen(self.current_epoch < self.optim_config.freeze_body_epochs)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Lightning puts the whole module back in train mode after each validation.

@@ -11,7 +11,7 @@ from lightning_modules.errors import ConfigError, DataError
 def check_names(cfg: JobConfig, source: str) -> None:
     """Names picked from registries (model, activation, loss): a typo names the file and field."""
     from lightning_modules.classification.losses import LOSS_REGISTRY  # torch: only once the job really starts
-    from lightning_modules.models import ACTIVATIONS, MODEL_REGISTRY
+    from lightning_modules.models import ACTIVATIONS, MODEL_REGISTRY  # torch: only once the job really starts
 
     checks = [
         ("model.name", cfg.model.name, MODEL_REGISTRY),
@@ -19,7 +19,7 @@ def check_names(cfg: JobConfig, source: str) -> None:
         ("loss.name", cfg.loss.name, LOSS_REGISTRY),
     ]
     if cfg.task == "detection":
-        from lightning_modules.detection.models import DETECTORS
+        from lightning_modules.detection.models import DETECTORS  # torch: only once the job really starts
 
         checks.append(("detection.version", cfg.detection.version, DETECTORS))
     for key, value, registry in checks:

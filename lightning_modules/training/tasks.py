@@ -1,5 +1,8 @@
 """What differs between the training tasks (config `task`): data, module, the metric that picks the
 best checkpoint, and task callbacks. train.py does everything else the same way for all of them.
+
+The task functions import torch and Lightning when they run: resolving a task (train.py does it before any
+rank starts, also in the parent that only relaunches under torchrun) loads neither.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.config import JobConfig
+from lightning_modules.data.streaming import read_prepared
 from lightning_modules.errors import ConfigError
 
 
@@ -35,14 +39,12 @@ class Task:
 
 
 def _check_classification(data: Path):
-    from lightning_modules.data.streaming import read_prepared
-
     return read_prepared(data)
 
 
 def _build_classification(cfg: JobConfig, data: Path, lr: float) -> Built:
-    from lightning_modules.classification.datamodule import ClassificationDataModule
-    from lightning_modules.classification.module import ClassificationModule, input_normalization
+    from lightning_modules.classification.datamodule import ClassificationDataModule  # lazy: torch
+    from lightning_modules.classification.module import ClassificationModule, input_normalization  # lazy: torch
 
     dm = ClassificationDataModule(data, cfg.data, seed=cfg.trainer.seed)
     mean, std = input_normalization(cfg.model.model_dump(), dm.info.mean, dm.info.std)
@@ -68,15 +70,15 @@ def _build_classification(cfg: JobConfig, data: Path, lr: float) -> Built:
 
 
 def _check_detection(data: Path):
-    from lightning_modules.detection.data import read_prepared_detection
+    from lightning_modules.detection.data import read_prepared_detection  # lazy: Lightning
 
     return read_prepared_detection(data)
 
 
 def _build_detection(cfg: JobConfig, data: Path, lr: float) -> Built:
-    from lightning_modules.classification.module import input_normalization
-    from lightning_modules.detection.data import DetectionDataModule, anchors_for
-    from lightning_modules.detection.module import DetectionModule
+    from lightning_modules.classification.module import input_normalization  # lazy: torch
+    from lightning_modules.detection.data import DetectionDataModule, anchors_for  # lazy: torch
+    from lightning_modules.detection.module import DetectionModule  # lazy: torch
 
     dm = DetectionDataModule(data, cfg.data, cfg.detection, seed=cfg.trainer.seed)
     d = cfg.detection
@@ -110,7 +112,7 @@ def _build_detection(cfg: JobConfig, data: Path, lr: float) -> Built:
 def _detection_callbacks(cfg: JobConfig) -> list:
     if cfg.detection.ema_decay is None or cfg.trainer.fast_dev_run:
         return []
-    from lightning_modules.detection.ema import RampedEMA
+    from lightning_modules.detection.ema import RampedEMA  # lazy: torch
 
     return [RampedEMA(cfg.detection.ema_decay, cfg.detection.ema_tau)]
 

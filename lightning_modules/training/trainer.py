@@ -10,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as L
 from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.strategies import DDPStrategy
 
 from lightning_modules.config import JobConfig
 from lightning_modules.training import distributed as dist
@@ -73,8 +74,6 @@ def strategy(world: dist.WorldInfo, *, find_unused: bool) -> Any:
         return "auto"
     if not find_unused:
         return "ddp"
-    from pytorch_lightning.strategies import DDPStrategy
-
     return DDPStrategy(find_unused_parameters=True)
 
 

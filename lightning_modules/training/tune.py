@@ -26,6 +26,7 @@ import yaml
 
 from lightning_modules.config import JobConfig, load_config
 from lightning_modules.errors import VisionflowError
+from lightning_modules.training.distributed import set_threads
 
 log = logging.getLogger("visionflow")
 
@@ -43,13 +44,13 @@ def tune(
     max_lr: float = 1.0,
 ) -> dict[str, Any]:
     """Tune batch size and LR on one device; write RUN_DIR/tuned.yaml; return what was found."""
-    import pytorch_lightning as L
-    import torch
-    from pytorch_lightning.tuner import Tuner
+    # Imported here, not at the top: `--help` and train.py (which imports this module) stay torch-free.
+    import pytorch_lightning as L  # lazy: Lightning (see above)
+    import torch  # lazy: torch (see above)
+    from pytorch_lightning.tuner import Tuner  # lazy: Lightning (see above)
 
-    from lightning_modules.classification.datamodule import ClassificationDataModule
-    from lightning_modules.classification.module import ClassificationModule
-    from lightning_modules.training.distributed import set_threads
+    from lightning_modules.classification.datamodule import ClassificationDataModule  # lazy: Lightning (see above)
+    from lightning_modules.classification.module import ClassificationModule  # lazy: Lightning (see above)
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ def tune(
 
 def _find_lr(tuner, module, dm, run_dir: Path, *, min_lr: float, max_lr: float, steps: int) -> dict[str, Any]:
     """Lightning's LR sweep; the pick comes from our reading of its raw losses (see lr_range)."""
-    from lightning_modules.training import lr_range
+    from lightning_modules.training import lr_range  # lazy: Lightning; --help and train.py load this module
 
     with lr_range.recording_losses(module) as losses:
         finder = tuner.lr_find(

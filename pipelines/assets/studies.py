@@ -7,12 +7,17 @@ verdict computed from those runs and its plot. Study runs live in runs/studies/<
 and the report takes the latest verdict of each study.
 """
 
+import hashlib
+import re
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from lightning_modules.contract import JobRequest, JobResult, read_result
+from lightning_modules.data.lineage import data_identity
+from lightning_modules.studies import get_study, run_study
+from lightning_modules.studies import studies_report as studies_report_of
 from pipelines import metadata
 from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
 
@@ -47,11 +52,6 @@ def studies_root(project: ProjectResource) -> Path:
 def study_folder(project: ProjectResource, study_name: str, config: StudyConfig) -> Path:
     """runs/studies/<study>/<size>-<hash of data version and overrides>: each setting keeps its own finished
     jobs, and new data (a new prepared version) trains anew instead of reusing jobs run on the old data."""
-    import hashlib
-
-    from lightning_modules.data.lineage import data_identity
-    from lightning_modules.studies import get_study
-
     data = data_identity(project.prepared(get_study(study_name).dataset))
     key = "\n".join([f"data={data}", *config.overrides, *([f"seeds={config.seeds}"] if config.seeds else [])])
     return studies_root(project) / study_name / f"{config.size}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
@@ -66,8 +66,6 @@ def _launch_through(context: dg.AssetExecutionContext, launcher: TrainingLaunche
 
 
 def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
-    from lightning_modules.studies import get_study
-
     study = get_study(study_name)
 
     @dg.asset(
@@ -85,8 +83,6 @@ def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
         mlflow: MlflowResource,
         launcher: TrainingLauncher,
     ) -> dg.MaterializeResult:
-        from lightning_modules.studies import run_study
-
         record = run_study(
             study_name,
             project.prepared(study.dataset),
@@ -129,14 +125,12 @@ STUDIES = [_study_asset(a, s) for a, s in STUDY_ASSETS.items()]
 def studies_report(
     context: dg.AssetExecutionContext, project: ProjectResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    from lightning_modules.studies import studies_report as report
-
     transfer = context.instance.get_latest_materialization_event(dg.AssetKey("transfer_report"))
     link = None
     if transfer is not None:
         url = transfer.asset_materialization.metadata.get("mlflow_run")
         link = url.value if url is not None else None
-    res = report(studies_root(project), transfer_report=link, tracking_uri=mlflow.uri())
+    res = studies_report_of(studies_root(project), transfer_report=link, tracking_uri=mlflow.uri())
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(_inline_images(res["markdown"], Path(res["path"]).parent)),
@@ -149,7 +143,6 @@ def studies_report(
 
 def _inline_images(markdown: str, base: Path) -> str:
     """The page's relative image links as data URLs, so Dagster shows the plots."""
-    import re
 
     def repl(m: re.Match) -> str:
         path = base / m.group(2)

@@ -10,6 +10,7 @@ import yaml
 from pydantic import Field
 
 from lightning_modules.contract import JobRequest
+from lightning_modules.data.lineage import prepared_version
 from lightning_modules.errors import VisionflowError
 from pipelines import metadata
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
@@ -49,8 +50,6 @@ def launch_job(
     tags: dict | None = None,
 ) -> dg.MaterializeResult:
     """Create the MLflow run, launch the job, and turn what rank 0 reported into asset metadata."""
-    from lightning_modules.data.lineage import prepared_version
-
     run_dir = project.run_dir(context)
     request = JobRequest(
         configs=tuple(str(project.path / f) for f in (config.config_file, *config.extra_config_files)),

@@ -6,6 +6,8 @@ import math
 import os
 from pathlib import Path
 
+import yaml
+
 from lightning_modules.data.detection_readers.common import (
     SPLITS,
     DetectionSource,
@@ -34,8 +36,6 @@ def yolo_label_path(image: Path) -> Path:
 
 
 def _load_yolo_yaml(yaml_path: Path) -> dict:
-    import yaml
-
     if not yaml_path.is_file():
         raise DataError(yaml_path, "data.yaml not found (a YOLO dataset needs it)")
     text = read_text(yaml_path, "data.yaml")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lightning_modules.interop.darknet.shapes import format_summary, summary
+
 
 def _size(text: str) -> int | tuple[int, int]:
     # "416" or "416x608" (height x width)
@@ -15,8 +17,6 @@ def _size(text: str) -> int | tuple[int, int]:
 
 
 def _summary(a: argparse.Namespace) -> None:
-    from lightning_modules.interop.darknet.shapes import format_summary, summary
-
     d = summary(a.cfg, a.size)
     print(json.dumps(d, indent=2) if a.json else format_summary(d))
 
