@@ -14,11 +14,12 @@ from typing import Any
 
 from lightning_modules.errors import VisionflowError
 from lightning_modules.reporting.progress import log_to_stderr
+from lightning_modules.steps.specs import StepSpec
 
 ERROR_FILE = "step_error.txt"
 
 
-def _steps() -> dict[str, tuple[type, Callable[[Any], Any]]]:
+def _steps() -> dict[str, tuple[type[StepSpec], Callable[[Any], Any]]]:
     # lazy: `--help` and a bad name answer without importing torch
     from lightning_modules.steps import evaluation, prep, search, specs, transfer
 

@@ -118,14 +118,10 @@ def verdict(results: StudyResults) -> dict:
         for item, row in rows.items():
             for k, val in row.items():
                 numbers[f"{sweep}.{item}.{k}"] = val
-        ranked = sorted(
-            (i for i in rows if rows[i]["best_val_acc1"] is not None), key=lambda i: -rows[i]["best_val_acc1"]
-        )
+        accs = {i: a for i in rows if (a := rows[i]["best_val_acc1"]) is not None}
+        ranked = sorted(accs, key=lambda i: -accs[i])
         epochs = {i: rows[i]["epochs_to_bar"] for i in rows}
-        parts = ", ".join(
-            f"{i} {pct(rows[i]['best_val_acc1'])} ({'never' if epochs[i] is None else f'{int(epochs[i])} ep'})"
-            for i in ranked
-        )
+        parts = ", ".join(f"{i} {pct(accs[i])} ({_epochs_text(rows[i]['epochs_to_bar'])})" for i in ranked)
         reached = [e for e in epochs.values() if e is not None]
         fastest = [i for i in rows if reached and epochs[i] == min(reached)]
         top = [i for i in ranked if rows[i]["best_val_acc1"] == rows[ranked[0]]["best_val_acc1"]] if ranked else []
@@ -169,3 +165,7 @@ STUDY = Study(
     params=Params,
     sizes=tiny(train_batches=1, epochs=2),
 )
+
+
+def _epochs_text(epochs: float | None) -> str:
+    return "never" if epochs is None else f"{int(epochs)} ep"

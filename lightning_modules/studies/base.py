@@ -52,7 +52,7 @@ class VariantResult:
 
     name: str
     tags: dict[str, str]
-    run_dir: Path
+    run_dir: Path | None  # None: no job of it ever started (every seed failed before)
     result: dict[str, Any]  # the job's result.json; {} when it failed
     error: str | None = None
 
@@ -70,8 +70,8 @@ class VariantResult:
 
     def gradient_flow(self) -> list[dict[str, Any]]:
         """RUN_DIR/gradient_flow.jsonl records ({step, layers, norms}), in step order."""
-        path = self.run_dir / "gradient_flow.jsonl"
-        if not path.is_file():
+        path = self.run_dir / "gradient_flow.jsonl" if self.run_dir else None
+        if path is None or not path.is_file():
             return []
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         by_step = {r["step"]: r for r in records}  # a resumed run may repeat a step: keep the last

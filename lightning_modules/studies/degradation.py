@@ -101,7 +101,8 @@ def verdict(results: StudyResults) -> dict:
         progress = ratio(_drop(results, deep), base) if base is not None and base > 0 else None
         numbers[f"{family}.deep_progress_vs_shallow"] = progress
         degrades[family] = None if progress is None else progress < floor
-        numbers[f"{family}.degrades"] = None if degrades[family] is None else float(degrades[family])
+        verdict_ = degrades[family]
+        numbers[f"{family}.degrades"] = None if verdict_ is None else float(verdict_)
         verb = {None: "n/a", True: "degrades", False: "does not degrade"}[degrades[family]]
         ends = "n/a" if worse is None else ("higher" if worse else "not higher")
         parts.append(

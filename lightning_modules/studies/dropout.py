@@ -68,7 +68,8 @@ def verdict(results: StudyResults) -> dict:
     numbers["converge_bar_val_acc1"] = bar
     for _p, k, v in runs:
         acc, tacc = v.curve("val_acc1"), v.curve("train_acc1")
-        gap = None if last(tacc) is None or last(acc) is None else last(tacc) - last(acc)
+        final_train, final_val = last(tacc), last(acc)
+        gap = None if final_train is None or final_val is None else final_train - final_val
         vl, tl = last(v.curve("val_loss")), last(v.curve("train_loss"))
         ep = epochs_to(acc, bar)
         steps = None if ep is None else v.history[ep - 1].get("global_step")

@@ -111,7 +111,8 @@ def verdict(results: StudyResults) -> dict:
         )
     else:
         text += f"No overfitting within {n} epochs: the val loss is lowest at the last epoch. "
-    acc_epoch = max(range(1, n + 1), key=lambda e: acc[e - 1] if acc[e - 1] is not None else -1.0) if n else None
+    scores = [-1.0 if a is None else a for a in acc]
+    acc_epoch = max(range(1, n + 1), key=lambda e: scores[e - 1]) if n else None
     numbers["best_val_acc1_epoch"] = None if acc_epoch is None else float(acc_epoch)
     if acc_epoch is not None and acc_epoch != opt_epoch:
         text += f"Val top-1 is highest at epoch {acc_epoch} ({pct(acc[acc_epoch - 1])}), not at the val-loss optimum. "

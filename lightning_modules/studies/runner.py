@@ -198,7 +198,7 @@ def _run_variant(
     study: Study,
     v,
     req: JobRequest,
-    done: dict[str, Any] | None,
+    done: JobResult | None,
     uri: str,
     experiment: str,
     parent: str,
@@ -207,7 +207,7 @@ def _run_variant(
     run_dir = req.run_dir
     if done is not None:
         log.info("study %s: %s already finished, reusing %s", study.name, v.name, run_dir)
-        return VariantResult(v.name, dict(v.tags), run_dir, done)
+        return VariantResult(v.name, dict(v.tags), run_dir, dict(done))
     tags = {STUDY_TAG: study.name, "variant": v.name, **{f"study.{k}": str(val) for k, val in v.tags.items()}}
     child = child_run(uri, experiment, parent, run_dir, f"{study.name}/{v.name}", tags)
     req = req.with_overrides(f"tracking.run_id={child}")
@@ -219,7 +219,7 @@ def _run_variant(
             raise
         log.warning("study %s: variant %s failed: %s", study.name, v.name, exc)
         return VariantResult(v.name, dict(v.tags), run_dir, {}, error=str(exc).splitlines()[-1][:500])
-    return VariantResult(v.name, dict(v.tags), run_dir, result)
+    return VariantResult(v.name, dict(v.tags), run_dir, dict(result))
 
 
 def _record(study, size, params, verdict, plot_path, results, parent, uri, experiment, data, extra, seconds):

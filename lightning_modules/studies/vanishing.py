@@ -83,13 +83,11 @@ def verdict(results: StudyResults) -> dict:
         numbers[f"{name}.val_acc1"] = last(p["result"].curve("val_acc1"))
         init_parts.append(f"{name} {fmt(r0)} [{fmt(h0)}]")
         trained_parts.append(f"{name} {fmt(r1)} [{fmt(h1)}]")
-    ranked = sorted(
-        (n for n in prof if numbers[f"{n}.init_first_over_last"] is not None),
-        key=lambda n: numbers[f"{n}.init_first_over_last"],
-    )
-    vanishing = [n for n in ranked if numbers[f"{n}.init_first_over_last"] < vanish]
-    layers = int(max((numbers[f"{n}.layers"] for n in prof), default=0))
-    steps = int(max((numbers[f"{n}.trained_step"] for n in prof), default=0))
+    first_over_last = {n: r for n in prof if (r := numbers[f"{n}.init_first_over_last"]) is not None}
+    ranked = sorted(first_over_last, key=lambda n: first_over_last[n])
+    vanishing = [n for n in ranked if first_over_last[n] < vanish]
+    layers = int(max((numbers[f"{n}.layers"] or 0 for n in prof), default=0))
+    steps = int(max((numbers[f"{n}.trained_step"] or 0 for n in prof), default=0))
     numbers["vanishing_variants"] = float(len(vanishing))
     text = (
         f"Gradient norm of the first layer / the last layer (classifier) of {layers}-layer nets, in brackets "

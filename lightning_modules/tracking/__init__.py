@@ -255,7 +255,7 @@ def confusion_figure(matrix, class_names: list[str], out: Path, split: str = "va
                     ax.text(
                         j,
                         i,
-                        int(m[i, j]),
+                        str(int(m[i, j])),
                         ha="center",
                         va="center",
                         fontsize=7,

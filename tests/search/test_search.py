@@ -100,7 +100,11 @@ def test_grid_search_covers_exactly_the_grid(grid_search):
     for t in s["trials"]:
         job = yaml.safe_load((Path(t["run_dir"]) / "config.yaml").read_text())
         assert job["optim"]["lr"] == t["params"]["optim.lr"]
-        assert job["model"]["dropout"] == {"classifier": t["params"]["model.dropout.classifier"]}
+        assert job["model"]["dropout"] == {
+            "input": 0.0,
+            "blocks": 0.0,
+            "classifier": t["params"]["model.dropout.classifier"],
+        }
         assert job["trainer"]["max_epochs"] == EPOCHS
 
 
@@ -161,7 +165,7 @@ def test_best_yaml_is_an_overlay_with_the_best_params(grid_search):
     assert best["params"]["optim.lr"] == GOOD_LR
     job = load_config([*cfg.base, Path(s["best_config"])])
     assert job.optim.lr == best["params"]["optim.lr"]
-    assert job.model.dropout == {"classifier": best["params"]["model.dropout.classifier"]}
+    assert job.model.dropout == DropoutConfig(classifier=best["params"]["model.dropout.classifier"])
     assert job.trainer.max_epochs == BASE_JOB["trainer"]["max_epochs"]  # trial-only settings stay out
 
 
@@ -246,7 +250,7 @@ def test_bad_search_config_names_file_and_key(tmp_path, fields, key):
 
 
 def test_search_cpu_config_loads():
-    cfg = load_search_config(Path(__file__).resolve().parents[1] / "configs" / "search-cpu.yaml")
+    cfg = load_search_config(Path(__file__).resolve().parents[2] / "configs" / "search-cpu.yaml")
     assert set(cfg.space) == {
         "optim.lr",
         "data.batch_size",

@@ -13,7 +13,7 @@ from lightning_modules.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.slow  # pretraining and transfer jobs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke-classify.yaml"
 TRANSFER = REPO / "configs" / "transfer-cpu.yaml"
 MODEL = ["model.width=0.25", "model.small_input=true"]  # tiny and the same for both stages

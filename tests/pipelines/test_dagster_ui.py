@@ -21,7 +21,7 @@ from lightning_modules.data.synth import synthesize
 
 pytestmark = pytest.mark.slow  # dagster dev (webserver + daemon) and runs launched through it
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STATUS = """{ assetNodes { assetKey { path } }
   instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"""
 LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {

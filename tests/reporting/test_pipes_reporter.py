@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # jobs under torchrun reporting through Pipes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRANSFER = REPO / "configs" / "transfer-cpu.yaml"
 
 EXPECTED_KEYS = {

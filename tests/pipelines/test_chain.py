@@ -27,7 +27,7 @@ from pipelines.resources import DvcResource, MlflowResource, ProjectResource, Tr
 
 pytestmark = pytest.mark.slow  # the whole chain through Dagster, torchrun and a killed step
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Big enough to learn in seconds (the evaluation keeps its default gate: top-1 >= 0.53 on 3 classes).
 TINY = dict(
     classes=4,

@@ -21,7 +21,7 @@ from lightning_modules.interop.darknet.weights import count_floats, read_header
 # The cfgs the tests need ship with the package (lightning_modules/interop/darknet/cfgs). The full official set
 # sits in ../shared next to the checkout; only the sweep over all of it and the drift check read it, and
 # they skip without it. VISIONFLOW_SHARED_REFERENCE points at another copy of that darknet folder.
-_DEFAULT_REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "darknet"
+_DEFAULT_REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "darknet"
 REF = Path(os.environ.get("VISIONFLOW_SHARED_REFERENCE") or _DEFAULT_REF)
 CFGS = sorted(REF.rglob("*.cfg")) if REF.is_dir() else []
 NO_REF = f"reference Darknet cfgs not available ({REF})"

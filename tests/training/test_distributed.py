@@ -16,7 +16,7 @@ from lightning_modules.training import distributed as dist
 
 pytestmark = pytest.mark.slow  # torchrun with 2 ranks and 2 simulated nodes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke-classify.yaml"
 TRAIN_SAMPLES = 64  # tiny_prepared_imagenet
 

@@ -314,7 +314,8 @@ def test_seeds_repeat_every_variant_and_the_verdict_uses_the_mean(
     assert record["numbers"]["failed_runs"] == 0 and not record["text"].startswith("INCOMPLETE")
     # The study's own numbers come from the per-epoch mean of the seeds' histories.
     res = _results(out.parent, "dropout")
-    variants = get_study("dropout").variants({"p": [0.0, 0.5]})
+    study = get_study("dropout")
+    variants = study.variants(study.params_for("default", {"p": [0.0, 0.5]}))
     merged = {v.name: v for v in merge(variants, res.variants, [0, 1])}
     assert merged["p0"].curve("train_loss")[-1] == pytest.approx(statistics.fmean(finals))
     assert record["numbers"]["p0.final_train_acc1"] == pytest.approx(
@@ -325,12 +326,15 @@ def test_seeds_repeat_every_variant_and_the_verdict_uses_the_mean(
 def test_seeds_parameter_is_checked():
     from lightning_modules.studies.seeds import expand, seeds_of
 
-    assert seeds_of({}) == [] and seeds_of({"seeds": 3}) == [3]
+    study = get_study("dropout")
+    assert seeds_of(study.params_for("default")) == [] and seeds_of(study.params_for("default", {"seeds": 3})) == [3]
     with pytest.raises(ConfigError, match="repeated"):
-        seeds_of({"seeds": [1, 1]})
-    with pytest.raises(ConfigError, match="integers"):
-        seeds_of({"seeds": ["a"]})
-    v = get_study("dropout").variants({"p": [0.5]})
+        seeds_of(study.params_for("default", {"seeds": [1, 1]}))
+    with pytest.raises(ConfigError, match="study dropout: param seeds.0: Input should be a valid integer"):
+        study.params_for("default", {"seeds": ["a"]})
+    with pytest.raises(ConfigError, match="param p.0: Input should be less than 1"):
+        study.params_for("default", {"p": [1.5]})
+    v = study.variants(study.params_for("default", {"p": [0.5]}))
     assert expand(v, []) == v
     assert [(x.name, x.overrides[-1]) for x in expand(v, [7])] == [("p0.5-s7", "trainer.seed=7")]
 

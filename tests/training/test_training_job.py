@@ -16,7 +16,7 @@ import yaml
 from lightning_modules.config import load_config
 from lightning_modules.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke-classify.yaml"
 
 # Small and fast: 32 px, batch 16, no loader workers, no gradient plots.

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from lightning_modules.steps.specs import TransferReportSpec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _history(values: list[float]) -> list[dict]:

@@ -94,7 +94,7 @@ def test_a_bad_override_fails_in_dagster_before_anything_starts(tmp_path: Path) 
         "launcher": TrainingLauncher(backend="local"),
     }
     config = {
-        "config_file": str(Path(__file__).parents[1] / "configs" / "pretrain-cpu.yaml"),
+        "config_file": str(Path(__file__).parents[2] / "configs" / "pretrain-cpu.yaml"),
         "overrides": ["optim.lr=nan", "trainer.max_epochs=1"],
     }
     with dg.instance_for_test() as instance:

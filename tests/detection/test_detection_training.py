@@ -17,7 +17,7 @@ from lightning_modules.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.slow  # detector training jobs, one under torchrun
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "yolov3-cpu.yaml"
 # A tiny net and input: each job takes seconds.
 TINY = [
