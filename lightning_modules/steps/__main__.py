@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lightning_modules.errors import VisionflowError
+from pydantic import ValidationError
+
+from lightning_modules.errors import ConfigError, VisionflowError
 from lightning_modules.reporting.progress import log_to_stderr
 from lightning_modules.steps.specs import StepSpec
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     log_to_stderr()  # long steps (prep, search) log their progress; Dagster keeps it in the compute logs
     try:
         with _pipes() as pipes:  # an exception inside reaches Dagster through Pipes, with its message
-            spec = spec_cls.model_validate(json.loads(args.spec.read_text()))
+            spec = _read_spec(spec_cls, args.spec)
             step(spec).emit(spec.out_dir, pipes)
     except VisionflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -50,6 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         (args.spec.parent / ERROR_FILE).write_text(str(exc))
         return 2
     return 0
+
+
+def _read_spec(spec_cls: type[StepSpec], path: Path) -> StepSpec:
+    """The spec file as its model; a malformed one (another version's asset wrote it?) names the field."""
+    try:
+        return spec_cls.model_validate(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:  # ValidationError and JSONDecodeError are ValueErrors
+        first = exc.errors()[0] if isinstance(exc, ValidationError) else None
+        why = f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}" if first else str(exc)
+        raise ConfigError(f"{path}: not a valid {spec_cls.__name__} ({why})") from None
 
 
 @contextmanager

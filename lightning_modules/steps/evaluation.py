@@ -22,10 +22,11 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
     from lightning_modules.classification import evaluate as ev  # lazy: torch; every step's process loads this module
 
     data, out, uri, run_id = Path(spec.data), spec.out_dir, spec.tracking_uri, spec.run_id
-    res = ev.evaluate(Path(spec.checkpoint), data, split=spec.split, out_dir=out)
-    floor = accuracy_gate(spec.accuracy_floor, spec.margin_over_chance, len(res["classes"]))
+    cfg = spec.settings
+    res = ev.evaluate(Path(spec.checkpoint), data, split=cfg.split, out_dir=out)
+    floor = accuracy_gate(cfg.accuracy_floor, cfg.margin_over_chance, len(res["classes"]))
     passed_floor, finite = res["top1"] >= floor, not res["nan"]
-    s = spec.split
+    s = cfg.split
     tracking.log_metrics(
         uri, run_id, {f"{s}_acc1": res["top1"], f"{s}_acc5": res["top5"], f"{s}_loss": res["mean_loss"]}
     )
@@ -41,7 +42,7 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
         uri,
         run_id,
         checkpoint=spec.checkpoint,
-        name=spec.model_name,
+        name=cfg.model_name,
         kind="classifier",
         data=data,
         score=res["top1"],
@@ -70,16 +71,17 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
         Check("accuracy_floor", passed_floor, {"top1": res["top1"], "floor": floor, "chance": 1 / len(res["classes"])}),
         Check("no_nan", finite, {"non_finite_logits": res["nan"]}),
     ]
-    return StepReport(metadata, checks, f"model {spec.model_name} v{promo.version}: {d.reason}")
+    return StepReport(metadata, checks, f"model {cfg.model_name} v{promo.version}: {d.reason}")
 
 
 def detection(spec: DetectionEvaluationSpec) -> StepReport:
     from lightning_modules.detection import evaluation as ev  # lazy: torch; every step's process loads this module
 
-    data, out, uri, run_id, s = Path(spec.data), spec.out_dir, spec.tracking_uri, spec.run_id, spec.split
+    cfg = spec.settings
+    data, out, uri, run_id, s = Path(spec.data), spec.out_dir, spec.tracking_uri, spec.run_id, cfg.split
     predictor = ev.load_predictor(spec.checkpoint)
     res = ev.evaluate_predictor(predictor, data, split=s, out_dir=out)
-    passed_floor, finite = res["map_50"] >= spec.map50_floor, not res["nan"]
+    passed_floor, finite = res["map_50"] >= cfg.map50_floor, not res["nan"]
     numbers = {k: float(res[k]) for k in ("map", "map_50", "map_75", "mar_100", "voc07_ap50", "voc10_ap50")}
     tracking.log_metrics(uri, run_id, {f"{s}_{k}": v for k, v in numbers.items()})
     for path in [*res["figure_paths"], out / "metrics.json", out / "gt_coco.json", out / "pred_coco.json"]:
@@ -93,7 +95,7 @@ def detection(spec: DetectionEvaluationSpec) -> StepReport:
         uri,
         run_id,
         checkpoint=spec.checkpoint,
-        name=spec.model_name,
+        name=cfg.model_name,
         kind="detector",
         data=data,
         score=res["map_50"],
@@ -108,7 +110,7 @@ def detection(spec: DetectionEvaluationSpec) -> StepReport:
         **{f"{s}_{k}": round(v, 4) for k, v in numbers.items()},
         "images": res["n"],
         "per_class_ap50": plain({c: round(r["ap50"], 4) for c, r in res["per_class"].items()}),
-        "registered_model": spec.model_name,
+        "registered_model": cfg.model_name,
         "registered_version": promo.version,
         "promoted": d.promoted,
         "promotion": d.reason,
@@ -118,7 +120,7 @@ def detection(spec: DetectionEvaluationSpec) -> StepReport:
         **{Path(f).stem: image(f, Path(f).stem) for f in res["figure_paths"]},
     }
     checks = [
-        Check("map50_floor", passed_floor, {"map_50": res["map_50"], "floor": spec.map50_floor}),
+        Check("map50_floor", passed_floor, {"map_50": res["map_50"], "floor": cfg.map50_floor}),
         Check("no_nan", finite),
     ]
-    return StepReport(metadata, checks, f"model {spec.model_name} v{promo.version}: {d.reason}")
+    return StepReport(metadata, checks, f"model {cfg.model_name} v{promo.version}: {d.reason}")

@@ -16,10 +16,10 @@ from lightning_modules.steps.specs import SearchSpec
 
 
 def hparam_search(spec: SearchSpec) -> StepReport:
-    cfg = load_search_config(spec.search_file)
-    if spec.parallel:
-        cfg.parallel = spec.parallel
-    summary = run_search(cfg, Path(spec.data), spec.out_dir, tracking_uri=spec.tracking_uri)
+    cfg = load_search_config(spec.settings.search_file)
+    if spec.settings.parallel:
+        cfg.parallel = spec.settings.parallel
+    summary = run_search(cfg, Path(spec.settings.data), spec.out_dir, tracking_uri=spec.tracking_uri)
     if summary["best_config"] is None:
         raise VisionflowError(
             f"search {spec.out}: no trial completed ({summary['n_pruned']} pruned, {summary['n_failed']} failed), "

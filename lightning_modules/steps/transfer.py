@@ -10,7 +10,7 @@ from lightning_modules.steps.specs import TransferReportSpec
 
 
 def transfer_report(spec: TransferReportSpec) -> StepReport:
-    gains = report.compare(spec.transfer_history, spec.scratch_history, early=spec.early_epochs)
+    gains = report.compare(spec.transfer_history, spec.scratch_history, early=spec.settings.early_epochs)
     out, uri, run_id = spec.out_dir, spec.tracking_uri, spec.run_id
     out.mkdir(parents=True, exist_ok=True)
     figure = report.plot(

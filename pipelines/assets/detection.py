@@ -5,7 +5,7 @@ its evaluation in the images' own pixels, which registers the detector and promo
 import dagster as dg
 from pydantic import Field
 
-from lightning_modules.steps.specs import DetectionEvaluationSpec
+from lightning_modules.steps.specs import DetectionEvaluationSettings, DetectionEvaluationSpec
 from pipelines.assets.training import (
     ARCHITECTURES,
     RESUMING_RETRY,
@@ -102,10 +102,8 @@ def yolo_detector(
     )
 
 
-class DetectionEvaluationConfig(dg.Config):
-    split: str = Field("val", description="split of prepared_detection to score, in the images' own pixels")
-    map50_floor: float = Field(0.05, description="quality gate: minimum mAP@0.5")
-    model_name: str = Field("visionflow-detector", description="registered model name; the version is appended")
+class DetectionEvaluationConfig(dg.Config, DetectionEvaluationSettings):
+    """The evaluation's settings and quality gate (defined once, in steps/specs.py)."""
 
 
 @dg.asset(
@@ -139,9 +137,9 @@ def detection_evaluation(
         mlflow_ui=mlflow.ui_url,
         checkpoint=trained["best_checkpoint"],
         data=str(data),
-        split=config.split,
-        model_name=f"{config.model_name}-{version}",
-        map50_floor=config.map50_floor,
+        settings=DetectionEvaluationSettings.model_validate(
+            {**config.model_dump(), "model_name": f"{config.model_name}-{version}"}
+        ),
     )
     return launcher.run_step(context, "detection_evaluation", spec, metadata=trained.lineage_metadata())
 

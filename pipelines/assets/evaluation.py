@@ -7,9 +7,13 @@ compute is; the step reports metadata and checks back through Pipes.
 """
 
 import dagster as dg
-from pydantic import Field
 
-from lightning_modules.steps.specs import ClassificationEvaluationSpec, TransferReportSpec
+from lightning_modules.steps.specs import (
+    ClassificationEvaluationSettings,
+    ClassificationEvaluationSpec,
+    TransferReportSettings,
+    TransferReportSpec,
+)
 from pipelines.assets.training import scratch_baseline, transfer_finetuned
 from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
 from pipelines.upstream import upstream
@@ -17,8 +21,8 @@ from pipelines.upstream import upstream
 GROUP = "evaluation"
 
 
-class ReportConfig(dg.Config):
-    early_epochs: int = Field(3, description="the slope is the mean gain per epoch over this many first epochs")
+class ReportConfig(dg.Config, TransferReportSettings):
+    """The report's settings (defined once, in steps/specs.py)."""
 
 
 @dg.asset(
@@ -46,7 +50,7 @@ def transfer_report(
         mlflow_ui=mlflow.ui_url,
         transfer_history=t["history"],
         scratch_history=s["history"],
-        early_epochs=config.early_epochs,
+        settings=TransferReportSettings.model_validate(config.model_dump()),
     )
     links = {
         "transfer_run": dg.MetadataValue.url(mlflow.run_url(t["mlflow_run_id"])),
@@ -57,16 +61,8 @@ def transfer_report(
     return launcher.run_step(context, "transfer_report", spec, metadata=links)
 
 
-class EvaluationConfig(dg.Config):
-    split: str = Field("test", description="held-out split of prepared_transfer; never used for model selection")
-    # The default chain measured 0.56 test top-1 on its 5 classes; from scratch, 0.22 (chance 0.20).
-    accuracy_floor: float = Field(
-        0.4,
-        description="quality gate: minimum top-1 on the held-out split (the default "
-        "chain measures 0.56; a model that learned nothing stays near chance)",
-    )
-    margin_over_chance: float = Field(0.2, description="the gate is also at least chance (1/classes) + this margin")
-    model_name: str = Field("visionflow-classifier", description="registered model name in MLflow")
+class EvaluationConfig(dg.Config, ClassificationEvaluationSettings):
+    """The evaluation's settings and quality gate (defined once, in steps/specs.py)."""
 
 
 @dg.asset(
@@ -98,10 +94,7 @@ def classification_evaluation(
         mlflow_ui=mlflow.ui_url,
         checkpoint=trained["best_checkpoint"],
         data=str(data),
-        split=config.split,
-        model_name=config.model_name,
-        accuracy_floor=config.accuracy_floor,
-        margin_over_chance=config.margin_over_chance,
+        settings=ClassificationEvaluationSettings.model_validate(config.model_dump()),
     )
     return launcher.run_step(context, "classification_evaluation", spec, metadata=trained.lineage_metadata())
 

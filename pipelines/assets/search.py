@@ -4,22 +4,16 @@ that `pretrained_backbone` takes as an overlay (`extra_config_files`).
 """
 
 import dagster as dg
-from pydantic import Field
 
 from lightning_modules.search.results import BEST_FILE
-from lightning_modules.steps.specs import SearchSpec
+from lightning_modules.steps.specs import SearchSettings, SearchSpec
 from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
 
 GROUP = "studies"
 
 
-class SearchConfig(dg.Config):
-    search_file: str = Field(
-        "configs/search-cpu.yaml",
-        description="search YAML (space, sampler, pruner, budget), relative to the project root",
-    )
-    data: str = Field("imagenet", description="prepared set to search on (prepared/<data>)")
-    parallel: int = Field(0, description="trials at once; 0 = the search file's `parallel`")
+class SearchConfig(dg.Config, SearchSettings):
+    """The search's settings (defined once, in steps/specs.py)."""
 
 
 @dg.asset(
@@ -40,9 +34,11 @@ def hparam_search(
     # The whole search is one step: Optuna and its trials (child processes) run where the step runs.
     spec = SearchSpec(
         out=str(project.run_dir(context)),
-        search_file=str(project.path / config.search_file),
-        data=str(project.prepared(config.data)),
-        parallel=config.parallel,
+        settings=SearchSettings(
+            search_file=str(project.path / config.search_file),
+            data=str(project.prepared(config.data)),
+            parallel=config.parallel,
+        ),
         tracking_uri=mlflow.uri(),
         best_file=str(project.path / "runs" / "hparam_search" / BEST_FILE),
         mlflow_ui=mlflow.ui_url,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from lightning_modules.steps.specs import TransferReportSpec
+from lightning_modules.steps.specs import TransferReportSettings, TransferReportSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def test_transfer_report_step_reports_to_its_folder_and_mlflow(tmp_path: Path, m
         run_id=run_id,
         transfer_history=_history([0.4, 0.6, 0.7, 0.72]),
         scratch_history=_history([0.2, 0.25, 0.3, 0.35]),
-        early_epochs=2,
+        settings=TransferReportSettings(early_epochs=2),
     )
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     done = _run("transfer_report", tmp_path / "spec.json")
@@ -57,9 +57,19 @@ def test_a_failing_step_names_its_error(tmp_path: Path, mlflow_uri: str) -> None
         "run_id": "x",
         "checkpoint": str(tmp_path / "no.ckpt"),
         "data": str(tmp_path),
-        "model_name": "m",
+        "settings": {"model_name": "m"},
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     done = _run("classification_evaluation", tmp_path / "spec.json")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "no.ckpt: checkpoint not found" in (tmp_path / "step_error.txt").read_text()
+
+
+def test_a_malformed_spec_names_the_field(tmp_path: Path) -> None:
+    spec = {"out": str(tmp_path / "out"), "tracking_uri": "sqlite:///x.db", "run_id": "r"}
+    spec |= {"transfer_history": [], "scratch_history": [], "settings": {"early_epochs": 0}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    done = _run("transfer_report", tmp_path / "spec.json")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    error = (tmp_path / "step_error.txt").read_text()
+    assert "not a valid TransferReportSpec (settings.early_epochs: Input should be greater than or equal to 1)" in error
