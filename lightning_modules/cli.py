@@ -33,6 +33,7 @@ def _synth(a: argparse.Namespace) -> None:
         transfer_val_per_class=a.transfer_val_per_class,
         det_train=a.det_train,
         det_val=a.det_val,
+        det_test=a.det_test,
         seed=a.seed,
         workers=a.workers,
         transfer_test_per_class=a.transfer_test_per_class,
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--det-train", type=int, default=64)
     s.add_argument("--det-val", type=int, default=16)
+    s.add_argument("--det-test", type=int, default=150, help="held-out detection test images (images/test; 0: none)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(fn=_synth)

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from lightning_modules.config_messages import check_keys, message
 from lightning_modules.errors import ConfigError
 
 
@@ -139,6 +140,9 @@ class LossConfig(Section):
 
 class TrainerConfig(Section):
     max_epochs: Annotated[Int, Positive] = 10
+    # A wall-clock budget for the fit, "DD:HH:MM:SS" (Lightning's max_time): the run stops when it is
+    # spent, and the LR schedule is re-planned to the steps that fit once the first epoch shows the pace.
+    max_time: Annotated[str, Field(pattern=r"^\d{2}:\d{2}:\d{2}:\d{2}$")] | None = None
     devices: Annotated[Int, Positive] = 1
     num_nodes: Annotated[Int, Positive] = 1
     accelerator: Literal["cpu", "gpu", "cuda", "auto"] = "cpu"
@@ -232,6 +236,11 @@ class JobConfig(Section):
             raise ValueError(
                 f"optim.freeze_body_epochs={self.optim.freeze_body_epochs} must be in [0, trainer.max_epochs={epochs}]"
             )
+        if self.trainer.max_time and self.optim.schedule == "onecycle":
+            raise ValueError(
+                "trainer.max_time needs optim.schedule cosine, step or constant: onecycle fixes its length "
+                "when it starts, so it cannot follow the steps a time budget allows"
+            )
         size = self.data.image_size
         if self.task == "detection" and size is not None and size % 32:
             raise ValueError(f"data.image_size={size} must be a multiple of 32 for detection")
@@ -259,7 +268,7 @@ def load_config(paths: str | Path | list[str | Path], overrides: list[str] | Non
     for path in paths:
         path = Path(path)
         loaded = read_yaml_mapping(path, "config file", "a mapping of sections")
-        _check_keys(loaded, JobConfig, str(path))
+        check_keys(loaded, JobConfig, str(path))
         _merge(data, loaded)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
@@ -268,7 +277,7 @@ def load_config(paths: str | Path | list[str | Path], overrides: list[str] | Non
         nested: Any = yaml.safe_load(raw) if raw != "" else None
         for part in reversed(key.split(".")):
             nested = {part: nested}
-        _check_keys(nested, JobConfig, "--set")
+        check_keys(nested, JobConfig, "--set")
         _merge(data, nested)
     source = ", ".join(str(p) for p in paths) + (" + --set" if overrides else "")
     return from_dict(data, source=source)
@@ -279,7 +288,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> JobConfig:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_message(exc, data, source)) from None
+        raise ConfigError(message(exc, data, source, JobConfig)) from None
 
 
 def to_dict(cfg: JobConfig) -> dict[str, Any]:
@@ -318,82 +327,3 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
             _merge(into[k], v)
         else:
             into[k] = v
-
-
-def _section_of(field: Any) -> type[Section] | None:
-    cls = field.annotation
-    return cls if isinstance(cls, type) and issubclass(cls, Section) else None
-
-
-def _unknown(key: str, section: type[Section], source: str) -> ConfigError:
-    known = ", ".join(section.model_fields)
-    return ConfigError(f"{source}: unknown key '{key}' (known in this section: {known})")
-
-
-def _check_keys(data: dict[str, Any], cls: type[Section], source: str, prefix: str = "") -> None:
-    """Key names only, per file, so that a typo names the file it is in (values are checked once merged)."""
-    for key, value in data.items():
-        if key not in cls.model_fields:
-            raise _unknown(f"{prefix}{key}", cls, source)
-        sub = _section_of(cls.model_fields[key])
-        if sub is not None:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: '{prefix}{key}' must be a mapping of {sub.__name__} fields")
-            _check_keys(value, sub, source, f"{prefix}{key}.")
-
-
-_PROBLEMS = {
-    "int_type": "must be an integer",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "bool_type": "must be true or false",
-    "string_type": "must be a string",
-    "dict_type": "must be a mapping",
-    "list_type": "must be a list",
-    "finite_number": "must be a finite number",
-    "greater_than": "must be > {gt}",
-    "greater_than_equal": "must be >= {ge}",
-    "less_than": "must be < {lt}",
-    "less_than_equal": "must be <= {le}",
-    "literal_error": "is not one of {expected}",
-}
-
-
-def _message(exc: ValidationError, data: dict[str, Any], source: str) -> str:
-    """The first error as `{source}: {dotted.key}={value!r} {problem}`."""
-    errors = exc.errors()
-    first = errors[0]
-    if first["type"] == "value_error":  # a cross-field rule: its message names the keys
-        return f"{source}: {first['ctx']['error']}"
-    name, value = _locate(first["loc"], data)
-    if first["type"] == "extra_forbidden":
-        section: type[Section] = JobConfig
-        for part in first["loc"][:-1]:
-            section = _section_of(section.model_fields[str(part)]) or section
-        return str(_unknown(name, section, source))
-    # One key failing several ways is a union (`limit_train_batches: float | int | None`): name them all.
-    problems = [_problem(e) for e in errors if _locate(e["loc"], data)[0] == name]
-    problem = " or ".join(dict.fromkeys(problems)).replace(" or must be ", " or ")
-    if first["type"] == "finite_number":
-        value = float(value)  # "nan" from YAML is a string
-    return f"{source}: {name}={value!r} {problem}"
-
-
-def _problem(error: Any) -> str:
-    template = _PROBLEMS.get(error["type"])
-    if template is None:
-        return error["msg"].replace("Input should", "should")
-    return template.format(**error.get("ctx", {}))
-
-
-def _locate(loc: tuple[int | str, ...], data: Any) -> tuple[str, Any]:
-    """The dotted key and the value given for it at a pydantic error location (union member tags dropped)."""
-    name, value = "", data
-    for part in loc:
-        if isinstance(value, dict) and part in value:
-            name, value = f"{name}.{part}" if name else str(part), value[part]
-        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
-            name, value = f"{name}[{part}]", value[part]
-        else:
-            break
-    return name, value

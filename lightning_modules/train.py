@@ -225,6 +225,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         history=not fast,
         monitor=task.monitor,
         mode=task.mode,
+        time_budget=bool(t.max_time),
     )
     # task callbacks; a search trial's pruning (report val loss, stop when pruned); the MLflow run
     callbacks += [*task.callbacks(cfg), *pruning_callbacks(run_dir), mlflow]

@@ -36,6 +36,7 @@ def tiny_raw_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         transfer_test_per_class=10,
         det_train=4,
         det_val=2,
+        det_test=2,
         seed=0,
     )
     return out

@@ -25,7 +25,7 @@ def test_unknown_key_names_the_file_it_is_in_and_the_known_keys(base: Path, tmp_
         load_config([base, overlay])
     message = str(info.value)
     assert message.startswith(f"{overlay}: unknown key 'trainer.epochs'") and str(base) not in message
-    assert "known in this section: max_epochs, devices" in message
+    assert "known in this section: max_epochs, max_time, devices" in message
     with pytest.raises(ConfigError, match=r"^<dict>: unknown key 'model\.nme' \(known in this section: name,"):
         from_dict({"model": {"nme": "vgg16"}})
 

@@ -17,22 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from lightning_modules.data import synth_draw
 from lightning_modules.data.staging import staged_output
 from lightning_modules.data.synth_classes import (
-    DETECTION_SHAPES,
     IMAGENET_SHAPES,
     TRANSFER_SHAPES,
     ClassSpec,
     make_classes,
     make_wnids,
 )
+from lightning_modules.data.synth_detection import write_detection
 from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.reporting.progress import track
 
 SUMMARY_FILE = "synth.json"  # marks `out` as generated, so a rerun may replace it
+# Bumped when the default embedded data changes (2: a held-out detection test split), so `make run`
+# regenerates data it generated with an older version (bootstrap.ensure_default_data).
+GENERATOR_VERSION = 2
 SETS = ("imagenet", "transfer", "detection")
 # Stream ids for the per-image generators; never renumber (it would change every image).
 _SET_ID = {
@@ -44,10 +46,10 @@ _SET_ID = {
     "detection/val": 6,
     "transfer/test": 7,
     "imagenet/test": 8,
+    "detection/test": 9,
 }
 _CATALOGUE_ID = {"imagenet": 100, "wnids": 101, "transfer": 102, "val_order": 103, "dirt": 104, "background": 105}
 DIRT_KINDS = ("grayscale", "cmyk", "png")
-JPEG_QUALITY = 90
 
 
 def synthesize(
@@ -61,6 +63,7 @@ def synthesize(
     transfer_val_per_class: int = 20,
     det_train: int = 64,
     det_val: int = 16,
+    det_test: int = 150,
     seed: int = 0,
     workers: int = 1,
     transfer_test_per_class: int = 20,
@@ -68,7 +71,8 @@ def synthesize(
 ) -> dict:
     """Write `out/imagenet`, `out/transfer`, `out/detection` and `out/synth.json`; return the summary.
 
-    Held-out test splits (never used for model selection) go to `transfer/test/<class>/` and, when
+    Held-out test splits (never used for model selection) go to `transfer/test/<class>/`,
+    `detection/images/test/` (with its labels, `test:` in data.yaml and instances_test.json) and, when
     test_per_class > 0, `imagenet/test/<wnid>/`. They come from their own random streams, so the
     train/val images of a seed are the same bytes with or without them.
     """
@@ -86,6 +90,7 @@ def synthesize(
         val_per_class=val_per_class,
         transfer_val_per_class=transfer_val_per_class,
         det_val=det_val,
+        det_test=det_test,
         seed=seed,
         transfer_test_per_class=transfer_test_per_class,
         test_per_class=test_per_class,
@@ -102,6 +107,7 @@ def synthesize(
         pool = stack.enter_context(_pool(workers)) if workers > 1 else None
         run = partial(_run, pool=pool, seed=seed, workers=workers)
         summary = {
+            "generator": GENERATOR_VERSION,
             "seed": seed,
             "imagenet": _write_imagenet(
                 dirs["imagenet"], specs, wnids, per_class, val_per_class, seed, run, test_per_class
@@ -109,7 +115,13 @@ def synthesize(
             "transfer": _write_transfer(
                 dirs["transfer"], t_specs, transfer_per_class, transfer_val_per_class, run, transfer_test_per_class
             ),
-            "detection": _write_detection(dirs["detection"], {"train": det_train, "val": det_val}, seed, run),
+            "detection": write_detection(
+                dirs["detection"],
+                {"train": det_train, "val": det_val, "test": det_test},
+                {s: _SET_ID[f"detection/{s}"] for s in ("train", "val", "test")},
+                lambda set_id: _rng(seed, "background", set_id),
+                run,
+            ),
             "classes": [{"wnid": w, "name": s.name} for w, s in zip(wnids, specs, strict=True)],
             "transfer_classes": [s.folder for s in t_specs],
         }
@@ -192,13 +204,13 @@ def _pick_dirt(n: int, rng: np.random.Generator, *, guarantee: bool) -> list[str
 
 def _save(img, path: Path, dirt: str | None = None) -> None:
     if dirt == "grayscale":
-        img.convert("L").save(path, "JPEG", quality=JPEG_QUALITY)
+        img.convert("L").save(path, "JPEG", quality=synth_draw.JPEG_QUALITY)
     elif dirt == "cmyk":
-        img.convert("CMYK").save(path, "JPEG", quality=JPEG_QUALITY)
+        img.convert("CMYK").save(path, "JPEG", quality=synth_draw.JPEG_QUALITY)
     elif dirt == "png":
         img.save(path, "PNG")
     else:
-        img.save(path, "JPEG", quality=JPEG_QUALITY)
+        img.save(path, "JPEG", quality=synth_draw.JPEG_QUALITY)
 
 
 def _render_classification(task: tuple, *, seed: int) -> tuple[int, int, int, int]:
@@ -298,98 +310,3 @@ def _write_class_folders(
             tasks.append((_SET_ID[set_name], c * n + k, str(folder / name(folder_name, k)), spec, None))
     run(tasks, f"synth {set_name}", _render_classification, total=len(tasks))
     return len(tasks)
-
-
-# --- detection set ----------------------------------------------------------------------------
-
-
-def _render_detection(task: tuple, *, seed: int) -> tuple[int, int, list]:
-    """Worker: draw one scene, save image and YOLO label file; return (width, height, [(cls, box)])."""
-    set_id, index, img_path, label_path, label_mode = task
-    rng = np.random.default_rng([seed, set_id, index])
-    n = 0 if label_mode != "objects" else int(rng.integers(1, 7))
-    img, labels = synth_draw.detection_image(n, DETECTION_SHAPES, rng)
-    _save(img, Path(img_path))
-    w, h = img.size
-    if label_mode != "missing":
-        lines = [
-            f"{c} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} "
-            f"{(b[3] - b[1]) / h:.6f}\n"
-            for c, b in labels
-        ]
-        Path(label_path).write_text("".join(lines))
-    return w, h, labels
-
-
-def _background_modes(n: int, rng: np.random.Generator) -> list[str]:
-    """~10% background images (>= 2 when n >= 4): one or two without a label file, the rest empty."""
-    modes = ["objects"] * n
-    if n < 4:
-        return modes
-    n_bg = max(2, round(0.1 * n))
-    for j, i in enumerate(rng.choice(n, size=n_bg, replace=False)):
-        modes[int(i)] = "missing" if j < (1 if n_bg == 2 else 2) else "empty"
-    return modes
-
-
-def _write_detection(root: Path, sizes: dict[str, int], seed: int, run: Callable) -> dict:
-    names = list(DETECTION_SHAPES)
-    summary: dict[str, Any] = {"nc": len(names), "names": names}
-    for split, n in sizes.items():
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
-        modes = _background_modes(n, _rng(seed, "background", _SET_ID[f"detection/{split}"]))
-        stems = [f"{split}_{i + 1:05d}" for i in range(n)]
-        tasks = [
-            (
-                _SET_ID[f"detection/{split}"],
-                i,
-                str(root / "images" / split / f"{stems[i]}.jpg"),
-                str(root / "labels" / split / f"{stems[i]}.txt"),
-                modes[i],
-            )
-            for i in range(n)
-        ]
-        results = run(tasks, f"synth detection/{split}", _render_detection, total=len(tasks))
-        _write_coco(root / "annotations" / f"instances_{split}.json", stems, results, names)
-        summary[split] = {
-            "images": n,
-            "boxes": sum(len(r[2]) for r in results),
-            "background": sum(m != "objects" for m in modes),
-            "missing_label_files": sum(m == "missing" for m in modes),
-        }
-    (root / "data.yaml").write_text(
-        yaml.safe_dump(
-            {"path": ".", "train": "images/train", "val": "images/val", "nc": len(names), "names": names},
-            sort_keys=False,
-            default_flow_style=None,
-        )
-    )
-    return summary
-
-
-def _write_coco(path: Path, stems: list[str], results: list, names: list[str]) -> None:
-    """COCO instances json; category id = YOLO class + 1, bbox = [x, y, w, h] in pixels."""
-    images, annotations = [], []
-    for image_id, (stem, (w, h, labels)) in enumerate(zip(stems, results, strict=True), start=1):
-        images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": w, "height": h})
-        for cls, (x1, y1, x2, y2) in labels:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": cls + 1,
-                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                    "area": float((x2 - x1) * (y2 - y1)),
-                    "iscrowd": 0,
-                }
-            )
-    coco = {
-        "info": {"description": "visionflow synthetic detection set", "version": "1"},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(names)],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(coco))

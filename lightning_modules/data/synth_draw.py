@@ -19,6 +19,9 @@ Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive
 # --- shapes: unit coordinates, centre (0, 0), extent [-1, 1] --------------------------------------
 
 
+JPEG_QUALITY = 90  # every generated JPEG (classification and detection sets)
+
+
 def _regular(k: int, r: float = 1.0, phase: float = -math.pi / 2) -> list[tuple[float, float]]:
     return [(r * math.cos(phase + 2 * math.pi * i / k), r * math.sin(phase + 2 * math.pi * i / k)) for i in range(k)]
 

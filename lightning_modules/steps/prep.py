@@ -61,6 +61,8 @@ def detection(spec: DetectionPrepSpec) -> StepReport:
         "data_version": m.get("data_version") or spec.source_data_version or "untracked",
         "classes": typed(m["classes"], "json"),
         "images": sum(c["images"] for c in counts.values()),
+        **{f"{split}_images": c["images"] for split, c in counts.items()},
+        "counts": typed(counts, "json"),
         "boxes": boxes,
         "background_images": sum(c["background"] for c in counts.values()),
         "rejected_labels": markdown_table(m["rejected"], ["path", "line", "reason"]),

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
 from torch import nn
 
 from lightning_modules.errors import VisionflowError
@@ -263,6 +263,52 @@ class EpochHistory(L.Callback):
         tmp.replace(self.path)
 
 
+class TimeBudget(L.Callback):
+    """With trainer.max_time, fit the LR schedule to the time: after each of the first epochs the pace
+    (steps per second, validation included) gives the steps that fit in what is left of the budget, and
+    the schedule's plan (optim.StepPlan) is cut to them, so the cosine reaches its floor when the time
+    runs out (as Ultralytics' `time=` re-plans its epochs). Lightning's own Timer stops the run."""
+
+    def __init__(self, replan_epochs: int = 3) -> None:
+        self.replan_epochs = replan_epochs
+        self.planned_total: int | None = None  # kept in checkpoints: a resumed run keeps its plan
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        plan = getattr(pl_module, "step_plan", None)
+        if plan is not None and self.planned_total is not None:
+            plan.total = self.planned_total
+        self._epochs_seen = 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        plan, timer = getattr(pl_module, "step_plan", None), _timer(trainer)
+        if plan is None or timer is None or self._epochs_seen >= self.replan_epochs:
+            return
+        self._epochs_seen += 1
+        elapsed, left = timer.time_elapsed("train"), timer.time_remaining("train")
+        steps = trainer.global_step
+        if steps <= 0 or elapsed <= 0 or left is None:
+            return
+        fits = steps + int(left * steps / elapsed)
+        plan.total = self.planned_total = max(steps + 1, min(plan.total, fits))
+        log.info(
+            "time budget: %.0f s left at %.2f steps/s: the schedule now ends at step %d",
+            left,
+            steps / elapsed,
+            plan.total,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"planned_total": self.planned_total}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.planned_total = state_dict.get("planned_total")
+
+
+def _timer(trainer: L.Trainer) -> Timer | None:
+    """Lightning's Timer callback, which Trainer(max_time=...) adds."""
+    return next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+
+
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
 
@@ -310,8 +356,11 @@ def standard_callbacks(
     history: bool = True,
     monitor: str = "val/loss",
     mode: str = "min",
+    time_budget: bool = False,
 ) -> list[L.Callback]:
     cbs: list[L.Callback] = checkpoint_callbacks(run_dir, checkpoint_every_n_steps, monitor, mode)
+    if time_budget:
+        cbs.append(TimeBudget())
     cbs.append(LearningRateMonitor(logging_interval="step"))
     if early_stopping_patience:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=early_stopping_patience))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -62,8 +63,17 @@ def _decay_groups(model: nn.Module, weight_decay: float, skip: set[int] | None =
     return groups
 
 
-def lr_lambda(schedule: str, total_steps: int, steps_per_epoch: float, optim: OptimConfig):
+@dataclass
+class StepPlan:
+    """How many optimizer steps the schedule spans. A time budget (trainer.max_time) lowers `total` to
+    the steps that fit once it knows the pace (callbacks.TimeBudget); the schedule reads it every step."""
+
+    total: int
+
+
+def lr_lambda(schedule: str, total_steps: int | StepPlan, steps_per_epoch: float, optim: OptimConfig):
     """Per-step LR multiplier for the cosine (with linear warmup), step and constant schedules."""
+    plan = total_steps if isinstance(total_steps, StepPlan) else StepPlan(total_steps)
     warmup = int(round(optim.warmup_epochs * steps_per_epoch))
     floor = optim.min_lr_ratio
 
@@ -71,7 +81,7 @@ def lr_lambda(schedule: str, total_steps: int, steps_per_epoch: float, optim: Op
         if step < warmup:
             return (step + 1) / warmup
         if schedule == "cosine":
-            progress = (step - warmup) / max(1, total_steps - warmup)
+            progress = (step - warmup) / max(1, plan.total - warmup)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         if schedule == "step":
             epoch = int(step // max(1.0, steps_per_epoch))
@@ -111,7 +121,8 @@ def configure_optimization(pl_module, model: nn.Module, o: OptimConfig, lr: floa
     elif schedule == "onecycle":  # a single step has no cycle: that step runs at the peak LR
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, total, total / epochs, o))
+        pl_module.step_plan = plan = StepPlan(total)  # a time budget may shorten it (callbacks.TimeBudget)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, plan, total / epochs, o))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -49,6 +49,7 @@ def build_trainer(
         strategy=strategy(world, find_unused=cfg.optim.freeze_body_epochs > 0),
         precision=t.precision,
         max_epochs=t.max_epochs,
+        max_time=t.max_time,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
         limit_train_batches=t.limit_train_batches,

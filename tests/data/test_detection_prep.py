@@ -343,6 +343,7 @@ def test_synthetic_detection_set_preps_the_same_from_yolo_and_coco(tmp_path):
         transfer_val_per_class=1,
         det_train=12,
         det_val=4,
+        det_test=3,
     )
     src = tmp_path / "raw" / "detection"
     y = prep_detection(src, tmp_path / "py")

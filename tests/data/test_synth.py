@@ -25,6 +25,7 @@ TINY = dict(
     transfer_val_per_class=1,
     det_train=6,
     det_val=4,
+    det_test=3,
 )
 
 
@@ -121,15 +122,22 @@ def test_transfer_is_an_imagefolder_with_other_classes(data):
 
 def test_test_splits_come_from_their_own_streams(tmp_path):
     """Held-out test images never change the train/val images of a seed (nor each other's counts)."""
-    synthesize(tmp_path / "without", **{**TINY, "det_train": 4, "det_val": 2}, transfer_test_per_class=0)
+    small = {**TINY, "det_train": 4, "det_val": 2}
+    synthesize(tmp_path / "without", **{**small, "det_test": 0}, transfer_test_per_class=0)
     without = _files(tmp_path / "without")
-    summary = synthesize(
-        tmp_path / "with", **{**TINY, "det_train": 4, "det_val": 2}, transfer_test_per_class=3, test_per_class=2
-    )
+    summary = synthesize(tmp_path / "with", **{**small, "det_test": 3}, transfer_test_per_class=3, test_per_class=2)
     with_test = _files(tmp_path / "with")
-    test_keys = {k for k in with_test if "/test/" in k}
-    assert {k for k in with_test if k not in test_keys and k != "synth.json"} == set(without) - {"synth.json"}
-    assert all(with_test[k] == without[k] for k in without if k != "synth.json")
+    # What a test split adds: its images and labels, COCO's instances_test.json, `test:` in data.yaml.
+    test_keys = {k for k in with_test if "/test/" in k or k.endswith("instances_test.json")}
+    described = {"synth.json", "detection/data.yaml"}
+    assert {k for k in with_test if k not in test_keys | described} == set(without) - described
+    assert all(with_test[k] == without[k] for k in without if k not in described)
+    assert summary["detection"]["test"]["images"] == 3
+    assert len([k for k in test_keys if k.startswith("detection/images/test/")]) == 3
+    data_yaml = yaml.safe_load((tmp_path / "with/detection/data.yaml").read_text())
+    assert data_yaml["test"] == "images/test" and "test" not in yaml.safe_load(
+        (tmp_path / "without/detection/data.yaml").read_text()
+    )
     assert summary["transfer"]["test"] == 2 * 3 and summary["imagenet"]["test"] == 3 * 2
     transfer_test = sorted(p.name for p in (tmp_path / "with/transfer/test").iterdir())
     assert transfer_test == sorted(summary["transfer_classes"])
@@ -156,10 +164,11 @@ def test_detection_yolo_and_coco_agree(data):
         "path": ".",
         "train": "images/train",
         "val": "images/val",
+        "test": "images/test",
         "nc": 5,
         "names": ["disk", "square", "triangle", "star", "cross"],
     }
-    for split, n in (("train", 6), ("val", 4)):
+    for split, n in (("train", 6), ("val", 4), ("test", 3)):
         images = sorted((root / "images" / split).glob("*.jpg"))
         assert len(images) == n
         coco = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
@@ -244,3 +253,17 @@ def test_a_thousand_classes_stay_distinct():
     # Small sets reuse few colours, so colour alone cannot tell classes apart.
     few = make_classes(10, IMAGENET_SHAPES, np.random.default_rng(0))
     assert len({c for s in few for c in s.colours}) <= 5
+
+
+def test_make_run_regenerates_only_data_it_generated_with_an_older_version(tmp_path):
+    from lightning_modules.data import bootstrap
+
+    ours = tmp_path / "ours"
+    synthesize(ours, **TINY)
+    assert not bootstrap._outdated(ours)
+    summary = json.loads((ours / "synth.json").read_text())
+    (ours / "synth.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "generator"}))
+    assert bootstrap._outdated(ours)  # generated before the test split existed
+    users = tmp_path / "users"
+    (users / "imagenet").mkdir(parents=True)
+    assert not bootstrap._outdated(users)  # no synth.json: a user's data, never replaced

@@ -39,6 +39,7 @@ TINY = dict(
     transfer_test_per_class=8,
     det_train=8,
     det_val=4,
+    det_test=4,
 )
 SMALL_NET = ["data.image_size=32", "model.width=0.25", "data.batch_size=16", "data.num_workers=0"]
 PREP = {"config": {"image_size": 32, "workers": 1}}
@@ -198,11 +199,15 @@ def test_detection_stage_trains_on_the_pretrained_backbone_and_registers(chain) 
     trained, evaluated = _meta(det, "yolo_detector"), _meta(det, "detection_evaluation")
     assert len(trained["history"]) == 2 and "val_map_50" in trained["history"][0]
     assert trained["pr_curves"].startswith("![pr_curves](data:image/png;base64,")
-    assert {"val_map", "val_map_50", "val_voc07_ap50", "registered_version", "promoted"} <= set(evaluated)
+    # Scored on the held-out test split (selection only ever saw val).
+    assert {"test_map", "test_map_50", "test_map_75", "test_voc07_ap50", "registered_version", "promoted"} <= set(
+        evaluated
+    )
+    assert evaluated["images"] == TINY["det_test"]
     assert evaluated["registered_model"] == "visionflow-detector-yolov3"
     # The default floor, not lowered: 2 epochs on 8 images may or may not clear it, but the gate and the
     # promotion must agree with the number (learning itself is asserted in test_learning.py).
-    passed = evaluated["val_map_50"] >= 0.05
+    passed = evaluated["test_map_50"] >= 0.035
     assert _checks(det, "detection_evaluation") == {"map50_floor": passed, "no_nan": True}
     assert evaluated["promoted"] is passed
     assert det.success is passed  # a failed blocking gate fails the run

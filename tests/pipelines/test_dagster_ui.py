@@ -85,6 +85,7 @@ def dagster_dev(tmp_path_factory):
         transfer_val_per_class=2,
         det_train=12,
         det_val=4,
+        det_test=4,
         seed=1,
     )
     versioning.init(project, str(project / "remote"))

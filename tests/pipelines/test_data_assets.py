@@ -23,6 +23,7 @@ TINY = dict(
     transfer_val_per_class=2,
     det_train=16,
     det_val=6,
+    det_test=4,
 )
 CLS_CONFIG = {"image_size": 32, "workers": 2}
 
@@ -75,6 +76,9 @@ def test_data_stage_materializes_with_checks_passing(project: Path) -> None:
     )
     det = mats["prepared_detection"]
     assert det["boxes"].value > 0 and det["background_images"].value > 0
+    # The held-out test split is kept, counted on its own and written as test.json.
+    assert det["test_images"].value == TINY["det_test"] and det["counts"].value["test"]["images"] == TINY["det_test"]
+    assert len(json.loads((project / "prepared" / "detection" / "test.json").read_text())) == TINY["det_test"]
     assert len(json.loads((project / "prepared" / "detection" / "manifest.json").read_text())["anchors"]["v3"]) == 9
 
 

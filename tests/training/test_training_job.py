@@ -350,3 +350,37 @@ def test_sigkill_mid_epoch_then_rerun_resumes_into_the_same_mlflow_run(
     assert [r["epoch"] for r in result["history"]] == list(range(1, epochs + 1))
     assert all(r[k] is not None for r in result["history"] for k in ("val_loss", "val_acc1", "lr"))
     print(f"killed at global step {killed_at} (mid-epoch: {killed_at % steps != 0})")
+
+
+@pytest.mark.slow  # trains until a 5-second budget is spent
+def test_max_time_stops_the_run_and_fits_the_schedule_to_it(
+    tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
+    """With trainer.max_time the run ends when the budget is spent (not at max_epochs), and the cosine
+    schedule, first planned over max_epochs, is re-planned to the steps that fit: it ends near its floor."""
+    out = tmp_path / "run"
+    sets = [
+        "data.num_workers=0",
+        "trainer.max_epochs=100000",  # never reached: the time budget ends the run
+        "trainer.max_time=00:00:00:05",
+        "optim.schedule=cosine",
+        "optim.warmup_epochs=0",
+        "optim.min_lr_ratio=0.1",
+        "trainer.grad_monitor_every_n_steps=0",
+        f"tracking.tracking_uri={mlflow_uri}",
+    ]
+    assert _train(SMOKE, tiny_prepared_imagenet, out, *sets) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "finished" and 2 <= result["epochs"] < 100000
+    lrs = [row["lr"] for row in result["history"]]
+    # Planned over 100,000 epochs the LR would still be at its peak (0.003); re-planned, it anneals to
+    # within reach of the floor (0.0003) by the time the budget runs out.
+    assert lrs[0] > 0.002 and lrs[-1] < 0.5 * 0.003, lrs
+
+
+def test_max_time_is_checked_with_the_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"trainer\.max_time"):
+        load_config(SMOKE, ["trainer.max_time=4 minutes"])
+    with pytest.raises(ConfigError, match="onecycle"):
+        load_config(SMOKE, ["trainer.max_time=00:00:04:00"])  # the smoke config's schedule is onecycle
+    assert load_config(SMOKE, ["trainer.max_time=00:00:04:00", "optim.schedule=cosine"]).trainer.max_time
