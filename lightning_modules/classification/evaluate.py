@@ -132,6 +132,7 @@ def evaluate_module(
     k = info.num_classes
     confusion = torch.zeros(k, k, dtype=torch.long)
     top5_hits, loss_sum, n, nan = 0, 0.0, 0, False
+    correct: list[bool] = []  # per image, in the split's order: the promotion's paired bootstrap uses it
     topk = min(5, k)
     model.eval()
     with torch.inference_mode():
@@ -147,6 +148,7 @@ def evaluate_module(
             nan = nan or not bool(finite.all())
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
             pred = logits.argmax(1)
+            correct += (pred == labels).tolist()
             confusion += torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
             top5_hits += int((logits.topk(topk, dim=1).indices == labels[:, None]).any(1).sum())
             n += labels.numel()
@@ -170,6 +172,7 @@ def evaluate_module(
         "classes": names,
         "confusion_matrix": confusion.tolist(),
         "source_data_version": info.source_data_version,
+        "correct": correct,
     }
     result["figures"] = _figures(result, out_dir)
     if write:

@@ -13,6 +13,7 @@ from torchvision.utils import make_grid, save_image
 
 from lightning_modules.detection.augment import letterbox, make_sample, unletterbox_boxes
 from lightning_modules.detection.cocoio import write_coco_gt, write_coco_results
+from lightning_modules.detection.image_matches import image_matches
 from lightning_modules.detection.metrics import draw_samples, evaluate_detections
 from lightning_modules.detection.predictor import YoloPredictor
 from lightning_modules.reporting.progress import track
@@ -69,6 +70,7 @@ def evaluate_loader(
     (out / "metrics.json").write_text(
         json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=1)
     )
+    result["matches"] = image_matches(gt, pred, len(class_names))  # per image: for the promotion's bootstrap
     return result
 
 

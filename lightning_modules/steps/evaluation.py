@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 from lightning_modules import tracking
@@ -11,6 +12,7 @@ from lightning_modules.data.lineage import prepared_version
 from lightning_modules.steps.promotion import finish, register_and_promote
 from lightning_modules.steps.report import Check, StepReport, image, plain, typed
 from lightning_modules.steps.specs import ClassificationEvaluationSpec, DetectionEvaluationSpec
+from lightning_modules.tracking.bootstrap import Interval, accuracy, paired_bootstrap
 
 
 def accuracy_gate(floor: float, margin_over_chance: float, classes: int) -> float:
@@ -33,9 +35,10 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
     for fig in res["figures"]:
         tracking.log_artifact(uri, run_id, Path(fig), "figures")
 
-    def rescore(model: Path) -> float:
+    def compare(model: Path) -> Interval:
         champion = ev.load_classifier(model)
-        return ev.evaluate_module(champion, data, split=s, out_dir=out / "champion", write=False)["top1"]
+        theirs = ev.evaluate_module(champion, data, split=s, out_dir=out / "champion", write=False)["correct"]
+        return paired_bootstrap(accuracy(res["correct"]), accuracy(theirs), len(theirs))
 
     size = json.loads((data / "manifest.json").read_text())["image_size"]
     promo = register_and_promote(
@@ -48,7 +51,7 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
         score=res["top1"],
         score_tag=f"{s}_acc1",
         gates_passed=passed_floor and finite,
-        rescore=rescore,
+        compare=compare,
         spec={"input": [3, size, size], "dtype": "uint8", "classes": res["classes"]},
     )
     finish(uri, run_id)
@@ -87,8 +90,12 @@ def detection(spec: DetectionEvaluationSpec) -> StepReport:
     for path in [*res["figure_paths"], out / "metrics.json", out / "gt_coco.json", out / "pred_coco.json"]:
         tracking.log_artifact(uri, run_id, Path(path), "evaluation")
 
-    def rescore(model: Path) -> float:
-        return ev.evaluate_predictor(ev.load_predictor(model), data, split=s, out_dir=out / "champion")["map_50"]
+    def compare(model: Path) -> Interval:
+        from lightning_modules.detection.image_matches import map_score  # lazy: torch (see above)
+
+        theirs = ev.evaluate_predictor(ev.load_predictor(model), data, split=s, out_dir=out / "champion")["matches"]
+        mine = res["matches"]
+        return paired_bootstrap(partial(map_score, mine), partial(map_score, theirs), len(mine))
 
     size = predictor.image_size
     promo = register_and_promote(
@@ -98,10 +105,10 @@ def detection(spec: DetectionEvaluationSpec) -> StepReport:
         name=cfg.model_name,
         kind="detector",
         data=data,
-        score=res["map_50"],
-        score_tag=f"{s}_map_50",
+        score=res["map"],
+        score_tag=f"{s}_map",
         gates_passed=passed_floor and finite,
-        rescore=rescore,
+        compare=compare,
         spec={"input": [3, size, size], "dtype": "uint8", "classes": predictor.class_names},
     )
     finish(uri, run_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 from lightning_modules import tracking
 from lightning_modules.data.lineage import data_identity, prepared_version
 from lightning_modules.tracking import model_registry as registry
+from lightning_modules.tracking.bootstrap import Interval
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,12 @@ def register_and_promote(
     score_tag: str,
     gates_passed: bool,
     spec: dict,
-    rescore: Callable[[Path], float],
+    compare: Callable[[Path], Interval],
 ) -> Promotion:
     """Register `checkpoint` (weights + settings, no pickle) and decide on `champion`.
 
-    rescore(model.ckpt path) scores another version on this step's test data; it is only called when
-    the champion was scored on other data (registry.decide_and_promote)."""
+    compare(champion's model.ckpt) scores the champion on this step's test images and returns the paired
+    bootstrap interval of (this model - champion); `champion` moves only when it lies above zero."""
     version = prepared_version(data)
     number = registry.log_and_register(uri, run_id, checkpoint, name, kind=kind, spec={**spec, "data_version": version})
     decision = registry.decide_and_promote(
@@ -44,7 +45,7 @@ def register_and_promote(
         score=score,
         data_version=version,
         scored_on=data_identity(data) or version,
-        rescore=lambda model_uri: rescore(registry.download(uri, model_uri, kind=kind)),
+        compare=lambda model_uri: compare(registry.download(uri, model_uri, kind=kind)),
         gates_passed=gates_passed,
         score_tag=score_tag,
     )

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lightning_modules.errors import DataError
+from lightning_modules.tracking.bootstrap import Interval
 
 ALIAS = "champion"
 SCORE_TAG = "test_acc1"
@@ -117,17 +118,17 @@ def decide_and_promote(
     *,
     score: float,
     data_version: str,
-    rescore: Callable[[str], float],
+    compare: Callable[[str], Interval],
     gates_passed: bool = True,
     score_tag: str = SCORE_TAG,
     scored_on: str | None = None,
 ) -> Decision:
-    """Move `champion` to `version` if it beats the current champion on the same test data.
+    """Move `champion` to `version` only if it is better than the current champion beyond doubt.
 
-    data_version: the lineage of the data (tagged). scored_on: what identifies the exact test set the
-    score was computed on (default: data_version; the assets pass the prepared set's content hash, so
-    a set prepared again at another size is not "the same data"). The champion's stored score is
-    trusted only when it was scored on that same set; otherwise rescore(model_uri) scores it again.
+    compare(champion_model_uri) scores the champion again on this step's test images and returns the
+    paired bootstrap interval of (this version - champion) over those images: the challenger wins only
+    when the whole 95% interval lies above zero. data_version: the lineage of the data (tagged);
+    scored_on: what identifies the exact test set (the prepared set's content hash), tagged with the score.
     """
     from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; every step loads this module
 
@@ -142,31 +143,17 @@ def decide_and_promote(
     elif current is None:
         decision = Decision(True, version, "no champion yet", score)
     else:
-        same_data = current.tags.get("scored_on", current.tags.get("data_version")) == scored_on
-        champ_score = (
-            float(current.tags[score_tag])
-            if same_data and score_tag in current.tags
-            else rescore(f"models:/{name}/{current.version}")
+        interval = compare(f"models:/{name}/{current.version}")
+        client.set_model_version_tag(name, version, "promotion_interval", f"[{interval.low:.6f}, {interval.high:.6f}]")
+        verdict = "beats" if interval.better else "is not shown better than"
+        decision = Decision(
+            interval.better,
+            version,
+            f"{verdict} champion v{current.version} on the same test images: {interval.describe()}",
+            score,
+            str(current.version),
+            interval.champion,
         )
-        how = "same data version" if same_data else f"champion re-scored on data {data_version}"
-        if score > champ_score:
-            decision = Decision(
-                True,
-                version,
-                f"beats champion v{current.version} ({score:.4f} > {champ_score:.4f}, {how})",
-                score,
-                str(current.version),
-                champ_score,
-            )
-        else:
-            decision = Decision(
-                False,
-                version,
-                f"does not beat champion v{current.version} ({score:.4f} <= {champ_score:.4f}, {how})",
-                score,
-                str(current.version),
-                champ_score,
-            )
     if decision.promoted:
         client.set_registered_model_alias(name, ALIAS, version)
     client.set_model_version_tag(name, version, "promotion", decision.reason)

@@ -226,3 +226,22 @@ def test_cli_json_table_and_errors(tmp_path):
     bad.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5], "score": 0.5}]))
     with pytest.raises(DataError, match="bbox"):
         _cli(["detect-eval", "--gt", str(gp), "--pred", str(bad)])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_image_matches_give_cocos_map_on_any_resample(seed):
+    """The promotion's bootstrap rescores resamples from per-image matches: on the whole set (and on a
+    resample, where repeated images count as copies) that is COCO's mAP (no crowd regions here)."""
+    import numpy as np
+
+    from lightning_modules.detection.image_matches import image_matches, map_score
+
+    gts, preds = _random_case(seed)
+    gts = [{**g, "iscrowd": torch.zeros_like(g["iscrowd"])} for g in gts]
+    matches = image_matches(gts, preds, len(NAMES))
+    assert map_score(matches, np.arange(len(gts))) == pytest.approx(
+        evaluate_detections(gts, preds, NAMES)["map"], abs=TOL
+    )
+    idx = np.random.default_rng(seed).integers(0, len(gts), len(gts))
+    copies = [gts[i] for i in idx], [preds[i] for i in idx]
+    assert map_score(matches, idx) == pytest.approx(evaluate_detections(*copies, NAMES)["map"], abs=TOL)

@@ -35,7 +35,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def prepared_detection(tmp_path_factory) -> Path:
-    """12 training and 4 validation images of the generated detection set, prepared."""
+    """12 training, 4 validation and 4 test images of the generated detection set, prepared."""
     from lightning_modules.data.detection_prep import prep_detection
     from lightning_modules.data.synth import synthesize
 
@@ -50,6 +50,7 @@ def prepared_detection(tmp_path_factory) -> Path:
         transfer_val_per_class=1,
         det_train=12,
         det_val=4,
+        det_test=4,
         seed=3,
     )
     out = tmp_path_factory.mktemp("prepared") / "detection"

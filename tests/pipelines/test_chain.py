@@ -150,7 +150,7 @@ def test_evaluation_gate_is_the_default_floor_and_promotes_only_a_better_model(c
     # The same model evaluated again on the same data is not better: the alias stays.
     again = dg.materialize([classification_evaluation], instance=instance, resources=_resources(root))
     second = _meta(again, "classification_evaluation")
-    assert second["promoted"] is False and "does not beat" in second["promotion"]
+    assert second["promoted"] is False and "is not shown better than champion" in second["promotion"]
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     assert (
         str(client.get_model_version_by_alias("visionflow-classifier", "champion").version)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from lightning_modules.errors import DataError
 from lightning_modules.tracking import model_registry as registry
+from lightning_modules.tracking.bootstrap import Interval, accuracy, paired_bootstrap
 
 NAME = "vf-test-classifier"
 
@@ -30,43 +32,58 @@ def _register(uri: str, tmp_path: Path) -> str:
     return registry.log_and_register(uri, run.info.run_id, ckpt, NAME, kind="classifier", spec={"input": [4]})
 
 
-def test_alias_moves_only_for_a_better_model_on_the_same_data(tmp_path: Path) -> None:
+def _versus(mine: list[bool], theirs: list[bool]):
+    """compare(): the paired bootstrap of two models' per-image right/wrong on the same test images."""
+    calls = []
+
+    def compare(model_uri: str) -> Interval:
+        calls.append(model_uri)
+        return paired_bootstrap(accuracy(mine), accuracy(theirs), len(mine))
+
+    return compare, calls
+
+
+def test_alias_moves_only_when_the_paired_interval_is_above_zero(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    never = lambda model_uri: (_ for _ in ()).throw(AssertionError("same data: no re-scoring needed"))  # noqa: E731
+    rng = np.random.default_rng(0)
+    champion = rng.random(300) < 0.60  # right on 60% of 300 test images
 
     v1 = _register(uri, tmp_path)
-    d = registry.decide_and_promote(uri, NAME, v1, score=0.60, data_version="a.dir", rescore=never)
+    never, _ = _versus([], [])
+    d = registry.decide_and_promote(uri, NAME, v1, score=0.60, data_version="a.dir", compare=never)
     assert d.promoted and d.reason == "no champion yet"
 
+    # Equal quality, other mistakes: the same 60%, a different 60% of the images. Not promoted, even a
+    # lucky draw a little above the champion.
     v2 = _register(uri, tmp_path)
-    d = registry.decide_and_promote(uri, NAME, v2, score=0.55, data_version="a.dir", rescore=never)
-    assert not d.promoted and "does not beat" in d.reason and d.champion_score == 0.60
+    equal = rng.permutation(champion)
+    equal[np.flatnonzero(~equal)[:3]] = True  # 61%: better on this sample, by noise
+    compare, calls = _versus(list(equal), list(champion))
+    d = registry.decide_and_promote(uri, NAME, v2, score=float(equal.mean()), data_version="a.dir", compare=compare)
+    assert calls == [f"models:/{NAME}/{v1}"]  # the champion is scored again on the same images
+    assert not d.promoted and "is not shown better than champion" in d.reason and "95% interval [-" in d.reason
     assert str(registry.champion(uri, NAME).version) == v1
-    assert MlflowClient(uri).get_model_version(NAME, v2).tags["promotion"] == d.reason
+    tags = MlflowClient(uri).get_model_version(NAME, v2).tags
+    assert tags["promotion"] == d.reason and tags["promotion_interval"].startswith("[-")
 
+    # Clearly better: right wherever the champion is, and on half of its mistakes. Promoted.
     v3 = _register(uri, tmp_path)
-    d = registry.decide_and_promote(uri, NAME, v3, score=0.70, data_version="a.dir", rescore=never)
-    assert d.promoted and str(registry.champion(uri, NAME).version) == v3
+    better = champion | (rng.random(300) < 0.5)
+    compare, _ = _versus(list(better), list(champion))
+    d = registry.decide_and_promote(uri, NAME, v3, score=float(better.mean()), data_version="a.dir", compare=compare)
+    assert d.promoted and "beats champion" in d.reason and d.champion_score == pytest.approx(champion.mean())
+    assert str(registry.champion(uri, NAME).version) == v3
 
 
-def test_champion_from_other_data_is_rescored_and_gates_block(tmp_path: Path) -> None:
+def test_failed_gates_block_promotion_whatever_the_score(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     v1 = _register(uri, tmp_path)
-    registry.decide_and_promote(uri, NAME, v1, score=0.90, data_version="old.dir", rescore=lambda u: 0.0)
-    rescored = []
+    never, calls = _versus([], [])
+    registry.decide_and_promote(uri, NAME, v1, score=0.5, data_version="a.dir", compare=never)
     v2 = _register(uri, tmp_path)
-    # On the new data the old champion only reaches 0.40, so 0.50 wins although 0.50 < 0.90.
-    d = registry.decide_and_promote(
-        uri, NAME, v2, score=0.50, data_version="new.dir", rescore=lambda model_uri: rescored.append(model_uri) or 0.40
-    )
-    assert rescored == [f"models:/{NAME}/{v1}"] and d.promoted and "re-scored" in d.reason
-
-    v3 = _register(uri, tmp_path)
-    d = registry.decide_and_promote(
-        uri, NAME, v3, score=0.99, data_version="new.dir", rescore=lambda u: 0.0, gates_passed=False
-    )
-    assert not d.promoted and d.reason == "quality gates failed"
-    assert str(registry.champion(uri, NAME).version) == v2
+    d = registry.decide_and_promote(uri, NAME, v2, score=0.99, data_version="a.dir", compare=never, gates_passed=False)
+    assert not d.promoted and d.reason == "quality gates failed" and calls == []
+    assert str(registry.champion(uri, NAME).version) == v1
 
 
 def test_a_version_holds_weights_and_settings_only_and_loads_without_pickle(tmp_path: Path) -> None:
