@@ -134,7 +134,8 @@ def _evaluate(a: argparse.Namespace) -> None:
             out_dir=Path(a.out),
             batch_size=min(a.batch_size, 16),
         )
-        shown = {k: v for k, v in result.items() if k != "confusion_matrix"}
+        # per-image matches are for the promotion's bootstrap, in memory only
+        shown = {k: v for k, v in result.items() if k not in ("confusion_matrix", "matches")}
         print(json.dumps(shown, indent=2) if a.json else format_table(result))
         return
     from lightning_modules.classification.evaluate import evaluate, format_result  # lazy: torch; --help stays instant

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,10 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.io import ImageReadMode, read_image
 from torchvision.ops import box_iou
 from torchvision.utils import draw_bounding_boxes, save_image
+
+# faster-coco-eval logs COCOeval's whole summary table at INFO (84 lines per evaluation) through the
+# `faster_coco_eval` logger; our own summary goes to metadata, MLflow and one log line instead.
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
 COCO_KEYS = (
     "map",

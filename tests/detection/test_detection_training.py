@@ -280,6 +280,7 @@ def test_evaluate_scores_a_detector_checkpoint_in_original_pixels(
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert {"map", "map_50", "voc07_ap50", "voc10_ap50", "per_class"} <= set(result)
+    assert "Average Precision" not in done.stderr  # quiet evaluator: COCOeval's table stays out of the console
     # the COCO files it wrote give the same numbers through the generic path (detect-eval's)
     gt = load_coco_gt(tmp_path / "ev" / "gt_coco.json")
     again = coco_map(gt.items, load_coco_results(tmp_path / "ev" / "pred_coco.json", gt))
