@@ -10,6 +10,13 @@ from pydantic import BaseModel, ValidationError
 from lightning_modules.errors import ConfigError
 
 
+def first_error(exc: ValidationError, prefix: str = "") -> str:
+    """pydantic's first complaint as `dotted.field: message` (under `prefix`, e.g. "dropout")."""
+    first = exc.errors()[0]
+    where = ".".join(str(x) for x in (prefix, *first["loc"]) if str(x))
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
 def section_of(field: Any) -> type[BaseModel] | None:
     """The nested model a field holds (a config section), if any."""
     cls = field.annotation

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from lightning_modules.config import DropoutConfig
+from lightning_modules.config_messages import first_error
 from lightning_modules.errors import ConfigError
 from lightning_modules.training.checkpoints import load_checkpoint
 
@@ -34,9 +35,7 @@ def dropout_or(value: DropoutConfig | Mapping | float | None, default: DropoutCo
     try:
         return DropoutConfig.model_validate(value)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"dropout{'.' + where if where else ''}: {first['msg']} (got {value!r})") from None
+        raise ConfigError(f"{first_error(exc, 'dropout')} (got {value!r})") from None
 
 
 def scaled(channels: int, width: float) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lightning_modules.config_messages import first_error
 from lightning_modules.errors import ConfigError, VisionflowError
 from lightning_modules.reporting.progress import log_to_stderr
 from lightning_modules.steps.specs import StepSpec
@@ -59,8 +60,7 @@ def _read_spec(spec_cls: type[StepSpec], path: Path) -> StepSpec:
     try:
         return spec_cls.model_validate(json.loads(path.read_text()))
     except (OSError, ValueError) as exc:  # ValidationError and JSONDecodeError are ValueErrors
-        first = exc.errors()[0] if isinstance(exc, ValidationError) else None
-        why = f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}" if first else str(exc)
+        why = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ConfigError(f"{path}: not a valid {spec_cls.__name__} ({why})") from None
 
 

@@ -79,7 +79,7 @@ def detection(spec: DetectionPrepSpec) -> StepReport:
             "detection_rejected_under_limit",
         ),
     ]
-    return StepReport(metadata, checks, data_version=m.get("content_hash") or f"{spec.source_data_version}")
+    return StepReport(metadata, checks, data_version=m["content_hash"])
 
 
 # The quality gates. All but the rejected-share warning block what is downstream (no training on

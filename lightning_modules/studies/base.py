@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lightning_modules.config_messages import first_error
 from lightning_modules.errors import ConfigError
 
 SIZES = ("default", "tiny")
@@ -128,10 +129,8 @@ class Study:
         try:
             return self.params.model_validate(values)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "params"
             known = ", ".join(self.params.model_fields)
-            raise ConfigError(f"study {self.name}: param {where}: {first['msg']} (params: {known})") from None
+            raise ConfigError(f"study {self.name}: param {first_error(exc)} (params: {known})") from None
 
     def size_overrides(self, size: str) -> list[str]:
         return list(self.sizes.get(size, {}).get("overrides", []))

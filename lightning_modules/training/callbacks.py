@@ -272,6 +272,7 @@ class TimeBudget(L.Callback):
     def __init__(self, replan_epochs: int = 3) -> None:
         self.replan_epochs = replan_epochs
         self.planned_total: int | None = None  # kept in checkpoints: a resumed run keeps its plan
+        self._epochs_seen = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         plan = getattr(pl_module, "step_plan", None)

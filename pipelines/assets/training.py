@@ -121,7 +121,12 @@ class FinetuneConfig(TrainConfig):
     torchvision_weights: str = Field("", description="path of a torchvision state-dict file (init=torchvision)")
 
 
-def _backbone(context: dg.AssetExecutionContext, config: FinetuneConfig) -> str:
+class ScratchConfig(TrainConfig):
+    config_file: str = Field("configs/transfer-cpu.yaml", description="the same job YAML as transfer_finetuned")
+    backbone: str = Field("", description="architecture; empty: the run's partition, else resnet18")
+
+
+def _backbone(context: dg.AssetExecutionContext, config: FinetuneConfig | ScratchConfig) -> str:
     arch = config.backbone or context.run.tags.get("dagster/partition") or DEFAULT_ARCH
     if arch not in ARCHITECTURES:
         raise dg.Failure(f"backbone {arch!r} is not one of {', '.join(ARCHITECTURES)}")
@@ -189,11 +194,6 @@ def transfer_finetuned(
     )
 
 
-class ScratchConfig(TrainConfig):
-    config_file: str = Field("configs/transfer-cpu.yaml", description="the same job YAML as transfer_finetuned")
-    backbone: str = Field("", description="architecture; empty: the run's partition, else resnet18")
-
-
 @dg.asset(
     group_name=GROUP,
     deps=["prepared_transfer", pretrained_backbone],
@@ -210,7 +210,7 @@ def scratch_baseline(
     mlflow: MlflowResource,
     launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
-    arch = config.backbone or context.run.tags.get("dagster/partition") or DEFAULT_ARCH
+    arch = _backbone(context, config)
     # Same network as the transfer run (it reads the pretrained run's model settings), no weights,
     # and nothing frozen: freezing a random body would only handicap the baseline.
     model = pretrained_run(context, arch)["model"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,8 +20,9 @@ from lightning_modules.interop.darknet.layers import Reorg, Shortcut, _reorg_ind
 from lightning_modules.interop.darknet.weights import count_floats, read_header
 
 # The cfgs the tests need ship with the package (lightning_modules/interop/darknet/cfgs). The full official set
-# sits in ../shared next to the checkout; only the sweep over all of it and the drift check read it, and
-# they skip without it. VISIONFLOW_SHARED_REFERENCE points at another copy of that darknet folder.
+# sits in ../shared next to the checkout; only the sweep over all of it and the comparison with it read it,
+# and they skip without it (the bundled cfgs are checked against their recorded hashes everywhere).
+# VISIONFLOW_SHARED_REFERENCE points at another copy of that darknet folder.
 _DEFAULT_REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "darknet"
 REF = Path(os.environ.get("VISIONFLOW_SHARED_REFERENCE") or _DEFAULT_REF)
 CFGS = sorted(REF.rglob("*.cfg")) if REF.is_dir() else []
@@ -55,6 +57,16 @@ def test_every_reference_cfg_parses_and_builds(path: Path) -> None:
 @pytest.mark.parametrize("name", bundled_cfgs.names())
 def test_every_bundled_cfg_parses_and_builds(name: str) -> None:
     _check_parses_and_builds(bundled_cfgs.path(name))
+
+
+def test_bundled_cfgs_match_the_official_hashes_recorded_with_them() -> None:
+    """Runs everywhere: each bundled cfg is byte-for-byte the official file whose sha256 the bundle's
+    README recorded at its source commit (the ../shared comparison below is an extra where it exists)."""
+    readme = (BUNDLED / "README.md").read_text()
+    recorded = dict(line.split()[::-1] for line in readme.split("```")[1].strip().splitlines())
+    assert sorted(recorded) == bundled_cfgs.names()
+    actual = {n: hashlib.sha256((BUNDLED / n).read_bytes()).hexdigest() for n in bundled_cfgs.names()}
+    assert actual == recorded
 
 
 def test_bundled_cfgs_are_unchanged_copies_of_the_reference() -> None:
