@@ -31,12 +31,11 @@ def forward_gflops(config: Path, data: Path) -> float:
 
     from lightning_modules.config import load_config
     from lightning_modules.detection.data import anchors_for, read_prepared_detection
-    from lightning_modules.detection.models import build_detector
+    from lightning_modules.detection.models import build_detector, config_options
 
     cfg, info = load_config(config), read_prepared_detection(data)
     size = cfg.data.image_size or 416
     d = cfg.detection
-    options = {"grid": d.grid, "boxes": d.boxes} if d.version == "yolov1" else {}
     net = build_detector(
         d.version,
         cfg.model.name,
@@ -44,8 +43,9 @@ def forward_gflops(config: Path, data: Path) -> float:
         anchors_for(info, d.version, size),
         width=cfg.model.width,
         small_input=cfg.model.small_input,
+        stem_stride=cfg.model.stem_stride,
         image_size=size,
-        **options,
+        **config_options(d),
     ).eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -53,9 +53,12 @@ def forward_gflops(config: Path, data: Path) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def train_and_score(version: str, data: Path, backbone: Path | None, out: Path, sets: list[str]) -> dict:
+def train_and_score(
+    version: str, data: Path, backbone: Path | None, out: Path, sets: list[str], split: str = "test", name: str = ""
+) -> dict:
+    """Train `version`'s CPU config on `data` (into out/NAME, default the version) and score `split`."""
     config = ROOT / "configs" / f"{version}-cpu.yaml"
-    run_dir = out / version
+    run_dir = out / (name or version)
     cmd = [sys.executable, "-m", "lightning_modules.train", str(config), "--data", str(data), "--out", str(run_dir)]
     cmd += ["--set", f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}", "--set", "tracking.log_checkpoint=false"]
     if backbone:
@@ -66,10 +69,10 @@ def train_and_score(version: str, data: Path, backbone: Path | None, out: Path, 
     if not done.is_file():  # a finished job is reused: rerun with another --out to train again
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     result = json.loads(done.read_text())
-    scored = out / f"{version}-test"
+    scored = out / f"{name or version}-{split}"
     subprocess.run(
         [sys.executable, "-m", "lightning_modules.cli", "evaluate", result["best_checkpoint"], "--data", str(data)]
-        + ["--split", "test", "--out", str(scored)],
+        + ["--split", split, "--out", str(scored)],
         cwd=ROOT,
         check=True,
         stdout=subprocess.DEVNULL,
@@ -85,6 +88,7 @@ def train_and_score(version: str, data: Path, backbone: Path | None, out: Path, 
         "test_map": metrics["map"],
         "test_map_50": metrics["map_50"],
         "test_images": metrics["n"],
+        "split": split,
     }
 
 

@@ -34,6 +34,7 @@ def _synth(a: argparse.Namespace) -> None:
         det_train=a.det_train,
         det_val=a.det_val,
         det_test=a.det_test,
+        det_style=a.det_style,
         seed=a.seed,
         workers=a.workers,
         transfer_test_per_class=a.transfer_test_per_class,
@@ -209,9 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="held-out test images per ImageNet-style class (imagenet/test/<wnid>/; 0: none)",
     )
-    s.add_argument("--det-train", type=int, default=64)
-    s.add_argument("--det-val", type=int, default=16)
+    s.add_argument("--det-train", type=int, default=600)
+    s.add_argument("--det-val", type=int, default=150)
     s.add_argument("--det-test", type=int, default=150, help="held-out detection test images (images/test; 0: none)")
+    s.add_argument(
+        "--det-style",
+        choices=("mixed", "small"),
+        default="mixed",
+        help="detection objects: mixed (COCO's small/medium/large mix at a 192-px input) or small "
+        "(generator 2's look-alike set: 160-320 px images, 30%% of objects 8-16 px)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(fn=_synth)

@@ -44,6 +44,7 @@ Bool = StrictBool
 Positive = Field(gt=0)
 NonNegative = Field(ge=0)
 Probability = Field(ge=0, le=1)
+Weight = Annotated[Float, NonNegative]
 
 
 class Section(BaseModel):
@@ -92,6 +93,9 @@ class ModelConfig(Section):
     # Per layer group, or one number for all (None: the architecture's default, VGG 0.5 in the classifier).
     dropout: DropoutConfig | None = None
     small_input: Bool = False
+    # The stem's downsampling (ResNet/plain): None = the layout's own (4, or 1 with small_input). A
+    # detector on a small-input backbone sets 4: same weights, levels at strides 8/16/32, 1/16 the cost.
+    stem_stride: Literal[1, 2, 4] | None = None
     # Transfer: our Lightning checkpoint (or a state_dict) whose body initialises the model; the
     # classifier starts fresh for this job's classes. The architecture must match (ConfigError).
     pretrained_checkpoint: str | None = None
@@ -175,6 +179,18 @@ class DetectionConfig(Section):
     # (w, h) pixels at data.image_size; None: the prepared set's k-means anchors (v2: 5, v3: 9), rescaled.
     anchors: list[list[Float]] | None = None
     box_loss: Literal["giou", "ciou", "mse"] = "ciou"  # v3
+    # The head's hidden channels relative to the paper's (at the model's width): 0.5 halves the neck.
+    neck_width: Annotated[Float, Positive] = 1.0
+    # v3 assignment: "v3" one best anchor in the centre cell; "v5" every anchor within anchor_t of the
+    # object's size, in the centre cell and its two nearest neighbours (grid-sensitive decoding).
+    assign: Literal["v3", "v5"] = "v3"
+    anchor_t: Annotated[Float, Field(gt=1)] = 4.0
+    ignore_iou: Annotated[Float, Probability] | None = 0.5  # v3: no objectness penalty above this IoU
+    obj_target: Literal["one", "iou"] = "one"  # v3: objectness target at positives
+    obj_norm: Literal["positives", "cells"] = "positives"  # v3: see losses.YoloV3Loss
+    label_smoothing: Annotated[Float, Field(ge=0, lt=1)] = 0.0  # v3: class BCE targets 1 - eps/2, eps/2
+    # v3: box, obj, cls (a list, as the run folder's config.yaml reads back)
+    loss_weights: Annotated[list[Weight], Field(min_length=3, max_length=3)] = [5.0, 1.0, 1.0]
     grid: Annotated[Int, Positive] = 7  # v1: S
     boxes: Annotated[Int, Positive] = 2  # v1: B
     # Multi-scale training (YOLOv2): every `multiscale_every` batches the batch is resized to one of
@@ -194,6 +210,9 @@ class DetectionConfig(Section):
     nms_iou: Annotated[Float, Probability] = 0.6
     max_det: Annotated[Int, Positive] = 100
     class_agnostic_nms: Bool = False
+    # Score each box for every class above conf_threshold, not only its best (YOLOv5/v8 validation):
+    # a box whose class is uncertain still counts for the right class, at its lower score.
+    multi_label: Bool = True
 
     @model_validator(mode="after")
     def _sizes(self) -> DetectionConfig:

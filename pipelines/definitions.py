@@ -4,6 +4,7 @@ import dagster as dg
 
 from pipelines.assets.data import DATA_ASSETS, raw_data
 from pipelines.assets.detection import DETECTION_ASSETS
+from pipelines.assets.detection_transfer import DETECTION_TRANSFER_ASSETS
 from pipelines.assets.evaluation import EVALUATION_ASSETS
 from pipelines.assets.search import SEARCH_ASSETS
 from pipelines.assets.studies import STUDY_ASSETS_ALL
@@ -22,7 +23,7 @@ data_job = dg.define_asset_job(
 # The classification chain. Launch it with a partition (the architecture to pretrain; `make run` uses resnet18).
 main_job = dg.define_asset_job(
     "main",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("detection", "studies"),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("detection", "detection_transfer", "studies"),
     description="Data -> pretraining -> transfer + scratch -> report -> evaluation.",
 )
 # The detection stage, partitioned by YOLO version (`make run` uses yolov3); after a successful `main`
@@ -32,6 +33,12 @@ detection_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("detection"),
     description="YOLO detector on the latest pretrained backbone -> detection evaluation (mAP, registry).",
 )
+# Backbone transfer for detection: the same detector from scratch, and the report (a second detector fit).
+detection_transfer_job = dg.define_asset_job(
+    "detection_transfer",
+    selection=dg.AssetSelection.groups("detection_transfer"),
+    description="The detector from random weights at the same budget -> detection_transfer_report.",
+)
 # The lessons as measured studies and the hyperparameter search (a few CPU minutes each), then the report.
 studies_job = dg.define_asset_job(
     "studies",
@@ -40,8 +47,16 @@ studies_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[*DATA_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS, *DETECTION_ASSETS, *SEARCH_ASSETS, *STUDY_ASSETS_ALL],
-    jobs=[observe_job, data_job, main_job, detection_job, studies_job, version_data],
+    assets=[
+        *DATA_ASSETS,
+        *TRAINING_ASSETS,
+        *EVALUATION_ASSETS,
+        *DETECTION_ASSETS,
+        *DETECTION_TRANSFER_ASSETS,
+        *SEARCH_ASSETS,
+        *STUDY_ASSETS_ALL,
+    ],
+    jobs=[observe_job, data_job, main_job, detection_job, detection_transfer_job, studies_job, version_data],
     schedules=[weekly_retraining(main_job)],
     sensors=[new_data_version(main_job), detection_after_main(main_job, detection_job)],
     resources=default_resources(),

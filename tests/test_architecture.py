@@ -39,6 +39,8 @@ THROUGH_THE_LAUNCHER = {
     "classification_evaluation",
     "yolo_detector",
     "detection_evaluation",
+    "detection_scratch_baseline",
+    "detection_transfer_report",
     "prepared_imagenet",
     "prepared_transfer",
     "prepared_detection",

@@ -26,7 +26,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("embedded")
     synthesize(root / "data")
     prep_classification(root / "data" / "imagenet", root / "prepared" / "imagenet", image_size=32)
-    prep_detection(root / "data" / "detection", root / "prepared" / "detection", anchor_image_size=96)
+    prep_detection(root / "data" / "detection", root / "prepared" / "detection", anchor_image_size=192)
     return root
 
 
@@ -58,7 +58,7 @@ def test_classifier_learns_far_above_chance(embedded: Path, tmp_path: Path, mlfl
 
 
 def test_detector_learns_far_above_an_untrained_one(embedded: Path, tmp_path: Path, mlflow_uri: str) -> None:
-    """mAP@0.5 on the training images after ~40 s vs the same network untrained (measured 0.031 vs 0.001)."""
+    """Held-out mAP@0.5 after a one-minute fit from random weights vs the same network untrained."""
     from lightning_modules.detection.evaluation import evaluate_predictor, load_predictor
     from lightning_modules.detection.module import DetectionModule
     from lightning_modules.detection.predictor import predictor_from_module
@@ -70,17 +70,14 @@ def test_detector_learns_far_above_an_untrained_one(embedded: Path, tmp_path: Pa
         data,
         tmp_path / "det",
         mlflow_uri,
-        "trainer.max_epochs=12",
-        "optim.freeze_body_epochs=0",
+        "trainer.max_time=00:00:01:00",
         "model.width=0.25",
     )
-    trained = evaluate_predictor(
-        load_predictor(result["best_checkpoint"]), data, split="train", out_dir=tmp_path / "trained"
-    )
+    trained = evaluate_predictor(load_predictor(result["best_checkpoint"]), data, split="test", out_dir=tmp_path / "t")
     hp = load_checkpoint(result["best_checkpoint"])["hyper_parameters"]
     torch.manual_seed(0)
     untrained = evaluate_predictor(
-        predictor_from_module(DetectionModule(**hp)).eval(), data, split="train", out_dir=tmp_path / "untrained"
+        predictor_from_module(DetectionModule(**hp)).eval(), data, split="test", out_dir=tmp_path / "untrained"
     )
     assert trained["map_50"] >= 0.015 and trained["map_50"] >= 10 * untrained["map_50"], (
         trained["map_50"],

@@ -37,9 +37,9 @@ def curve_stats(history: list[dict], early: int = 3, metric: str = METRIC) -> Cu
     return CurveStats(start=values[0], slope=slope, asymptote=max(values), epochs=len(values))
 
 
-def compare(with_transfer: list[dict], scratch: list[dict], early: int = 3) -> dict:
-    """Both curves' stats and the transfer - scratch differences."""
-    t, s = curve_stats(with_transfer, early), curve_stats(scratch, early)
+def compare(with_transfer: list[dict], scratch: list[dict], early: int = 3, metric: str = METRIC) -> dict:
+    """Both curves' stats and the transfer - scratch differences (val top-1, or val_map for a detector)."""
+    t, s = curve_stats(with_transfer, early, metric), curve_stats(scratch, early, metric)
     return {
         "transfer": asdict(t),
         "scratch": asdict(s),
@@ -51,7 +51,7 @@ def compare(with_transfer: list[dict], scratch: list[dict], early: int = 3) -> d
 
 
 def plot(curves: dict[str, list[dict]], out: Path, metric: str = METRIC, title: str = "transfer vs scratch") -> Path:
-    """Every named history's curve on one plot (val top-1 per epoch)."""
+    """Every named history's curve on one plot (the metric per epoch)."""
     import matplotlib  # lazy: matplotlib loads at draw time, Agg chosen before pyplot
 
     matplotlib.use("Agg")

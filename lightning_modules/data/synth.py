@@ -32,9 +32,10 @@ from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.reporting.progress import track
 
 SUMMARY_FILE = "synth.json"  # marks `out` as generated, so a rerun may replace it
-# Bumped when the default embedded data changes (2: a held-out detection test split), so `make run`
-# regenerates data it generated with an older version (bootstrap.ensure_default_data).
-GENERATOR_VERSION = 2
+# Bumped when the default embedded data changes (2: a held-out detection test split; 3: detection
+# 600/150/150 images with objects sized for the detector's input), so `make run` regenerates data it
+# generated with an older version (bootstrap.ensure_default_data).
+GENERATOR_VERSION = 3
 SETS = ("imagenet", "transfer", "detection")
 # Stream ids for the per-image generators; never renumber (it would change every image).
 _SET_ID = {
@@ -61,9 +62,10 @@ def synthesize(
     transfer_classes: int = 5,
     transfer_per_class: int = 12,
     transfer_val_per_class: int = 20,
-    det_train: int = 64,
-    det_val: int = 16,
+    det_train: int = 600,
+    det_val: int = 150,
     det_test: int = 150,
+    det_style: str = "mixed",
     seed: int = 0,
     workers: int = 1,
     transfer_test_per_class: int = 20,
@@ -95,6 +97,10 @@ def synthesize(
         transfer_test_per_class=transfer_test_per_class,
         test_per_class=test_per_class,
     )
+    if det_style not in synth_draw.DETECTION_STYLES:
+        raise ConfigError(
+            f"synthesize: det_style {det_style!r}; choose one of {', '.join(synth_draw.DETECTION_STYLES)}"
+        )
     _refuse_foreign(out)
     specs = make_classes(classes, IMAGENET_SHAPES, _rng(seed, "imagenet"))
     wnids = make_wnids(classes, _rng(seed, "wnids"))
@@ -121,6 +127,7 @@ def synthesize(
                 {s: _SET_ID[f"detection/{s}"] for s in ("train", "val", "test")},
                 lambda set_id: _rng(seed, "background", set_id),
                 run,
+                det_style,
             ),
             "classes": [{"wnid": w, "name": s.name} for w, s in zip(wnids, specs, strict=True)],
             "transfer_classes": [s.folder for s in t_specs],

@@ -18,10 +18,10 @@ from lightning_modules.data.synth_classes import DETECTION_SHAPES
 
 def render_detection(task: tuple, *, seed: int) -> tuple[int, int, list]:
     """Worker: draw one scene, save image and YOLO label file; return (width, height, [(cls, box)])."""
-    set_id, index, img_path, label_path, label_mode = task
+    set_id, index, img_path, label_path, label_mode, style = task
     rng = np.random.default_rng([seed, set_id, index])
     n = 0 if label_mode != "objects" else int(rng.integers(1, 7))
-    img, labels = synth_draw.detection_image(n, DETECTION_SHAPES, rng)
+    img, labels = synth_draw.detection_image(n, DETECTION_SHAPES, rng, style)
     img.save(img_path, "JPEG", quality=synth_draw.JPEG_QUALITY)
     w, h = img.size
     if label_mode != "missing":
@@ -51,12 +51,13 @@ def write_detection(
     set_ids: dict[str, int],
     background_rng: Callable[[int], np.random.Generator],
     run: Callable,
+    style: str = "mixed",
 ) -> dict:
     """Write each split: images, YOLO labels, COCO json and data.yaml. `run(tasks, desc, fn, total=...)` maps
     render_detection over the tasks (in worker processes when there are several); `set_ids` and
-    `background_rng` give each split its own random streams."""
+    `background_rng` give each split its own random streams; `style` is a key of synth_draw.DETECTION_STYLES."""
     names = list(DETECTION_SHAPES)
-    summary: dict[str, Any] = {"nc": len(names), "names": names}
+    summary: dict[str, Any] = {"nc": len(names), "names": names, "style": style}
     for split, n in sizes.items():
         if n == 0 and split == "test":
             continue
@@ -71,6 +72,7 @@ def write_detection(
                 str(root / "images" / split / f"{stems[i]}.jpg"),
                 str(root / "labels" / split / f"{stems[i]}.txt"),
                 modes[i],
+                style,
             )
             for i in range(n)
         ]

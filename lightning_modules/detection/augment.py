@@ -147,9 +147,12 @@ class AffineConfig:
 
 @dataclass
 class HSVConfig:
-    """Colour jitter (v2.ColorJitter): hue in [0, 0.5], saturation/brightness as +- fractions."""
+    """Colour jitter (v2.ColorJitter): hue in [0, 0.5], saturation/brightness as +- fractions.
 
-    hue: float = 0.015
+    Hue is off by default: its RGB -> HSV -> RGB round trip was 40% of a training sample's CPU time
+    (2.5 of 6.5 ms at 192 px), for a shift (YOLOv5's 0.015) that brightness and saturation nearly cover."""
+
+    hue: float = 0.0
     saturation: float = 0.7
     brightness: float = 0.4
 

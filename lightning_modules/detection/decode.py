@@ -5,6 +5,9 @@ Parameterisations (the losses use the same functions, so train and predict agree
   sigmoid confidence; softmax class probabilities per cell; score = conf * P(class).
 - v2/v3: b_xy = (sigmoid(t_xy) + cell) * stride, b_wh = anchor * exp(t_wh); score = sigmoid(obj) *
   softmax(classes) for v2, * sigmoid(classes) for v3 (independent logistic classes).
+- v3 with `grid_sensitive` (YOLOv4's "eliminate grid sensitivity", YOLOv5's head): b_xy =
+  (2 sigmoid(t_xy) - 0.5 + cell) * stride, b_wh = anchor * (2 sigmoid(t_wh))^2: a cell can reach
+  a neighbour's centre (so an object can be assigned to several cells) and sizes are bounded (0-4x).
 """
 
 from __future__ import annotations
@@ -24,14 +27,19 @@ def _cells(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return gx, gy
 
 
-def anchor_boxes(raw: torch.Tensor, anchors: torch.Tensor, size) -> torch.Tensor:
+def anchor_boxes(raw: torch.Tensor, anchors: torch.Tensor, size, *, grid_sensitive: bool = False) -> torch.Tensor:
     """v2/v3 boxes: raw [N, A, H, W, 5+C], anchors [A, 2] pixels -> cxcywh pixels [N, A, H, W, 4]."""
     ih, iw = image_hw(size)
     h, w = raw.shape[2:4]
     gx, gy = _cells(h, w, raw.device)
     stride = raw.new_tensor([iw / w, ih / h])
-    xy = (raw[..., :2].sigmoid() + torch.stack([gx, gy], -1)) * stride
-    wh = anchors.to(raw)[None, :, None, None, :] * raw[..., 2:4].clamp(max=10).exp()  # clamp: no inf early
+    anchors = anchors.to(raw)[None, :, None, None, :]
+    if grid_sensitive:
+        xy = (raw[..., :2].sigmoid() * 2 - 0.5 + torch.stack([gx, gy], -1)) * stride
+        wh = anchors * (raw[..., 2:4].sigmoid() * 2) ** 2
+    else:
+        xy = (raw[..., :2].sigmoid() + torch.stack([gx, gy], -1)) * stride
+        wh = anchors * raw[..., 2:4].clamp(max=10).exp()  # clamp: no inf early
     return torch.cat([xy, wh], -1)
 
 
@@ -63,13 +71,16 @@ def decode_v2(raw: torch.Tensor, anchors: torch.Tensor, size) -> tuple[torch.Ten
     return b, scores.reshape(n, -1, scores.shape[-1])
 
 
-def decode_v3(raw: list[torch.Tensor], anchors: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_v3(
+    raw: list[torch.Tensor], anchors: torch.Tensor, size, *, grid_sensitive: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """anchors [3 * scales, 2], grouped finest scale first (as `raw`)."""
     na = raw[0].shape[1]
     all_b, all_s = [], []
     for i, r in enumerate(raw):
         n = r.shape[0]
-        all_b.append(cxcywh_to_xyxy(anchor_boxes(r, anchors[i * na : (i + 1) * na], size)).reshape(n, -1, 4))
+        anc = anchors[i * na : (i + 1) * na]
+        all_b.append(cxcywh_to_xyxy(anchor_boxes(r, anc, size, grid_sensitive=grid_sensitive)).reshape(n, -1, 4))
         all_s.append((r[..., 4:5].sigmoid() * r[..., 5:].sigmoid()).reshape(n, -1, r.shape[-1] - 5))
     return torch.cat(all_b, 1), torch.cat(all_s, 1)
 
@@ -83,17 +94,28 @@ def postprocess(
     iou: float = 0.45,
     agnostic: bool = False,
     max_det: int = 100,
+    multi_label: bool = False,
+    max_candidates: int = 10_000,
 ) -> list[dict[str, torch.Tensor]]:
     """boxes [N, K, 4] xyxy, scores [N, K, C] -> per image {"boxes", "scores", "labels"} after NMS.
 
-    Each box keeps its best class; NMS is per class (`batched_nms`) unless `agnostic`.
+    Each box keeps its best class, or with `multi_label` every class scoring above `conf` (YOLOv5/v8
+    validation: a box whose class is uncertain still counts for the right class, at its lower score).
+    At most `max_candidates` top-scoring candidates enter NMS, per class (`batched_nms`) unless `agnostic`.
     """
     ih, iw = image_hw(size)
     out = []
     for b, s in zip(boxes, scores):
-        best, labels = s.max(-1)
-        keep = best > conf
-        b, best, labels = b[keep], best[keep], labels[keep]
+        if multi_label:
+            i, labels = (s > conf).nonzero(as_tuple=True)
+            b, best = b[i], s[i, labels]
+        else:
+            best, labels = s.max(-1)
+            keep = best > conf
+            b, best, labels = b[keep], best[keep], labels[keep]
+        if len(best) > max_candidates:
+            top = best.topk(max_candidates).indices
+            b, best, labels = b[top], best[top], labels[top]
         b = torch.stack([b[:, 0].clamp(0, iw), b[:, 1].clamp(0, ih), b[:, 2].clamp(0, iw), b[:, 3].clamp(0, ih)], -1)
         keep = ops.batched_nms(b, best, torch.zeros_like(labels) if agnostic else labels, iou)[:max_det]
         out.append({"boxes": b[keep], "scores": best[keep], "labels": labels[keep]})

@@ -161,18 +161,24 @@ class V3Weights:
 
 
 class YoloV3Loss(nn.Module):
-    """Best anchor across the three scales (plus every anchor above `match_iou` when set).
+    """Objects assigned to anchors and cells, then box, objectness and class terms.
+
+    assign "v3": the best anchor across the three scales (plus every anchor above `match_iou` when
+    set), in the cell holding the object's centre. "v5" (YOLOv5, with grid-sensitive decoding):
+    every anchor whose width and height are within a factor `anchor_t` of the object's, in the
+    centre cell and the two neighbouring cells nearest the centre: up to 27 positives per object
+    instead of 1, which is what lets a small set teach a detector in minutes.
 
     box: mean over positives of 1 - GIoU ("giou"), 1 - CIoU ("ciou") or squared error of the raw
-    offsets ("mse"); obj: BCE against 1 (or the IoU, `obj_target="iou"`) at positives and 0 elsewhere,
-    except predictions overlapping a ground truth by more than `ignore_iou` (the v3 paper's 0.5);
-    cls: independent BCE per class at positives.
+    offsets ("mse", v3 only); obj: BCE against 1 (or the IoU, `obj_target="iou"`) at positives and 0
+    elsewhere, except predictions overlapping a ground truth by more than `ignore_iou` (the v3
+    paper's 0.5; None: no ignoring); cls: BCE per class at positives, targets smoothed by
+    `label_smoothing` (1 - eps/2 and eps/2, as YOLOv5).
 
     obj_norm "positives" (default): the objectness BCE is summed over every cell of every scale and
     divided by the number of positives, as Darknet sums it per image and YOLOX normalises it; each
     object then pulls as hard as it does on a coarse grid even when fine grids hold thousands of
-    cells (small-input backbones, strides 2/4/8). "cells": YOLOv5's mean per scale with `balance`
-    weights, which needs far more steps to lift objectness off its prior.
+    cells. "cells": YOLOv5's mean per scale with `balance` weights.
     """
 
     def __init__(
@@ -181,29 +187,55 @@ class YoloV3Loss(nn.Module):
         anchors: torch.Tensor,
         *,
         box_loss: str = "ciou",
+        assign: str = "v3",
+        anchor_t: float = 4.0,
         match_iou: float | None = None,
-        ignore_iou: float = 0.5,
+        ignore_iou: float | None = 0.5,
         obj_target: str = "one",
         obj_norm: str = "positives",
+        label_smoothing: float = 0.0,
         weights: V3Weights | None = None,
     ):
         super().__init__()
-        if box_loss not in ("giou", "ciou", "mse"):
-            raise ConfigError(f"box_loss: {box_loss!r}; choose giou, ciou or mse")
+        if box_loss not in ("giou", "ciou", "mse") or (assign == "v5" and box_loss == "mse"):
+            raise ConfigError(f"box_loss: {box_loss!r}; choose giou, ciou or (with assign v3) mse")
+        if assign not in ("v3", "v5"):
+            raise ConfigError(f"assign: {assign!r}; choose 'v3' or 'v5'")
         if obj_norm not in ("positives", "cells"):
             raise ConfigError(f"obj_norm: {obj_norm!r}; choose 'positives' or 'cells'")
-        self.obj_norm = obj_norm
         if obj_target not in ("iou", "one"):
             raise ConfigError(f"obj_target: {obj_target!r}; choose 'iou' or 'one'")
-        self.c, self.box_loss, self.match_iou, self.ignore_iou, self.obj_target = (
-            num_classes,
-            box_loss,
-            match_iou,
-            ignore_iou,
-            obj_target,
-        )
+        self.c, self.box_loss, self.assign, self.anchor_t = num_classes, box_loss, assign, anchor_t
+        self.match_iou, self.ignore_iou, self.obj_target, self.obj_norm = match_iou, ignore_iou, obj_target, obj_norm
+        self.label_smoothing = label_smoothing
         self.w = weights or V3Weights()
         self.register_buffer("anchors", torch.as_tensor(anchors, dtype=torch.float32).reshape(-1, 2))
+
+    @property
+    def grid_sensitive(self) -> bool:
+        return self.assign == "v5"
+
+    def _match(self, c: torch.Tensor, anchors: torch.Tensor, s: int, na: int, h: int, w: int, ih: int, iw: int):
+        """-> (object index g, anchor k within the scale, cell gx, gy) of every positive at scale `s`."""
+        fx, fy = c[:, 0] / iw * w, c[:, 1] / ih * h
+        if self.assign == "v3":
+            ious = wh_iou(c[:, 2:], anchors)  # [G, 9]: best anchor across all scales
+            match = F.one_hot(ious.argmax(1), len(anchors)).bool()
+            if self.match_iou is not None:
+                match |= ious > self.match_iou
+            g, k = match[:, s * na : (s + 1) * na].nonzero(as_tuple=True)
+            return g, k, fx[g].long().clamp(0, w - 1), fy[g].long().clamp(0, h - 1)
+        ratio = c[:, None, 2:] / anchors[None, s * na : (s + 1) * na]  # [G, na, 2]
+        g, k = (torch.max(ratio, 1 / ratio).amax(-1) < self.anchor_t).nonzero(as_tuple=True)
+        x, y = fx[g], fy[g]
+        cx, cy = x.long().clamp(0, w - 1), y.long().clamp(0, h - 1)
+        # the neighbour across the nearer cell edge, in x and in y (when inside the grid)
+        nx = torch.where(x - cx < 0.5, cx - 1, cx + 1)
+        ny = torch.where(y - cy < 0.5, cy - 1, cy + 1)
+        okx, oky = (nx >= 0) & (nx < w), (ny >= 0) & (ny < h)
+        gg = torch.cat([g, g[okx], g[oky]])
+        kk = torch.cat([k, k[okx], k[oky]])
+        return gg, kk, torch.cat([cx, nx[okx], cx[oky]]), torch.cat([cy, cy[okx], ny[oky]])
 
     def forward(self, raw: list[torch.Tensor], targets: list[dict], image_size, anchors: torch.Tensor | None = None):
         anchors = self.anchors if anchors is None else anchors
@@ -211,40 +243,34 @@ class YoloV3Loss(nn.Module):
         na = raw[0].shape[1]
         dev = raw[0].device
         gts = [_gt(t, dev) for t in targets]
+        eps = self.label_smoothing
         box_terms, cls_terms, obj = [], [], raw[0].new_zeros(())
         for s, r in enumerate(raw):
             n, _, h, w = r.shape[:4]
             anc = anchors[s * na : (s + 1) * na]
-            pred = cxcywh_to_xyxy(anchor_boxes(r, anc, image_size))
+            pred = cxcywh_to_xyxy(anchor_boxes(r, anc, image_size, grid_sensitive=self.grid_sensitive))
             tobj = torch.zeros_like(r[..., 4])
             weight = torch.ones_like(tobj)
             for i, (boxes, labels) in enumerate(gts):
                 if len(boxes) == 0:
                     continue
-                ignore = box_iou(pred[i].detach().reshape(-1, 4), boxes).max(1).values.view(na, h, w) > self.ignore_iou
-                weight[i][ignore] = 0.0
+                if self.ignore_iou is not None:
+                    best = box_iou(pred[i].detach().reshape(-1, 4), boxes).max(1).values.view(na, h, w)
+                    weight[i][best > self.ignore_iou] = 0.0
                 c = _cxcywh(boxes)
-                ious = wh_iou(c[:, 2:], anchors)  # [G, 9]: best anchor across all scales
-                match = F.one_hot(ious.argmax(1), len(anchors)).bool()
-                if self.match_iou is not None:
-                    match |= ious > self.match_iou
-                g, k = match[:, s * na : (s + 1) * na].nonzero(as_tuple=True)
+                g, k, gx, gy = self._match(c, anchors, s, na, h, w, ih, iw)
                 if len(g) == 0:
                     continue
-                fx, fy = c[g, 0] / iw * w, c[g, 1] / ih * h
-                gx, gy = fx.long().clamp(0, w - 1), fy.long().clamp(0, h - 1)
                 rp, pb = r[i, k, gy, gx], pred[i, k, gy, gx]
                 if self.box_loss == "mse":
+                    fx, fy = c[g, 0] / iw * w, c[g, 1] / ih * h
                     t = torch.stack([fx - gx, fy - gy, (c[g, 2] / anc[k, 0]).log(), (c[g, 3] / anc[k, 1]).log()], 1)
                     box_terms.append(((torch.cat([rp[:, :2].sigmoid(), rp[:, 2:4]], 1) - t) ** 2).sum(1))
                 else:
                     fn = giou_loss if self.box_loss == "giou" else ciou_loss
                     box_terms.append(fn(pb, boxes[g]))
-                cls_terms.append(
-                    F.binary_cross_entropy_with_logits(
-                        rp[:, 5:], F.one_hot(labels[g], self.c).float(), reduction="none"
-                    ).sum(1)
-                )
+                target = F.one_hot(labels[g], self.c).float() * (1 - eps) + eps / 2
+                cls_terms.append(F.binary_cross_entropy_with_logits(rp[:, 5:], target, reduction="none").sum(1))
                 tobj[i, k, gy, gx] = paired_iou(pb, boxes[g]).detach().clamp(0) if self.obj_target == "iou" else 1.0
                 weight[i, k, gy, gx] = 1.0
             bce = F.binary_cross_entropy_with_logits(r[..., 4], tobj, weight=weight, reduction="sum")

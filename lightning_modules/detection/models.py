@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from lightning_modules.config import DetectionConfig
 from lightning_modules.detection import decode as dec
 from lightning_modules.detection.heads import YoloV1Head, YoloV2Head, YoloV3Head
-from lightning_modules.detection.losses import YoloV1Loss, YoloV2Loss, YoloV3Loss
+from lightning_modules.detection.losses import V3Weights, YoloV1Loss, YoloV2Loss, YoloV3Loss
 from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.models import build_model
 
@@ -62,7 +64,8 @@ class Detector(nn.Module):
             return dec.decode_v1(raw, image_size, boxes=self.head.boxes)
         if self.version == "yolov2":
             return dec.decode_v2(raw, self._anchors_at(image_size), image_size)
-        return dec.decode_v3(raw, self._anchors_at(image_size), image_size)
+        grid_sensitive = self.criterion.grid_sensitive
+        return dec.decode_v3(raw, self._anchors_at(image_size), image_size, grid_sensitive=grid_sensitive)
 
     @torch.no_grad()
     def predict(
@@ -82,8 +85,8 @@ def _hidden(width: float, base: int) -> int:
     return max(16, int(round(base * width)))
 
 
-def _backbone(name: str, width: float, small_input: bool) -> nn.Module:
-    bb = build_model(name, num_classes=1, width=width, small_input=small_input)
+def _backbone(name: str, width: float, small_input: bool, stem_stride: int | None) -> nn.Module:
+    bb = build_model(name, num_classes=1, width=width, small_input=small_input, stem_stride=stem_stride)
     # A detector reads the body's feature maps only: the classifier would be parameters that never
     # get a gradient (DDP refuses those) and weights no checkpoint could fill.
     bb.head = nn.Identity()
@@ -91,16 +94,28 @@ def _backbone(name: str, width: float, small_input: bool) -> nn.Module:
 
 
 def _yolov1(
-    backbone_name, num_classes, anchors, *, width, small_input, image_size, grid=7, boxes=2, fc=True, **loss_kw
+    backbone_name,
+    num_classes,
+    anchors,
+    *,
+    width,
+    small_input,
+    stem_stride,
+    image_size,
+    neck_width=1.0,
+    grid=7,
+    boxes=2,
+    fc=True,
+    **loss_kw,
 ):
-    bb = _backbone(backbone_name, width, small_input)
+    bb = _backbone(backbone_name, width, small_input, stem_stride)
     cin = bb.num_features if bb.name == "yolov1" else bb.feature_channels[32]
     head = YoloV1Head(
         cin,
         num_classes,
         grid=grid,
         boxes=boxes,
-        hidden=_hidden(width, 1024 if fc else 512),
+        hidden=_hidden(width * neck_width, 1024 if fc else 512),
         fc=fc,
         dropout=0.5 if fc else 0.0,
     )
@@ -116,22 +131,31 @@ def _check_anchors(anchors, count: int, version: str) -> torch.Tensor:
     return a
 
 
-def _yolov2(backbone_name, num_classes, anchors, *, width, small_input, image_size, **loss_kw):
+def _yolov2(
+    backbone_name, num_classes, anchors, *, width, small_input, stem_stride, image_size, neck_width=1.0, **loss_kw
+):
     a = _check_anchors(anchors, 5, "yolov2")
-    bb = _backbone(backbone_name, width, small_input)
+    bb = _backbone(backbone_name, width, small_input, stem_stride)
     ch = bb.feature_channels
     head = YoloV2Head(
-        ch[16], ch[32], num_classes, anchors=len(a), hidden=_hidden(width, 1024), passthrough=_hidden(width, 64)
+        ch[16],
+        ch[32],
+        num_classes,
+        anchors=len(a),
+        hidden=_hidden(width * neck_width, 1024),
+        passthrough=_hidden(width, 64),
     )
     _prior_obj(head.out, len(a), num_classes)
     return Detector("yolov2", bb, head, YoloV2Loss(num_classes, a, **loss_kw), num_classes, image_size, a)
 
 
-def _yolov3(backbone_name, num_classes, anchors, *, width, small_input, image_size, **loss_kw):
+def _yolov3(
+    backbone_name, num_classes, anchors, *, width, small_input, stem_stride, image_size, neck_width=1.0, **loss_kw
+):
     a = _check_anchors(anchors, 9, "yolov3")
     a = a[a.prod(1).argsort()]  # smallest three go to stride 8
-    bb = _backbone(backbone_name, width, small_input)
-    head = YoloV3Head(bb.feature_channels, num_classes, hidden=_hidden(width, 256))
+    bb = _backbone(backbone_name, width, small_input, stem_stride)
+    head = YoloV3Head(bb.feature_channels, num_classes, hidden=_hidden(width * neck_width, 256))
     for out in (head.out8, head.out16, head.out32):
         _prior_obj(out, 3, num_classes)
     return Detector("yolov3", bb, head, YoloV3Loss(num_classes, a, **loss_kw), num_classes, image_size, a)
@@ -154,10 +178,11 @@ def build_detector(
     *,
     width: float = 1.0,
     small_input: bool = False,
+    stem_stride: int | None = None,
     image_size: int = 416,
     **options,
 ) -> Detector:
-    """Build a YOLO detector; `options` go to the head (v1: grid, boxes, fc) or the loss."""
+    """Build a YOLO detector; `options` go to the head (neck_width; v1: grid, boxes, fc) or the loss."""
     try:
         builder = DETECTORS[version]
     except KeyError:
@@ -165,8 +190,35 @@ def build_detector(
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes: {num_classes!r} must be a positive integer")
     return builder(
-        backbone_name, num_classes, anchors, width=width, small_input=small_input, image_size=image_size, **options
+        backbone_name,
+        num_classes,
+        anchors,
+        width=width,
+        small_input=small_input,
+        stem_stride=stem_stride,
+        image_size=image_size,
+        **options,
     )
+
+
+def config_options(d: DetectionConfig) -> dict[str, Any]:
+    """build_detector's head and loss options for the version, from the job's detection config."""
+    options: dict[str, Any] = {"neck_width": d.neck_width}
+    if d.version == "yolov1":
+        options.update(grid=d.grid, boxes=d.boxes)
+    elif d.version == "yolov3":
+        box, obj, cls = d.loss_weights
+        options.update(
+            box_loss=d.box_loss,
+            assign=d.assign,
+            anchor_t=d.anchor_t,
+            ignore_iou=d.ignore_iou,
+            obj_target=d.obj_target,
+            obj_norm=d.obj_norm,
+            label_smoothing=d.label_smoothing,
+            weights=V3Weights(box=box, obj=obj, cls=cls),
+        )
+    return options
 
 
 def load_backbone(detector: Detector, checkpoint: str | Path) -> dict[str, list[str]]:

@@ -23,7 +23,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from lightning_modules.config import DetectionConfig, ModelConfig, OptimConfig, from_saved
 from lightning_modules.detection.decode import postprocess
-from lightning_modules.detection.models import build_detector, load_backbone
+from lightning_modules.detection.models import build_detector, config_options, load_backbone
 from lightning_modules.detection.predictor import predictor_from_module
 from lightning_modules.detection.scoring import evaluate_loader
 from lightning_modules.training.optim import BodyFreezing, configure_optimization
@@ -57,11 +57,6 @@ class DetectionModule(BodyFreezing, L.LightningModule):
         self.detection_config = d = from_saved(DetectionConfig, detection)
         self.model_config = m = from_saved(ModelConfig, model)
         self.optim_config = from_saved(OptimConfig, optim)
-        options: dict[str, Any] = {}
-        if d.version == "yolov1":
-            options.update(grid=d.grid, boxes=d.boxes)
-        elif d.version == "yolov3":
-            options["box_loss"] = d.box_loss
         self.detector = build_detector(
             d.version,
             m.name,
@@ -69,8 +64,9 @@ class DetectionModule(BodyFreezing, L.LightningModule):
             anchors,
             width=m.width,
             small_input=m.small_input,
+            stem_stride=m.stem_stride,
             image_size=image_size,
-            **options,
+            **config_options(d),
         )
         if m.pretrained_checkpoint:
             load_backbone(self.detector, m.pretrained_checkpoint)
@@ -149,6 +145,7 @@ class DetectionModule(BodyFreezing, L.LightningModule):
             iou=d.nms_iou,
             agnostic=d.class_agnostic_nms,
             max_det=d.max_det,
+            multi_label=d.multi_label,
         )
 
     def on_validation_epoch_end(self) -> None:

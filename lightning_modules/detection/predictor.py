@@ -29,6 +29,7 @@ class YoloPredictor(nn.Module):
         iou: float = 0.6,
         max_det: int = 100,
         agnostic: bool = False,
+        multi_label: bool = False,
     ):
         super().__init__()
         self.detector = detector
@@ -36,6 +37,7 @@ class YoloPredictor(nn.Module):
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.image_size, self.class_names = int(image_size), list(class_names)
         self.conf, self.iou, self.max_det, self.agnostic = conf, iou, max_det, agnostic
+        self.multi_label = multi_label
 
     @property
     def device(self) -> torch.device:
@@ -58,6 +60,7 @@ class YoloPredictor(nn.Module):
             iou=self.iou,
             agnostic=self.agnostic,
             max_det=self.max_det,
+            multi_label=self.multi_label,
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -82,4 +85,5 @@ def predictor_from_module(module) -> YoloPredictor:
         iou=d.nms_iou,
         max_det=d.max_det,
         agnostic=d.class_agnostic_nms,
+        multi_label=d.multi_label,
     ).to(module.device)

@@ -119,7 +119,8 @@ class Backbone(nn.Module):
     """Uniform classifier/backbone: forward -> logits, forward_features -> [N, F], feature_maps -> {8,16,32}.
 
     `feature_strides` gives the real stride of each level: equal to the level normally, 4x smaller
-    with `small_input=True` (stem downsampling removed), e.g. {8: 2, 16: 4, 32: 8}.
+    with `small_input=True` (stem downsampling removed), e.g. {8: 2, 16: 4, 32: 8}, unless a
+    `stem_stride` puts it back.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class Backbone(nn.Module):
         *,
         num_features: int,
         small_input: bool = False,
+        stem_stride: int | None = None,
         head_on_map: bool = False,
         torchvision_keys: tuple[tuple[str, str], ...] = (),
     ):
@@ -150,7 +152,10 @@ class Backbone(nn.Module):
                 raise ValueError(f"{name}: no body layer at nominal stride {level}")
             self.levels[level] = names[-1]  # deepest layer at that stride
         self.feature_channels = {lv: body.channels[n] for lv, n in self.levels.items()}
-        self.feature_strides = {lv: lv // 4 if small_input else lv for lv in LEVELS}
+        # real stride = nominal x (the stem's real downsampling / the 224-px layout's 4)
+        stem = stem_stride or (1 if small_input else 4)
+        self.stem_stride = stem
+        self.feature_strides = {lv: lv * stem // 4 for lv in LEVELS}
 
     @property
     def num_classes(self) -> int:

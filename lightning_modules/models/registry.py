@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 
 from lightning_modules.errors import ConfigError
@@ -37,12 +38,14 @@ def build_model(
     activation: str | None = None,
     dropout: DropoutConfig | Mapping | float | None = None,
     small_input: bool = False,
+    stem_stride: int | None = None,
 ) -> Backbone:
     """Build a registered backbone.
 
     activation: None (or "default") keeps the architecture's own (ReLU for VGG/ResNets, leaky
     ReLU 0.1 for the Darknets); a name from ACTIVATIONS replaces every hidden activation.
     dropout: see DropoutConfig; None keeps the architecture's defaults.
+    stem_stride: the stem's downsampling (ResNet/plain only); None keeps the layout's own.
     """
     try:
         builder = MODEL_REGISTRY[name]
@@ -50,7 +53,12 @@ def build_model(
         raise ConfigError(f"model {name!r} is unknown; choose one of: {', '.join(MODEL_REGISTRY)}") from None
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes: {num_classes!r} must be a positive integer")
-    model = builder(num_classes=num_classes, width=width, dropout=dropout, small_input=bool(small_input))
+    extra = {}
+    if stem_stride is not None:
+        if "stem_stride" not in inspect.signature(builder).parameters:
+            raise ConfigError(f"model {name!r} has no stem_stride option (ResNet and plain nets have)")
+        extra["stem_stride"] = stem_stride
+    model = builder(num_classes=num_classes, width=width, dropout=dropout, small_input=bool(small_input), **extra)
     if activation not in (None, "default"):
         swap_activations(model, activation)
         model.activation = activation

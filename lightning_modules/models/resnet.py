@@ -3,7 +3,9 @@
 Layer names match torchvision's ResNet (conv1, bn1, relu, maxpool, layer1..4 inside `body`,
 fc as `head.fc`), so torchvision ImageNet weights load with `load_torchvision_weights`.
 `small_input=True` uses a 3x3 stride-1 stem and no max-pool (the CIFAR layout): every feature
-map is then 4x larger, i.e. levels 8/16/32 have real strides 2/4/8.
+map is then 4x larger, i.e. levels 8/16/32 have real strides 2/4/8. `stem_stride` sets the stem's
+downsampling without changing any weight's shape: a detector on a small-input backbone uses 4
+(3x3 stride-2 conv + max-pool), so its levels sit at the usual strides 8/16/32 at a quarter of the cost.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
+from lightning_modules.errors import ConfigError
 from lightning_modules.models.backbone import (
     Backbone,
     BodyBuilder,
@@ -70,21 +73,25 @@ def _build(
     width: float,
     dropout: DropoutConfig | None,
     small_input: bool,
+    stem_stride: int | None = None,
 ) -> Backbone:
     width = check_width(width)
+    stem_stride = stem_stride or (1 if small_input else 4)
+    if stem_stride not in (1, 2, 4) or (not small_input and stem_stride == 1):
+        raise ConfigError(f"{name}: stem_stride {stem_stride} is not one of 2, 4 (or 1 with small_input)")
     dropout = dropout_or(dropout, DropoutConfig())
     c = [scaled(n, width) for n in (64, 128, 256, 512)]
     b = BodyBuilder(dropout)
-    if small_input:
-        b.add("conv1", nn.Conv2d(3, c[0], kernel_size=3, stride=1, padding=1, bias=False), stride=2, channels=c[0])
-    else:
-        b.add("conv1", nn.Conv2d(3, c[0], kernel_size=7, stride=2, padding=3, bias=False), stride=2, channels=c[0])
+    k = 3 if small_input else 7
+    conv_stride = min(stem_stride, 2)
+    conv = nn.Conv2d(3, c[0], kernel_size=k, stride=conv_stride, padding=k // 2, bias=False)
+    b.add("conv1", conv, stride=2, channels=c[0])  # nominal strides: those of the 224-px layout
     b.add("bn1", nn.BatchNorm2d(c[0]))
     b.add("relu", nn.ReLU(inplace=True))
-    if small_input:
-        b.skip(2)
-    else:
+    if stem_stride == 4:
         b.add("maxpool", nn.MaxPool2d(kernel_size=3, stride=2, padding=1), stride=2)
+    else:
+        b.skip(2)
     inplanes = c[0]
     for i, (planes, blocks) in enumerate(zip(c, layers)):
         stride = 1 if i == 0 else 2
@@ -99,6 +106,7 @@ def _build(
         head,
         num_features=c[3],
         small_input=small_input,
+        stem_stride=stem_stride,
         torchvision_keys=() if plain else TORCHVISION_KEYS,
     )
     _init_like_torchvision(model.body)
@@ -106,24 +114,40 @@ def _build(
 
 
 def resnet18(
-    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+    num_classes: int = 1000,
+    width: float = 1.0,
+    dropout: DropoutConfig | None = None,
+    small_input: bool = False,
+    stem_stride: int | None = None,
 ) -> Backbone:
-    return _build("resnet18", [2, 2, 2, 2], False, num_classes, width, dropout, small_input)
+    return _build("resnet18", [2, 2, 2, 2], False, num_classes, width, dropout, small_input, stem_stride)
 
 
 def resnet34(
-    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+    num_classes: int = 1000,
+    width: float = 1.0,
+    dropout: DropoutConfig | None = None,
+    small_input: bool = False,
+    stem_stride: int | None = None,
 ) -> Backbone:
-    return _build("resnet34", [3, 4, 6, 3], False, num_classes, width, dropout, small_input)
+    return _build("resnet34", [3, 4, 6, 3], False, num_classes, width, dropout, small_input, stem_stride)
 
 
 def plain18(
-    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+    num_classes: int = 1000,
+    width: float = 1.0,
+    dropout: DropoutConfig | None = None,
+    small_input: bool = False,
+    stem_stride: int | None = None,
 ) -> Backbone:
-    return _build("plain18", [2, 2, 2, 2], True, num_classes, width, dropout, small_input)
+    return _build("plain18", [2, 2, 2, 2], True, num_classes, width, dropout, small_input, stem_stride)
 
 
 def plain34(
-    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+    num_classes: int = 1000,
+    width: float = 1.0,
+    dropout: DropoutConfig | None = None,
+    small_input: bool = False,
+    stem_stride: int | None = None,
 ) -> Backbone:
-    return _build("plain34", [3, 4, 6, 3], True, num_classes, width, dropout, small_input)
+    return _build("plain34", [3, 4, 6, 3], True, num_classes, width, dropout, small_input, stem_stride)

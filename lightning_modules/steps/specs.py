@@ -114,4 +114,6 @@ class DetectionEvaluationSpec(TrackedStepSpec):
 class TransferReportSpec(TrackedStepSpec):
     transfer_history: list[dict]
     scratch_history: list[dict]
+    metric: str = Field("val_acc1", description="the history column compared: val_acc1, or val_map for detection")
+    title: str = "transfer vs scratch"
     settings: TransferReportSettings

@@ -186,6 +186,14 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0)
         client.log_metric(run_id, k, float(v), step=step)
 
 
+def log_params(uri: str, run_id: str, params: dict[str, object]) -> None:
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
+
+    client = MlflowClient(uri)
+    for k, v in params.items():
+        client.log_param(run_id, k, str(v))
+
+
 def log_artifact(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
     from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 

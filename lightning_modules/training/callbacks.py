@@ -264,38 +264,41 @@ class EpochHistory(L.Callback):
 
 
 class TimeBudget(L.Callback):
-    """With trainer.max_time, fit the LR schedule to the time: after each of the first epochs the pace
-    (steps per second, validation included) gives the steps that fit in what is left of the budget, and
-    the schedule's plan (optim.StepPlan) is cut to them, so the cosine reaches its floor when the time
-    runs out (as Ultralytics' `time=` re-plans its epochs). Lightning's own Timer stops the run."""
+    """With trainer.max_time, fit the LR schedule to the time: after every epoch the pace of that epoch
+    (steps per second, validation included; the first epoch's start-up is not the pace of the rest)
+    gives the steps that fit in what is left of the budget, and the schedule's plan (optim.StepPlan) is
+    set to them, so the cosine reaches its floor when the time runs out (as Ultralytics' `time=`
+    re-plans its epochs). It never plans past max_epochs. Lightning's own Timer stops the run."""
 
-    def __init__(self, replan_epochs: int = 3) -> None:
-        self.replan_epochs = replan_epochs
+    def __init__(self) -> None:
         self.planned_total: int | None = None  # kept in checkpoints: a resumed run keeps its plan
-        self._epochs_seen = 0
+        self._ceiling: int | None = None  # the plan of max_epochs, before any re-planning
+        self._last: tuple[int, float] = (0, 0.0)  # (global step, seconds elapsed) at the last epoch end
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         plan = getattr(pl_module, "step_plan", None)
-        if plan is not None and self.planned_total is not None:
+        if plan is None:
+            return
+        self._ceiling = plan.total
+        if self.planned_total is not None:
             plan.total = self.planned_total
-        self._epochs_seen = 0
+        timer = _timer(trainer)
+        self._last = (trainer.global_step, timer.time_elapsed("train") if timer else 0.0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         plan, timer = getattr(pl_module, "step_plan", None), _timer(trainer)
-        if plan is None or timer is None or self._epochs_seen >= self.replan_epochs:
+        if plan is None or timer is None or self._ceiling is None:
             return
-        self._epochs_seen += 1
         elapsed, left = timer.time_elapsed("train"), timer.time_remaining("train")
         steps = trainer.global_step
-        if steps <= 0 or elapsed <= 0 or left is None:
+        done, spent = steps - self._last[0], elapsed - self._last[1]
+        self._last = (steps, elapsed)
+        if done <= 0 or spent <= 0 or left is None:
             return
-        fits = steps + int(left * steps / elapsed)
-        plan.total = self.planned_total = max(steps + 1, min(plan.total, fits))
+        fits = steps + int(left * done / spent)
+        plan.total = self.planned_total = max(steps + 1, min(self._ceiling, fits))
         log.info(
-            "time budget: %.0f s left at %.2f steps/s: the schedule now ends at step %d",
-            left,
-            steps / elapsed,
-            plan.total,
+            "time budget: %.0f s left at %.2f steps/s: the schedule now ends at step %d", left, done / spent, plan.total
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -75,18 +75,32 @@ def yolo_detector(
     mlflow: MlflowResource,
     launcher: TrainingLauncher,
 ) -> dg.MaterializeResult:
+    return train_detector(context, config, config.init, project, dvc, mlflow, launcher)
+
+
+def train_detector(
+    context: dg.AssetExecutionContext,
+    config: DetectorConfig,
+    init: str,
+    project: ProjectResource,
+    dvc: DvcResource,
+    mlflow: MlflowResource,
+    launcher: TrainingLauncher,
+) -> dg.MaterializeResult:
+    """The partition's YOLO version on the picked backbone's network, from its weights or from scratch."""
     version = context.partition_key
     arch = pick_backbone(context, version, config.backbone)
     source = pretrained_run(context, arch)
     overrides = [f"detection.version={version}", *_model_overrides(source["model"])]
-    tags = {"init": config.init, "architecture": arch, "yolo_version": version}
-    if config.init == "pretrained":
+    tags = {"init": init, "architecture": arch, "yolo_version": version}
+    if init == "pretrained":
         overrides.append(f"model.pretrained_checkpoint={source['checkpoint']}")
         tags["pretrained_run_id"] = source["mlflow_run_id"]
-    elif config.init == "scratch":
-        overrides.append("optim.freeze_body_epochs=0")  # nothing to protect in a random body
+    elif init == "scratch":
+        # nothing to protect in a random body: no freezing, the body at the head's learning rate
+        overrides += ["optim.freeze_body_epochs=0", "optim.body_lr_mult=1.0"]
     else:
-        raise dg.Failure(f"init must be 'pretrained' or 'scratch', not {config.init!r}")
+        raise dg.Failure(f"init must be 'pretrained' or 'scratch', not {init!r}")
     job = config.model_copy(update={"config_file": config.config_file or f"configs/{version}-cpu.yaml"})
     return launch_job(
         context,

@@ -16,7 +16,7 @@ from lightning_modules.steps.specs import (
 )
 from pipelines.assets.training import scratch_baseline, transfer_finetuned
 from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
-from pipelines.upstream import upstream
+from pipelines.upstream import Upstream, upstream
 
 GROUP = "evaluation"
 
@@ -40,9 +40,28 @@ def transfer_report(
 ) -> dg.MaterializeResult:
     t = upstream(context, transfer_finetuned.key)
     s = upstream(context, scratch_baseline.key)
+    return run_transfer_report(context, t, s, "transfer", config, project, mlflow, launcher)
+
+
+def run_transfer_report(
+    context: dg.AssetExecutionContext,
+    t: Upstream,
+    s: Upstream,
+    prepared: str,
+    config: TransferReportSettings,
+    project: ProjectResource,
+    mlflow: MlflowResource,
+    launcher: TrainingLauncher,
+    *,
+    metric: str = "val_acc1",
+    title: str = "transfer vs scratch",
+    lineage: dict[str, str] | None = None,
+) -> dg.MaterializeResult:
+    """The report step on two upstream training runs (with transfer `t`, from scratch `s`) of one task."""
     out = project.run_dir(context)
-    lineage = {"transfer_run_id": t["mlflow_run_id"], "scratch_run_id": s["mlflow_run_id"]}
-    run_id = mlflow.start_run(context, "transfer-report", out, project.prepared_version("transfer"), lineage)
+    tags = {"transfer_run_id": t["mlflow_run_id"], "scratch_run_id": s["mlflow_run_id"], **(lineage or {})}
+    stage = "transfer-report" if prepared == "transfer" else f"{prepared}-transfer-report"
+    run_id = mlflow.start_run(context, stage, out, project.prepared_version(prepared), tags)
     spec = TransferReportSpec(
         out=str(out),
         tracking_uri=mlflow.uri(),
@@ -50,6 +69,8 @@ def transfer_report(
         mlflow_ui=mlflow.ui_url,
         transfer_history=t["history"],
         scratch_history=s["history"],
+        metric=metric,
+        title=title,
         settings=TransferReportSettings.model_validate(config.model_dump()),
     )
     links = {

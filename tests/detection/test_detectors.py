@@ -8,6 +8,7 @@ import torch
 from lightning_modules.detection.boxes import ciou_loss, giou_loss, wh_iou, xywh_to_xyxy, xyxy_to_xywh
 from lightning_modules.detection.decode import postprocess
 from lightning_modules.detection.models import DETECTORS, build_detector, load_backbone
+from lightning_modules.errors import ConfigError
 from lightning_modules.models import build_model
 
 SIZE = 96
@@ -81,6 +82,7 @@ def fit(model, images, targets, steps: int, lr: float = 3e-3) -> list[float]:
         ("yolov2", {}),
         ("yolov3", {"box_loss": "giou"}),
         ("yolov3", {"box_loss": "mse", "match_iou": 0.3}),
+        ("yolov3", {"assign": "v5", "ignore_iou": None, "obj_target": "iou", "label_smoothing": 0.1}),
     ],
 )
 def test_loss_decreases(version, options):
@@ -89,12 +91,14 @@ def test_loss_decreases(version, options):
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:3]) / 3, losses
 
 
-@pytest.mark.parametrize("version,steps", [("yolov3", 60), ("yolov2", 60)])
-def test_overfit_recovers_boxes(version, steps):
+@pytest.mark.parametrize(
+    "version,steps,options", [("yolov3", 60, {}), ("yolov2", 60, {}), ("yolov3", 60, {"assign": "v5"})]
+)
+def test_overfit_recovers_boxes(version, steps, options):
     from torchmetrics.detection import MeanAveragePrecision
 
     images, targets = synthetic_batch()
-    model = tiny(version)
+    model = tiny(version, **options)
     fit(model, images, targets, steps)
     metric = MeanAveragePrecision(iou_type="bbox")
     metric.update(model.predict(images, conf=0.1, iou=0.45), targets)
@@ -113,6 +117,21 @@ def test_nms_class_aware_and_agnostic():
     assert agnostic["labels"].tolist() == [0] and agnostic["scores"].tolist() == pytest.approx([0.9])
     assert len(postprocess(boxes, scores, 64, conf=0.95)[0]["boxes"]) == 0  # confidence filter
     assert len(postprocess(boxes, scores, 64, conf=0.1, iou=0.5, max_det=1)[0]["boxes"]) == 1
+
+
+def test_multi_label_scores_an_uncertain_box_for_each_likely_class():
+    boxes = torch.tensor([[[10.0, 10, 50, 50], [60, 60, 90, 90]]])
+    scores = torch.tensor([[[0.5, 0.4, 0.0005], [0.0, 0.0, 0.9]]])
+    single = postprocess(boxes, scores, 96, conf=0.001)[0]
+    assert single["labels"].tolist() == [2, 0]  # one label per box: class 1 is lost for the first box
+    multi = postprocess(boxes, scores, 96, conf=0.001, multi_label=True)[0]
+    assert sorted(zip(multi["labels"].tolist(), multi["scores"].tolist())) == [
+        (0, pytest.approx(0.5)),
+        (1, pytest.approx(0.4)),
+        (2, pytest.approx(0.9)),
+    ]  # the same box for classes 0 and 1 (NMS is per class); class 2's 0.0005 is under conf
+    capped = postprocess(boxes, scores, 96, conf=0.001, multi_label=True, max_candidates=1)[0]
+    assert capped["scores"].tolist() == pytest.approx([0.9])  # only the best candidate enters NMS
 
 
 def test_box_helpers():
@@ -147,3 +166,48 @@ def test_bad_inputs():
         build_detector("yolov3", "darknet19", 3, None, width=0.25)
     with pytest.raises(ConfigError, match="9 positive"):
         build_detector("yolov3", "darknet19", 3, V2_ANCHORS, width=0.25)
+
+
+def test_v5_assignment_uses_neighbour_cells_and_every_fitting_anchor():
+    """One 20 x 20 object centred at (27, 21) on a 96-px input: at stride 8 (cell (3, 2), offsets 0.375
+    and 0.625) the neighbours across the nearer edges are (2, 2) and (3, 3); anchors within 4x of its size."""
+    from lightning_modules.detection.losses import YoloV3Loss
+
+    loss = YoloV3Loss(3, torch.tensor(V3_ANCHORS, dtype=torch.float32), assign="v5")
+    c = torch.tensor([[27.0, 21.0, 20.0, 20.0]])
+    g, k, gx, gy = loss._match(c, loss.anchors, 0, 3, 12, 12, SIZE, SIZE)
+    cells = sorted({(int(x), int(y)) for x, y in zip(gx, gy)})
+    assert cells == [(2, 2), (3, 2), (3, 3)]
+    assert len(g) == 9  # the three stride-8 anchors (9, 15, 21 px) are all within 4x of 20 px, x 3 cells
+    # the best-anchor rule of YOLOv3 gives one positive, in the centre cell
+    v3 = YoloV3Loss(3, torch.tensor(V3_ANCHORS, dtype=torch.float32))
+    g, k, gx, gy = v3._match(c, v3.anchors, 0, 3, 12, 12, SIZE, SIZE)
+    assert (len(g), int(gx[0]), int(gy[0]), int(k[0])) == (1, 3, 2, 2)
+
+
+def test_grid_sensitive_decoding_reaches_the_neighbouring_cells():
+    from lightning_modules.detection.decode import anchor_boxes
+
+    raw = torch.zeros(1, 1, 2, 2, 8)
+    anchor = torch.tensor([[10.0, 10.0]])
+    plain = anchor_boxes(raw, anchor, 32)
+    sensitive = anchor_boxes(raw, anchor, 32, grid_sensitive=True)
+    assert torch.allclose(plain, sensitive)  # zero logits: the cell centre and the anchor in both
+    raw[..., :4] = 20.0  # saturated: plain stays inside its cell, grid-sensitive reaches 1.5 cells and 4x
+    plain, sensitive = anchor_boxes(raw, anchor, 32), anchor_boxes(raw, anchor, 32, grid_sensitive=True)
+    assert plain[0, 0, 0, 0, 0] == pytest.approx(16.0) and sensitive[0, 0, 0, 0, 0] == pytest.approx(24.0)
+    assert sensitive[0, 0, 0, 0, 2] == pytest.approx(40.0)
+
+
+def test_stem_stride_puts_a_small_input_backbone_at_strides_8_16_32(tmp_path):
+    """Same weights as the small-input backbone (a pretrained one loads), a quarter of the resolution."""
+    small = build_model("resnet18", num_classes=4, width=0.25, small_input=True)
+    nano = build_model("resnet18", num_classes=4, width=0.25, small_input=True, stem_stride=4).eval()
+    assert nano.feature_strides == {8: 8, 16: 16, 32: 32} and small.feature_strides == {8: 2, 16: 4, 32: 8}
+    nano.load_state_dict(small.state_dict())
+    maps = nano.feature_maps(torch.rand(1, 3, 64, 64))
+    assert {lv: tuple(m.shape[-2:]) for lv, m in maps.items()} == {8: (8, 8), 16: (4, 4), 32: (2, 2)}
+    m = build_detector("yolov3", "resnet18", 3, V3_ANCHORS, width=0.25, small_input=True, stem_stride=4, image_size=96)
+    assert [tuple(r.shape[2:4]) for r in m(torch.rand(1, 3, 96, 96))] == [(12, 12), (6, 6), (3, 3)]
+    with pytest.raises(ConfigError, match="stem_stride"):
+        build_model("darknet19", num_classes=4, width=0.25, stem_stride=4)

@@ -20,7 +20,8 @@ from mlflow.tracking import MlflowClient
 from lightning_modules.data import versioning
 from lightning_modules.data.synth import synthesize
 from pipelines.assets.data import prepared_detection, prepared_imagenet, prepared_transfer
-from pipelines.assets.detection import DETECTION_ASSETS
+from pipelines.assets.detection import DETECTION_ASSETS, yolo_detector
+from pipelines.assets.detection_transfer import DETECTION_TRANSFER_ASSETS
 from pipelines.assets.evaluation import EVALUATION_ASSETS, classification_evaluation
 from pipelines.assets.training import TRAINING_ASSETS, pretrained_backbone
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
@@ -275,3 +276,33 @@ def test_killed_training_step_is_retried_and_resumes_from_its_checkpoint(tmp_pat
     steps_per_epoch = -(-manifest["totals"]["train"] // 16)
     assert meta["global_step"] == epochs * steps_per_epoch
     assert [h["epoch"] for h in meta["history"]] == list(range(1, epochs + 1)), "history survives the resume"
+
+
+def test_detection_transfer_report_compares_the_detector_with_its_scratch_twin(chain) -> None:
+    root, instance, _ = chain
+    tiny = ["trainer.max_epochs=2", "data.image_size=64", "data.batch_size=4", "data.num_workers=0"]
+    detector = {"config_file": str(ROOT / "configs" / "yolov3-cpu.yaml"), "overrides": tiny}
+    res = dg.materialize(
+        [prepared_detection, yolo_detector, *DETECTION_TRANSFER_ASSETS],
+        partition_key="yolov3",
+        instance=instance,
+        resources=_resources(root),
+        run_config={
+            "ops": {
+                "prepared_detection": {"config": {"anchor_image_size": 64, "bpr_floor": 0.0}},
+                "yolo_detector": {"config": detector},
+                "detection_scratch_baseline": {"config": detector},
+            }
+        },
+    )
+    report, scratch = _meta(res, "detection_transfer_report"), _meta(res, "detection_scratch_baseline")
+    assert report["metric"] == "val_map"
+    assert report["curves"].startswith("![")
+    # the gains are the differences of the two curves' own statistics
+    for k in ("start", "slope", "asymptote"):
+        assert report[f"gain_{k}"] == pytest.approx(report[f"transfer_{k}"] - report[f"scratch_{k}"], abs=2e-4)
+    assert report["scratch_asymptote"] == pytest.approx(max(h["val_map"] for h in scratch["history"]), abs=1e-4)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    run = client.get_run(scratch["mlflow_run_id"])
+    assert run.data.tags["init"] == "scratch" and run.data.params.get("model.pretrained_checkpoint") in (None, "None")
+    assert run.data.params["optim.freeze_body_epochs"] == "0"
