@@ -208,7 +208,7 @@ def test_detection_stage_trains_on_the_pretrained_backbone_and_registers(chain) 
     assert evaluated["registered_model"] == "visionflow-detector-yolov3"
     # The default floor, not lowered: 2 epochs on 8 images may or may not clear it, but the gate and the
     # promotion must agree with the number (learning itself is asserted in test_learning.py).
-    passed = evaluated["test_map_50"] >= 0.035
+    passed = evaluated["test_map_50"] >= 0.13
     assert _checks(det, "detection_evaluation") == {"map50_floor": passed, "no_nan": True}
     assert evaluated["promoted"] is passed
     assert det.success is passed  # a failed blocking gate fails the run
