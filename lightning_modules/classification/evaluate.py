@@ -69,6 +69,7 @@ def load_classifier(checkpoint: str | Path) -> Classifier:
         activation=m.get("activation"),
         dropout=m.get("dropout"),
         small_input=m.get("small_input", False),
+        stem_stride=m.get("stem_stride"),
     )
     state = {k[len("model.") :]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}
     try:

@@ -61,6 +61,7 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
             activation=m.activation,
             dropout=m.dropout,
             small_input=m.small_input,
+            stem_stride=m.stem_stride,
         )
         if m.pretrained_checkpoint:
             load_pretrained(self.model, m.pretrained_checkpoint, expect=m.model_dump())
