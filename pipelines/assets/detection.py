@@ -26,13 +26,18 @@ yolo_versions = dg.StaticPartitionsDefinition(VERSIONS)
 PAPER_BACKBONE = {"yolov1": "darknet19", "yolov2": "darknet19", "yolov3": "darknet53"}
 
 
-class DetectorConfig(TrainConfig):
+class DetectorJobConfig(TrainConfig):
+    """A detector job: its YAML and the backbone whose network (and, unless from scratch, weights) it uses."""
+
     config_file: str = Field("", description="job YAML relative to the project root; empty: configs/<version>-cpu.yaml")
     backbone: str = Field(
         "",
         description="pretrained_backbone partition to start from; empty: the paper's "
         "(Darknet-19/53) if pretrained, else the most recently pretrained one",
     )
+
+
+class DetectorConfig(DetectorJobConfig):
     init: str = Field(
         "pretrained",
         description="pretrained: start from the backbone checkpoint; scratch: random "
@@ -80,7 +85,7 @@ def yolo_detector(
 
 def train_detector(
     context: dg.AssetExecutionContext,
-    config: DetectorConfig,
+    config: DetectorJobConfig,
     init: str,
     project: ProjectResource,
     dvc: DvcResource,

@@ -7,7 +7,7 @@ part of `make run`'s budget.
 import dagster as dg
 
 from lightning_modules.steps.specs import TransferReportSettings
-from pipelines.assets.detection import DetectorConfig, train_detector, yolo_detector, yolo_versions
+from pipelines.assets.detection import DetectorJobConfig, train_detector, yolo_detector, yolo_versions
 from pipelines.assets.evaluation import run_transfer_report
 from pipelines.assets.training import RESUMING_RETRY, pretrained_backbone
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
@@ -16,8 +16,8 @@ from pipelines.upstream import upstream
 GROUP = "detection_transfer"
 
 
-class DetectionScratchConfig(DetectorConfig):
-    """As yolo_detector's config; `init` is ignored (always scratch). Give it the same `overrides`
+class DetectionScratchConfig(DetectorJobConfig):
+    """yolo_detector's settings without `init` (always scratch). Give it the same `overrides`
     (e.g. trainer.max_time) as the detector it is compared with."""
 
 
