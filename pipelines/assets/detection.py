@@ -2,6 +2,8 @@
 its evaluation in the images' own pixels, which registers the detector and promotes it when better.
 """
 
+from typing import Any
+
 import dagster as dg
 from pydantic import Field
 
@@ -62,13 +64,20 @@ def pick_backbone(context: dg.AssetExecutionContext, version: str, wanted: str) 
     return PAPER_BACKBONE[version] if PAPER_BACKBONE[version] in done else max(done, key=lambda arch: done[arch])
 
 
+# What every detector training asset shares: one partition per YOLO version, resumable retries, the
+# `train` pool, and any pretrained backbone (the job picks one) plus the prepared set upstream.
+DETECTOR_TRAINING: dict[str, Any] = {
+    "partitions_def": yolo_versions,
+    "retry_policy": RESUMING_RETRY,
+    "pool": "train",
+    "kinds": {"pytorch", "mlflow"},
+    "deps": [dg.AssetDep(pretrained_backbone, partition_mapping=dg.AllPartitionMapping()), "prepared_detection"],
+}
+
+
 @dg.asset(
     group_name=GROUP,
-    partitions_def=yolo_versions,
-    retry_policy=RESUMING_RETRY,
-    pool="train",
-    kinds={"pytorch", "mlflow"},
-    deps=[dg.AssetDep(pretrained_backbone, partition_mapping=dg.AllPartitionMapping()), "prepared_detection"],
+    **DETECTOR_TRAINING,
     description="A YOLO detector (v1/v2/v3 by partition) trained on the prepared detection set from a pretrained "
     "backbone.",
 )

@@ -7,9 +7,14 @@ part of `make run`'s budget.
 import dagster as dg
 
 from lightning_modules.steps.specs import TransferReportSettings
-from pipelines.assets.detection import DetectorJobConfig, train_detector, yolo_detector, yolo_versions
+from pipelines.assets.detection import (
+    DETECTOR_TRAINING,
+    DetectorJobConfig,
+    train_detector,
+    yolo_detector,
+    yolo_versions,
+)
 from pipelines.assets.evaluation import run_transfer_report
-from pipelines.assets.training import RESUMING_RETRY, pretrained_backbone
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
 from pipelines.upstream import upstream
 
@@ -23,11 +28,7 @@ class DetectionScratchConfig(DetectorJobConfig):
 
 @dg.asset(
     group_name=GROUP,
-    partitions_def=yolo_versions,
-    retry_policy=RESUMING_RETRY,
-    pool="train",
-    kinds={"pytorch", "mlflow"},
-    deps=[dg.AssetDep(pretrained_backbone, partition_mapping=dg.AllPartitionMapping()), "prepared_detection"],
+    **DETECTOR_TRAINING,
     description="Baseline: the yolo_detector's network, data and budget from random weights.",
 )
 def detection_scratch_baseline(
@@ -72,6 +73,7 @@ def detection_transfer_report(
         project,
         mlflow,
         launcher,
+        stage="detection-transfer-report",
         metric="val_map",
         title=title,
         lineage={"yolo_version": version},

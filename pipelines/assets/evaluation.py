@@ -40,7 +40,7 @@ def transfer_report(
 ) -> dg.MaterializeResult:
     t = upstream(context, transfer_finetuned.key)
     s = upstream(context, scratch_baseline.key)
-    return run_transfer_report(context, t, s, "transfer", config, project, mlflow, launcher)
+    return run_transfer_report(context, t, s, "transfer", config, project, mlflow, launcher, stage="transfer-report")
 
 
 def run_transfer_report(
@@ -53,6 +53,7 @@ def run_transfer_report(
     mlflow: MlflowResource,
     launcher: TrainingLauncher,
     *,
+    stage: str,
     metric: str = "val_acc1",
     title: str = "transfer vs scratch",
     lineage: dict[str, str] | None = None,
@@ -60,7 +61,6 @@ def run_transfer_report(
     """The report step on two upstream training runs (with transfer `t`, from scratch `s`) of one task."""
     out = project.run_dir(context)
     tags = {"transfer_run_id": t["mlflow_run_id"], "scratch_run_id": s["mlflow_run_id"], **(lineage or {})}
-    stage = "transfer-report" if prepared == "transfer" else f"{prepared}-transfer-report"
     run_id = mlflow.start_run(context, stage, out, project.prepared_version(prepared), tags)
     spec = TransferReportSpec(
         out=str(out),
