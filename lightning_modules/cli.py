@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--det-style",
         choices=("mixed", "small"),
         default="mixed",
-        help="detection objects: mixed (COCO's small/medium/large mix at a 192-px input) or small "
-        "(generator 2's look-alike set: 160-320 px images, 30%% of objects 8-16 px)",
+        help="detection objects: mixed (the first 5 ImageNet-style classes, each with its own look, in COCO's "
+        "small/medium/large mix at a 192-px input) or small (generator 2's look-alike set: 5 shapes in random "
+        "looks, 160-320 px images, 30%% of objects 8-16 px)",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=1)

@@ -79,7 +79,8 @@ def test_detector_learns_far_above_an_untrained_one(embedded: Path, tmp_path: Pa
     untrained = evaluate_predictor(
         predictor_from_module(DetectionModule(**hp)).eval(), data, split="test", out_dir=tmp_path / "untrained"
     )
-    assert trained["map_50"] >= 0.015 and trained["map_50"] >= 10 * untrained["map_50"], (
+    # Measured: ~0.53 val mAP@0.5 after this minute (2 cores, quiet); the floor is half of it.
+    assert trained["map_50"] >= 0.25 and trained["map_50"] >= 10 * untrained["map_50"], (
         trained["map_50"],
         untrained["map_50"],
     )

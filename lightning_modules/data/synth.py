@@ -33,9 +33,11 @@ from lightning_modules.reporting.progress import track
 
 SUMMARY_FILE = "synth.json"  # marks `out` as generated, so a rerun may replace it
 # Bumped when the default embedded data changes (2: a held-out detection test split; 3: detection
-# 600/150/150 images with objects sized for the detector's input), so `make run` regenerates data it
-# generated with an older version (bootstrap.ensure_default_data).
-GENERATOR_VERSION = 3
+# 600/150/150 images with objects sized for the detector's input; 4: detection objects are the first
+# ImageNet-style classes, each with its own look), so `make run` regenerates data it generated with an
+# older version (bootstrap.ensure_default_data).
+GENERATOR_VERSION = 4
+DETECTION_CLASSES = 5
 SETS = ("imagenet", "transfer", "detection")
 # Stream ids for the per-image generators; never renumber (it would change every image).
 _SET_ID = {
@@ -128,12 +130,22 @@ def synthesize(
                 lambda set_id: _rng(seed, "background", set_id),
                 run,
                 det_style,
+                detection_classes(specs, seed),
             ),
             "classes": [{"wnid": w, "name": s.name} for w, s in zip(wnids, specs, strict=True)],
             "transfer_classes": [s.folder for s in t_specs],
         }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def detection_classes(specs: list[ClassSpec], seed: int) -> list[ClassSpec]:
+    """The detection set's classes: the first DETECTION_CLASSES ImageNet-style classes, drawn with their looks,
+    so the pretrained backbone knows them (as VOC's classes are ImageNet's). With fewer ImageNet-style classes
+    (tiny test sets) they come from a catalogue of DETECTION_CLASSES made the same way."""
+    if len(specs) >= DETECTION_CLASSES:
+        return specs[:DETECTION_CLASSES]
+    return make_classes(DETECTION_CLASSES, IMAGENET_SHAPES, _rng(seed, "imagenet"))
 
 
 # --- orchestration ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ drawn from its own seeded stream, so the bytes are the same whatever the number 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +13,15 @@ import numpy as np
 import yaml
 
 from lightning_modules.data import synth_draw
-from lightning_modules.data.synth_classes import DETECTION_SHAPES
+from lightning_modules.data.synth_classes import DETECTION_SHAPES, ClassSpec
 
 
 def render_detection(task: tuple, *, seed: int) -> tuple[int, int, list]:
     """Worker: draw one scene, save image and YOLO label file; return (width, height, [(cls, box)])."""
-    set_id, index, img_path, label_path, label_mode, style = task
+    set_id, index, img_path, label_path, label_mode, style, classes = task
     rng = np.random.default_rng([seed, set_id, index])
     n = 0 if label_mode != "objects" else int(rng.integers(1, 7))
-    img, labels = synth_draw.detection_image(n, DETECTION_SHAPES, rng, style)
+    img, labels = synth_draw.detection_image(n, classes, rng, style)
     img.save(img_path, "JPEG", quality=synth_draw.JPEG_QUALITY)
     w, h = img.size
     if label_mode != "missing":
@@ -52,11 +52,13 @@ def write_detection(
     background_rng: Callable[[int], np.random.Generator],
     run: Callable,
     style: str = "mixed",
+    classes: Sequence[ClassSpec] = (),
 ) -> dict:
     """Write each split: images, YOLO labels, COCO json and data.yaml. `run(tasks, desc, fn, total=...)` maps
     render_detection over the tasks (in worker processes when there are several); `set_ids` and
     `background_rng` give each split its own random streams; `style` is a key of synth_draw.DETECTION_STYLES."""
-    names = list(DETECTION_SHAPES)
+    drawn: tuple[str | ClassSpec, ...] = tuple(classes) if style == "mixed" else DETECTION_SHAPES
+    names = [c.folder if isinstance(c, ClassSpec) else c for c in drawn]
     summary: dict[str, Any] = {"nc": len(names), "names": names, "style": style}
     for split, n in sizes.items():
         if n == 0 and split == "test":
@@ -73,6 +75,7 @@ def write_detection(
                 str(root / "labels" / split / f"{stems[i]}.txt"),
                 modes[i],
                 style,
+                drawn,
             )
             for i in range(n)
         ]

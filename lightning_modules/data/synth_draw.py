@@ -7,6 +7,7 @@ function of its generator's seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -232,6 +233,12 @@ def random_look(rng: np.random.Generator) -> tuple[str, np.ndarray, np.ndarray]:
     return kind, jitter_colour(COLOUR_NAMES[int(i)], rng), jitter_colour(COLOUR_NAMES[int(j)], rng)
 
 
+def class_look(spec: ClassSpec, rng: np.random.Generator) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """The texture and jittered colours of class `spec` (as its classification images are drawn)."""
+    pri = jitter_colour(spec.primary, rng)
+    return spec.texture, pri, jitter_colour(spec.secondary, rng) if spec.secondary else None
+
+
 def _overlap_ok(box: Box, boxes: list[Box]) -> bool:
     """Allow overlaps, but keep at least half of every object (old or new) uncovered."""
     for b in boxes:
@@ -245,11 +252,13 @@ def _overlap_ok(box: Box, boxes: list[Box]) -> bool:
     return True
 
 
-# Detection styles: image sides and object sizes. "mixed" (the embedded default since generator 3):
+# Detection styles: image sides and object sizes. "mixed" (the embedded default since generator 3; since
+# generator 4 its classes are ImageNet-style ClassSpecs, drawn with their own looks):
 # 192-256 px images (letterboxed to the detector's 192-px input: x0.75-1), objects drawn in COCO's mix
 # of areas at that input (41% small < 32^2, 34% medium, 24% large > 96^2): 37% at 12-31 px, 28% at
 # 36-100 px, 35% at 128 px up to 0.8 of the short side (large ones find no free place more often).
-# "small" (generator 2, kept to reproduce the look-alike benchmark of issue 12): 160-320 px images, 30%
+# "small" (generator 2, kept to reproduce the look-alike benchmark of issue 12: five bare shapes, each
+# object in a random look, so only the silhouette tells the classes apart): 160-320 px images, 30%
 # of the objects 8-16 px, the rest 15-45% of the short side.
 DETECTION_STYLES = {"mixed": (192, 256), "small": (160, 320)}
 
@@ -269,18 +278,25 @@ def object_side(style: str, rng: np.random.Generator, w: int, h: int) -> int:
 
 
 def detection_image(
-    n_objects: int, shapes: tuple[str, ...], rng: np.random.Generator, style: str = "mixed"
+    n_objects: int, classes: Sequence[str | ClassSpec], rng: np.random.Generator, style: str = "mixed"
 ) -> tuple[Image.Image, list[tuple[int, Box]]]:
-    """A scene with up to `n_objects` objects (some small, some overlapping) and their (class, box) labels."""
+    """A scene with up to `n_objects` objects (some small, some overlapping) and their (class, box) labels.
+
+    A class given as a ClassSpec is drawn with its own texture and colours (jittered per object); one given
+    as a bare shape name gets a random look per object, so only its silhouette tells it apart."""
     lo, hi = DETECTION_STYLES[style]
     w, h = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
     img = background(w, h, rng)
     labels: list[tuple[int, Box]] = []
     for _ in range(n_objects):
-        cls = int(rng.integers(len(shapes)))
-        kind, pri, sec = random_look(rng)
+        cls = int(rng.integers(len(classes)))
+        spec = classes[cls]
+        if isinstance(spec, ClassSpec):
+            shape, (kind, pri, sec) = spec.shape, class_look(spec, rng)
+        else:
+            shape, (kind, pri, sec) = spec, random_look(rng)
         size = object_side(style, rng, w, h)
-        tex, mask, (bx0, by0, bx1, by1) = render_object(shapes[cls], kind, pri, sec, size, rng)
+        tex, mask, (bx0, by0, bx1, by1) = render_object(shape, kind, pri, sec, size, rng)
         for _attempt in range(20):
             if labels and rng.random() < 0.4:  # next to an earlier object, so that they overlap
                 ref = labels[int(rng.integers(len(labels)))][1]

@@ -13,11 +13,18 @@ from lightning_modules.steps.promotion import finish, register_and_promote
 from lightning_modules.steps.report import Check, StepReport, image, plain, typed
 from lightning_modules.steps.specs import ClassificationEvaluationSpec, DetectionEvaluationSpec
 from lightning_modules.tracking.bootstrap import Interval, accuracy, paired_bootstrap
+from lightning_modules.tracking.model_registry import IncomparableChampion
 
 
 def accuracy_gate(floor: float, margin_over_chance: float, classes: int) -> float:
     """The top-1 a model must reach: the configured floor, and never less than chance plus a margin."""
     return max(floor, 1.0 / classes + margin_over_chance)
+
+
+def same_classes(champion: list[str] | None, test_set: list[str]) -> None:
+    """A champion made for other classes cannot be scored on this test set: the data's task changed."""
+    if champion is not None and list(champion) != list(test_set):
+        raise IncomparableChampion(f"it predicts {list(champion)}, the test set has {list(test_set)}")
 
 
 def classification(spec: ClassificationEvaluationSpec) -> StepReport:
@@ -37,6 +44,7 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
 
     def compare(model: Path) -> Interval:
         champion = ev.load_classifier(model)
+        same_classes(champion.class_names, res["classes"])
         theirs = ev.evaluate_module(champion, data, split=s, out_dir=out / "champion", write=False)["correct"]
         return paired_bootstrap(accuracy(res["correct"]), accuracy(theirs), len(theirs))
 
@@ -93,7 +101,9 @@ def detection(spec: DetectionEvaluationSpec) -> StepReport:
     def compare(model: Path) -> Interval:
         from lightning_modules.detection.image_matches import map_score  # lazy: torch (see above)
 
-        theirs = ev.evaluate_predictor(ev.load_predictor(model), data, split=s, out_dir=out / "champion")["matches"]
+        champion = ev.load_predictor(model)
+        same_classes(champion.class_names, predictor.class_names)
+        theirs = ev.evaluate_predictor(champion, data, split=s, out_dir=out / "champion")["matches"]
         mine = res["matches"]
         return paired_bootstrap(partial(map_score, mine), partial(map_score, theirs), len(mine))
 

@@ -20,6 +20,10 @@ ALIAS = "champion"
 SCORE_TAG = "test_acc1"
 
 
+class IncomparableChampion(Exception):
+    """The champion cannot be scored on the challenger's test set (it predicts other classes): the task changed."""
+
+
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
@@ -127,8 +131,10 @@ def decide_and_promote(
 
     compare(champion_model_uri) scores the champion again on this step's test images and returns the
     paired bootstrap interval of (this version - champion) over those images: the challenger wins only
-    when the whole 95% interval lies above zero. data_version: the lineage of the data (tagged);
-    scored_on: what identifies the exact test set (the prepared set's content hash), tagged with the score.
+    when the whole 95% interval lies above zero; it raises IncomparableChampion when the champion predicts
+    other classes than the test set has (the data's classes changed), and the challenger replaces it.
+    data_version: the lineage of the data (tagged); scored_on: what identifies the exact test set (the
+    prepared set's content hash), tagged with the score.
     """
     from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; every step loads this module
 
@@ -143,7 +149,20 @@ def decide_and_promote(
     elif current is None:
         decision = Decision(True, version, "no champion yet", score)
     else:
-        interval = compare(f"models:/{name}/{current.version}")
+        try:
+            interval = compare(f"models:/{name}/{current.version}")
+        except IncomparableChampion as why:
+            # Nothing to compare against on this task: the challenger (its gates passed) takes over.
+            decision = Decision(
+                True,
+                version,
+                f"replaces champion v{current.version}, made for another task: {why}",
+                score,
+                str(current.version),
+            )
+            client.set_registered_model_alias(name, ALIAS, version)
+            client.set_model_version_tag(name, version, "promotion", decision.reason)
+            return decision
         client.set_model_version_tag(name, version, "promotion_interval", f"[{interval.low:.6f}, {interval.high:.6f}]")
         verdict = "beats" if interval.better else "is not shown better than"
         decision = Decision(

@@ -166,8 +166,9 @@ def test_detection_yolo_and_coco_agree(data):
         "val": "images/val",
         "test": "images/test",
         "nc": 5,
-        "names": ["disk", "square", "triangle", "star", "cross"],
+        "names": json.loads((data / "synth.json").read_text())["detection"]["names"],
     }
+    assert len(set(meta["names"])) == 5 and all(n.split("_")[-1] in IMAGENET_SHAPES for n in meta["names"])
     for split, n in (("train", 6), ("val", 4), ("test", 3)):
         images = sorted((root / "images" / split).glob("*.jpg"))
         assert len(images) == n
@@ -226,6 +227,24 @@ def test_detection_has_small_and_overlapping_objects(tmp_path):
             for x2, y2, w2, h2 in boxes[i + 1 :]:
                 overlapping += min(x + w, x2 + w2) > max(x, x2) and min(y + h, y2 + h2) > max(y, y2)
     assert overlapping > 0
+
+
+def test_detection_classes_are_the_first_imagenet_classes_in_their_looks(tmp_path):
+    """The backbone is pretrained on the ImageNet-style classes; the detection set draws the first five of
+    them (shape, texture and colours), as VOC's classes are ImageNet classes. The look-alike style keeps
+    bare shapes in random looks."""
+    summary = synthesize(tmp_path / "mixed", **{**TINY, "classes": 7, "per_class": 2})
+    imagenet = [c["name"] for c in summary["classes"]]
+    names = yaml.safe_load((tmp_path / "mixed" / "detection" / "data.yaml").read_text())["names"]
+    assert names == [n.replace("-", "_").replace(" ", "_") for n in imagenet[:5]]
+    summary = synthesize(tmp_path / "small", **{**TINY, "det_style": "small"})
+    assert yaml.safe_load((tmp_path / "small" / "detection" / "data.yaml").read_text())["names"] == [
+        "disk",
+        "square",
+        "triangle",
+        "star",
+        "cross",
+    ]
 
 
 def test_rerun_replaces_own_output_and_refuses_foreign_data(tmp_path):

@@ -86,6 +86,32 @@ def test_failed_gates_block_promotion_whatever_the_score(tmp_path: Path) -> None
     assert str(registry.champion(uri, NAME).version) == v1
 
 
+def test_a_champion_made_for_other_classes_is_replaced_with_the_reason(tmp_path: Path) -> None:
+    """When the data's classes change, the champion cannot be scored on the new test set: the challenger
+    (gates passed) takes over and the version says why; with failed gates it still does not."""
+    from lightning_modules.steps.evaluation import same_classes
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    never, _ = _versus([], [])
+    v1 = _register(uri, tmp_path)
+    registry.decide_and_promote(uri, NAME, v1, score=0.9, data_version="a.dir", compare=never)
+
+    def compare(model_uri: str) -> Interval:
+        same_classes(["disk", "square"], ["red_ring", "blue_heart"])  # the champion's classes, the test set's
+        raise AssertionError("same_classes must refuse")
+
+    v2 = _register(uri, tmp_path)
+    d = registry.decide_and_promote(uri, NAME, v2, score=0.4, data_version="b.dir", compare=compare, gates_passed=False)
+    assert not d.promoted and str(registry.champion(uri, NAME).version) == v1
+    v3 = _register(uri, tmp_path)
+    d = registry.decide_and_promote(uri, NAME, v3, score=0.4, data_version="b.dir", compare=compare)
+    assert d.promoted and d.reason.startswith(f"replaces champion v{v1}, made for another task: it predicts ['disk'")
+    assert str(registry.champion(uri, NAME).version) == v3
+    assert MlflowClient(uri).get_model_version(NAME, v3).tags["promotion"] == d.reason
+    same_classes(["a", "b"], ["a", "b"])  # the same classes: comparable, no exception
+    same_classes(None, ["a", "b"])  # an old checkpoint without class names: compared as before
+
+
 def test_a_version_holds_weights_and_settings_only_and_loads_without_pickle(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     version = _register(uri, tmp_path)
