@@ -113,8 +113,14 @@ class DataConfig(Section):
     batch_size: Annotated[Int, Positive] = 64  # per device
     num_workers: Annotated[Int, NonNegative] = 2
     image_size: Annotated[Int, Positive] | None = None  # None: the prepared manifest's image_size
-    augment: Bool = True  # random resized crop + horizontal flip on the train split
+    # Train split: random resized crop + horizontal flip (+ colour jitter), drawn per image and applied to
+    # whole batches (classification/batch_augment.py), where `augment_on` says: "device" after the batch
+    # reached the GPU, "loader" in the loader's workers (on a CPU the training process has no spare core);
+    # "auto": device when the job trains on a GPU, else loader.
+    augment: Bool = True
+    augment_on: Literal["auto", "loader", "device"] = "auto"
     crop_scale_min: Annotated[Float, Field(gt=0, le=1)] = 0.35
+    color_jitter: Annotated[Float, Field(ge=0, lt=1)] = 0.0  # brightness/contrast/saturation factor in 1 +- this
     shuffle: Bool = True
 
 

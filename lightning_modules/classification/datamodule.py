@@ -1,10 +1,11 @@
-"""ClassificationDataModule: the prepared litdata splits, augmented on uint8 tensors.
+"""ClassificationDataModule: the prepared litdata splits, as uint8 batches.
 
-Images stay uint8 until they reach the device (4x less to copy); the module converts to
-float and normalises with the manifest's mean/std there. Augmentation (random resized crop +
-horizontal flip, torchvision.transforms.v2) runs per sample in the loader workers, seeded by
-Lightning's `seed_everything(workers=True)`. Under DDP each rank streams its own shard
-(litdata shards by rank and worker by itself).
+Images stay uint8 until they reach the device (4x less to copy); the module converts to float and
+normalises with the manifest's mean/std there. No per-sample work: the loader stacks the stored images,
+and the training augmentation (random resized crop, flip, colour jitter; batch_augment.BatchAugment)
+runs on whole batches, each image with its own random draw: in the loader's workers when training on a
+CPU (AugmentingCollate), on the device after the transfer when training on a GPU (the module's
+`augment`). Under DDP each rank streams its own shard (litdata shards by rank and worker by itself).
 """
 
 from __future__ import annotations
@@ -17,28 +18,9 @@ import torch
 from litdata import StreamingDataLoader
 from torchvision.transforms import v2
 
+from lightning_modules.classification.batch_augment import BatchAugment
 from lightning_modules.config import DataConfig
 from lightning_modules.data.streaming import PreparedClassification, open_split, read_prepared
-
-
-class TrainTransform:
-    """Per-sample augmentation on a uint8 [3,H,W] tensor (picklable for loader workers)."""
-
-    def __init__(self, size: int, augment: bool, scale_min: float = 0.35):
-        self.size = size
-        self.augment = augment
-        self.crop = v2.Compose(
-            [v2.RandomResizedCrop(size, scale=(scale_min, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-        )
-        self.resize = v2.Resize((size, size), antialias=True)
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        image = sample["image"]
-        if self.augment:
-            image = self.crop(image)
-        elif _wrong_size(image, self.size):
-            image = self.resize(image)
-        return {"image": image, "label": sample["label"]}
 
 
 class EvalTransform:
@@ -66,10 +48,27 @@ def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
+def trains_on_gpu(accelerator: str) -> bool:
+    """Whether a job with this trainer.accelerator trains on a GPU (where the batch augmentation goes)."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+class AugmentingCollate:
+    """collate, then the batch augmentation, back to uint8 (as torchvision's v2 transforms return uint8
+    images): the CPU path, run in the loader's worker processes (each seeds torch with its own seed)."""
+
+    def __init__(self, augment: BatchAugment):
+        self.augment = augment
+
+    def __call__(self, samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = collate(samples)
+        return self.augment(images).round_().clamp_(0, 255).to(torch.uint8), labels
+
+
 class ClassificationDataModule(L.LightningDataModule):
     """Train/val loaders over `prepared_dir/{train,val}` (see data/streaming.py for the format)."""
 
-    def __init__(self, prepared_dir: str | Path, data: DataConfig, seed: int = 0):
+    def __init__(self, prepared_dir: str | Path, data: DataConfig, seed: int = 0, on_gpu: bool = False):
         super().__init__()
         self.prepared_dir = Path(prepared_dir)
         self.cfg = data
@@ -78,6 +77,9 @@ class ClassificationDataModule(L.LightningDataModule):
         self.info: PreparedClassification = read_prepared(self.prepared_dir)
         self.image_size = data.image_size or self.info.image_size
         self.batch_size = data.batch_size  # an attribute, so Lightning's Tuner can scale it
+        self.augment_on_device = data.augment and (
+            data.augment_on == "device" or (data.augment_on == "auto" and on_gpu)
+        )
         self.train_ds = None
         self.val_ds = None
 
@@ -97,7 +99,8 @@ class ClassificationDataModule(L.LightningDataModule):
                 shuffle=self.cfg.shuffle,
                 seed=self.seed,
                 drop_last=True,
-                transform=TrainTransform(self.image_size, self.cfg.augment, self.cfg.crop_scale_min),
+                # Augmenting: the stored size (the batch crop resizes); else the training size.
+                transform=EvalTransform(self.info.image_size if self.cfg.augment else self.image_size),
             )
         if self.val_ds is None and stage in (None, "fit", "validate"):
             # drop_last=False: litdata drops to whole batches per rank by default under DDP, which left a small
@@ -106,19 +109,32 @@ class ClassificationDataModule(L.LightningDataModule):
                 self.prepared_dir, "val", shuffle=False, drop_last=False, transform=EvalTransform(self.image_size)
             )
 
-    def _loader(self, ds, drop_last: bool, batch_size: int | None = None):
+    def batch_augment(self) -> dict[str, Any] | None:
+        """BatchAugment's settings for the train batches (None: no augmentation)."""
+        if not self.cfg.augment:
+            return None
+        return {"size": self.image_size, "scale": (self.cfg.crop_scale_min, 1.0), "color_jitter": self.cfg.color_jitter}
+
+    def device_augment(self) -> dict[str, Any] | None:
+        """What the module applies after the transfer (the GPU path), else None."""
+        return self.batch_augment() if self.augment_on_device else None
+
+    def _loader(self, ds, drop_last: bool, batch_size: int | None = None, collate_fn=collate):
         return StreamingDataLoader(
             ds,
             batch_size=batch_size or self.batch_size,
             num_workers=self.cfg.num_workers,
-            collate_fn=collate,
+            collate_fn=collate_fn,
             drop_last=drop_last,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
         )
 
     def train_dataloader(self):
-        return self._loader(self.train_ds, drop_last=True)
+        settings = self.batch_augment()
+        if settings is None or self.augment_on_device:
+            return self._loader(self.train_ds, drop_last=True)
+        return self._loader(self.train_ds, drop_last=True, collate_fn=AugmentingCollate(BatchAugment(**settings)))
 
     def val_dataloader(self):
         # litdata deals whole batches to the ranks and the leftover to the last one: with a batch larger than

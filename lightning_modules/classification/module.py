@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from lightning_modules.classification.batch_augment import BatchAugment
 from lightning_modules.classification.losses import build_loss
 from lightning_modules.config import LossConfig, ModelConfig, OptimConfig, from_saved
 from lightning_modules.errors import ConfigError, DataError
@@ -30,8 +31,9 @@ log = logging.getLogger("visionflow")
 class ClassificationModule(BodyFreezing, L.LightningModule):
     """Image classifier over a registry backbone.
 
-    Batches arrive as (uint8 images, labels); conversion to float, normalisation and
-    channels_last happen here, on the device. `lr` is the effective (already scaled) LR.
+    Batches arrive as (uint8 images, labels); the training augmentation (`augment`: BatchAugment's
+    settings), conversion to float, normalisation and channels_last happen here, on the device. `lr` is
+    the effective (already scaled) LR.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         class_names: list[str] | None = None,
+        augment: dict[str, Any] | None = None,
     ):
         super().__init__()
         # logger=False: train.py logs the whole job config itself (once per MLflow run).
@@ -81,6 +84,8 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
         self.last_confusion: torch.Tensor | None = None  # [K,K] counts of the last validation (all ranks)
         self.last_loss: torch.Tensor | None = None  # read by NanGuard
         self._compiled = False
+        # Train batches only; no parameters, so checkpoints are the same with or without it.
+        self.train_augment = BatchAugment(**augment) if augment else None
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -94,7 +99,9 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
-        if images.dtype == torch.uint8:
+        if self.train_augment is not None and self.trainer.training:
+            images = (self.train_augment(images) - self.mean) / self.std
+        elif images.dtype == torch.uint8:
             images = (images.float() - self.mean) / self.std
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from torch import nn
 
 from lightning_modules.errors import VisionflowError
+from lightning_modules.training.throughput import DataWait
 
 log = logging.getLogger("visionflow")
 
@@ -366,6 +367,7 @@ def standard_callbacks(
     if time_budget:
         cbs.append(TimeBudget())
     cbs.append(LearningRateMonitor(logging_interval="step"))
+    cbs.append(DataWait())
     if early_stopping_patience:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=early_stopping_patience))
     if grad_monitor_every_n_steps:

@@ -43,10 +43,10 @@ def _check_classification(data: Path):
 
 
 def _build_classification(cfg: JobConfig, data: Path, lr: float) -> Built:
-    from lightning_modules.classification.datamodule import ClassificationDataModule  # lazy: torch
+    from lightning_modules.classification.datamodule import ClassificationDataModule, trains_on_gpu  # lazy: torch
     from lightning_modules.classification.module import ClassificationModule, input_normalization  # lazy: torch
 
-    dm = ClassificationDataModule(data, cfg.data, seed=cfg.trainer.seed)
+    dm = ClassificationDataModule(data, cfg.data, seed=cfg.trainer.seed, on_gpu=trains_on_gpu(cfg.trainer.accelerator))
     mean, std = input_normalization(cfg.model.model_dump(), dm.info.mean, dm.info.std)
     module = ClassificationModule(
         model=cfg.model.model_dump(),
@@ -59,6 +59,7 @@ def _build_classification(cfg: JobConfig, data: Path, lr: float) -> Built:
         channels_last=cfg.trainer.channels_last,
         compile=cfg.trainer.compile,
         class_names=dm.class_names,
+        augment=dm.device_augment(),
     )
     extra = {
         "num_classes": dm.num_classes,

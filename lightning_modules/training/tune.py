@@ -49,14 +49,17 @@ def tune(
     import torch  # lazy: torch (see above)
     from pytorch_lightning.tuner import Tuner  # lazy: Lightning (see above)
 
-    from lightning_modules.classification.datamodule import ClassificationDataModule  # lazy: Lightning (see above)
+    # lazy: Lightning (see above)
+    from lightning_modules.classification.datamodule import ClassificationDataModule, trains_on_gpu
     from lightning_modules.classification.module import ClassificationModule  # lazy: Lightning (see above)
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     set_threads(1)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    dm = ClassificationDataModule(data_dir, cfg.data, seed=cfg.trainer.seed)
+    dm = ClassificationDataModule(
+        data_dir, cfg.data, seed=cfg.trainer.seed, on_gpu=trains_on_gpu(cfg.trainer.accelerator)
+    )
     module = ClassificationModule(
         model=cfg.model.model_dump(),
         optim=cfg.optim.model_dump(),
@@ -66,6 +69,7 @@ def tune(
         std=dm.info.std,
         lr=cfg.optim.lr,
         channels_last=cfg.trainer.channels_last,
+        augment=dm.device_augment(),
     )
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -145,8 +146,8 @@ def test_every_loss_trains_through_the_module(tiny_prepared_imagenet: Path, tmp_
 @pytest.mark.parametrize(
     "sets",
     [
-        ("trainer.precision=bf16-mixed", "trainer.channels_last=true"),
-        ("trainer.precision=16-mixed",),
+        ("trainer.precision=bf16-mixed", "trainer.channels_last=true", "data.augment_on=device"),
+        ("trainer.precision=16-mixed", "data.color_jitter=0.3"),
         ("optim.name=sgd", "optim.schedule=step", "optim.step_size=1", "optim.reference_batch=8"),
         ("optim.schedule=cosine", "optim.warmup_epochs=1", "trainer.accumulate_grad_batches=2"),
     ],
@@ -174,7 +175,7 @@ def test_weight_decay_skips_norms_and_biases() -> None:
 
 
 def test_training_run_tracks_in_mlflow_and_is_never_overwritten(
-    tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str, capsys
+    tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str, capsys, caplog
 ) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -186,7 +187,8 @@ def test_training_run_tracks_in_mlflow_and_is_never_overwritten(
         "tracking.experiment=test-job",
         "trainer.grad_monitor_every_n_steps=2",
     ]
-    assert _train(SMOKE, tiny_prepared_imagenet, out, *sets) == 0
+    with caplog.at_level(logging.INFO, logger="visionflow"):
+        assert _train(SMOKE, tiny_prepared_imagenet, out, *sets) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "finished" and result["global_step"] == 3 * (64 // 32)
     # the reported figure is the last validation's, as recorded epoch by epoch (learning: test_learning.py)
@@ -194,6 +196,10 @@ def test_training_run_tracks_in_mlflow_and_is_never_overwritten(
     run = MlflowClient(mlflow_uri).get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert {"train/loss", "val/loss", "val/acc1", "val/acc5", "train/acc1", "effective_batch"} <= set(run.data.metrics)
+    # The share of step time spent waiting for the next batch, per epoch (issue 16), logged and tracked.
+    waits = MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "perf/data_wait_share")
+    assert len(waits) == 3 and all(0 < w.value < 1 for w in waits)
+    assert sum("of the step time waited for data" in r.getMessage() for r in caplog.records) == 3, caplog.text
     assert run.data.params["effective_batch"] == "32" and run.data.params["optim.lr"] == "0.003"
     assert run.data.tags["git_sha"] and run.data.tags["data_version"]
     artifacts = {
