@@ -73,9 +73,9 @@ def strategy(world: dist.WorldInfo, *, find_unused: bool) -> Any:
     get no gradient while frozen."""
     if world.world_size <= 1:
         return "auto"
-    if not find_unused:
-        return "ddp"
-    return DDPStrategy(find_unused_parameters=True)
+    # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets, saving one copy of every
+    # gradient into and out of the buckets each step (PyTorch's DDP notes).
+    return DDPStrategy(find_unused_parameters=find_unused, gradient_as_bucket_view=True)
 
 
 class SilentLogger(Logger):
