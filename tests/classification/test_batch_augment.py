@@ -127,3 +127,36 @@ def test_the_module_augments_train_batches_only():
     )
     assert module.train_augment is not None and module.train_augment.size == 16
     assert sum(1 for _ in module.train_augment.parameters()) == 0  # nothing added to checkpoints
+
+
+def test_live_loader_workers_reshuffle_every_epoch_like_fresh_ones(tiny_prepared_imagenet):
+    """The train loader keeps its workers across epochs (persistent_workers): each epoch must still get a
+    new order, the same one freshly started workers produce (litdata passes the epoch to live workers)."""
+    from litdata import StreamingDataLoader
+
+    from lightning_modules.classification.datamodule import ClassificationDataModule, collate
+    from lightning_modules.config import DataConfig
+
+    def label_orders(loader, epochs: int = 3) -> list[list[int]]:
+        return [[int(v) for _images, labels in loader for v in labels] for _ in range(epochs)]
+
+    def datamodule() -> ClassificationDataModule:
+        dm = ClassificationDataModule(tiny_prepared_imagenet, DataConfig(batch_size=8, num_workers=2, augment=False))
+        dm.setup("fit")
+        return dm
+
+    job_loader = datamodule().train_dataloader()
+    assert job_loader.persistent_workers
+    live = label_orders(job_loader)
+    fresh = label_orders(
+        StreamingDataLoader(
+            datamodule().train_ds,
+            batch_size=8,
+            num_workers=2,
+            collate_fn=collate,
+            drop_last=True,
+            persistent_workers=False,
+        )
+    )
+    assert len({tuple(o) for o in live}) == 3  # a new order every epoch
+    assert live == fresh
