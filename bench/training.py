@@ -1,6 +1,7 @@
 """Training throughput on this CPU: the Lightning job vs a plain PyTorch loop, and DDP scaling.
 
-    python bench/training.py [--steps 20] [--warmup 5] [--cycles 2] [--skip-ddp]
+    python bench/training.py [--steps 20] [--warmup 5] [--cycles 2] [--ddp-cycles 2] [--skip-ddp]
+                             [--ddp-compression none|fp16|bf16]
 
 1. Same model (ResNet-18), data (prepared litdata, 64 px), batch (64) and optimizer: the job's
    ClassificationModule + Trainer + callbacks vs a hand-written loop, alternated A B B A and
@@ -75,6 +76,7 @@ def job_config(args):
             "optim.warmup_epochs=0",
             "loss.name=cross_entropy",
             "loss.label_smoothing=0.0",
+            f"trainer.ddp_compression={args.ddp_compression}",
         ],
     )
 
@@ -124,7 +126,8 @@ def run_lightning(cfg, data: Path, warmup: int, steps: int, devices: int = 1) ->
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy=strategy(world_info(), find_unused=False),  # the job's own DDP settings
+        # the job's own DDP settings
+        strategy=strategy(world_info(), find_unused=False, compression=cfg.trainer.ddp_compression),
         precision="32",
         max_steps=warmup + steps,
         limit_val_batches=0,
@@ -245,6 +248,8 @@ def ddp_round(args, data: Path, ranks: int) -> float:
         str(args.batch),
         "--size",
         str(args.size),
+        "--ddp-compression",
+        args.ddp_compression,
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -274,6 +279,10 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="threads for part 1 (default: all cores)")
+    p.add_argument("--ddp-cycles", type=int, default=2, help="ABBA cycles of the DDP comparison")
+    p.add_argument(
+        "--ddp-compression", default="none", choices=["none", "fp16", "bf16"], help="trainer.ddp_compression"
+    )
     p.add_argument("--skip-ddp", action="store_true")
     p.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -320,8 +329,9 @@ def main() -> int:
     }
     ddp = None
     if not args.skip_ddp:
-        one, two = abba(lambda: ddp_round(args, data, 1), lambda: ddp_round(args, data, 2), max(1, args.cycles // 2))
+        one, two = abba(lambda: ddp_round(args, data, 1), lambda: ddp_round(args, data, 2), args.ddp_cycles)
         ddp = {"1x1": statistics.median(one), "2x1": statistics.median(two)}
+        results["ddp_compression"] = args.ddp_compression
         results["rounds"].update({"ddp_1rank_1thread": one, "ddp_2ranks_1thread": two})
     results["seconds"] = round(time.time() - t0, 1)
 
@@ -357,7 +367,8 @@ def main() -> int:
             f"{ddp['1x1'] * gf:8.1f}  1.000"
         )
         print(
-            f"{'DDP 2 ranks x 1 thread (torchrun)':34s} {ddp['2x1']:8.1f} {spread(two):>13s} {ddp['2x1'] * gf:8.1f}  "
+            f"{'DDP 2 ranks x 1 thread (' + args.ddp_compression + ')':34s} {ddp['2x1']:8.1f} {spread(two):>13s} "
+            f"{ddp['2x1'] * gf:8.1f}  "
             f"{ddp['2x1'] / ddp['1x1']:.3f}  efficiency {eff:.3f} ({min(effs):.3f}-{max(effs):.3f}) "
             f"(bar >= 0.90: {'PASS' if eff >= 0.9 else 'FAIL'})"
         )

@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as L
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.strategies import DDPStrategy
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from lightning_modules.config import JobConfig
 from lightning_modules.training import distributed as dist
@@ -46,7 +47,7 @@ def build_trainer(
         accelerator=t.accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        strategy=strategy(world, find_unused=cfg.optim.freeze_body_epochs > 0),
+        strategy=strategy(world, find_unused=cfg.optim.freeze_body_epochs > 0, compression=t.ddp_compression),
         precision=t.precision,
         max_epochs=t.max_epochs,
         max_time=t.max_time,
@@ -67,15 +68,19 @@ def build_trainer(
     )
 
 
-def strategy(world: dist.WorldInfo, *, find_unused: bool) -> Any:
+def strategy(world: dist.WorldInfo, *, find_unused: bool, compression: str = "none") -> Any:
     """DDP across ranks. A job that freezes the body needs find_unused_parameters: the frozen
     parameters stay registered with DDP (so their gradients are all-reduced once unfrozen) but
-    get no gradient while frozen."""
+    get no gradient while frozen. `compression` (trainer.ddp_compression) sends the gradients as
+    16-bit floats (PyTorch's fp16/bf16 compress hooks): half the bytes, rounded gradients."""
     if world.world_size <= 1:
         return "auto"
+    hooks = {"none": None, "fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
     # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets, saving one copy of every
     # gradient into and out of the buckets each step (PyTorch's DDP notes).
-    return DDPStrategy(find_unused_parameters=find_unused, gradient_as_bucket_view=True)
+    return DDPStrategy(
+        find_unused_parameters=find_unused, gradient_as_bucket_view=True, ddp_comm_hook=hooks[compression]
+    )
 
 
 class SilentLogger(Logger):

@@ -205,7 +205,8 @@ def test_two_simulated_nodes_log_one_mlflow_run(tiny_prepared_imagenet: Path, tm
     out, batch, epochs = tmp_path / "nodes", 8, 2
     port = _free_port()
     args = _job_args(tiny_prepared_imagenet, out, mlflow_uri, "test-nodes", batch, epochs)
-    args += ["--set", "trainer.num_nodes=2"]
+    # bf16 gradient compression: the setting meant for slow links between nodes, run for real here.
+    args += ["--set", "trainer.num_nodes=2", "--set", "trainer.ddp_compression=bf16"]
     procs = []
     for node in (0, 1):
         cmd = [
@@ -237,4 +238,5 @@ def test_two_simulated_nodes_log_one_mlflow_run(tiny_prepared_imagenet: Path, tm
     steps = epochs * TRAIN_SAMPLES // (2 * batch)
     run = _check_one_mlflow_run(mlflow_uri, "test-nodes", out, steps)
     assert run.data.params["num_nodes"] == "2" and run.data.params["devices"] == "1"
+    assert run.data.params["trainer.ddp_compression"] == "bf16"
     assert run.data.params["effective_batch"] == str(2 * batch)
