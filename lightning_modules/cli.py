@@ -156,15 +156,46 @@ def _is_detector(checkpoint: Path) -> bool:
 
 
 def _predict(a: argparse.Namespace) -> None:
-    from lightning_modules.detection.evaluation import predict  # lazy: torch; --help stays instant
+    from lightning_modules.data.images import image_files  # lazy: PIL; --help stays instant
 
-    path = predict(Path(a.weights), a.images, Path(a.out), conf=a.conf, iou=a.iou)
-    rows = json.loads(path.read_text())["images"]
-    for row in rows:
-        found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in row["detections"][:6]) or "nothing"
-        more = f" (+{len(row['detections']) - 6})" if len(row["detections"]) > 6 else ""
-        print(f"{row['image']}: {found}{more}")
-    print(f"boxes: {path}; drawn images: {path.parent / 'drawn'}")
+    files = image_files(a.images)
+    if _task_of(Path(a.weights)) == "detection":
+        from lightning_modules.detection.evaluation import predict  # lazy: torch; --help stays instant
+
+        path = predict(Path(a.weights), files, Path(a.out), conf=a.conf, iou=a.iou)
+    else:
+        from lightning_modules.classification.predict import predict_classes  # lazy: torch; --help stays instant
+
+        path = predict_classes(Path(a.weights), files, Path(a.out), top_k=a.top_k)
+    for row in json.loads(path.read_text())["images"]:
+        if "top" in row:
+            found = ", ".join(f"{t['class']} {t['prob']:.2f}" for t in row["top"][:3])
+        else:
+            found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in row["detections"][:6]) or "nothing"
+            found += f" (+{len(row['detections']) - 6})" if len(row["detections"]) > 6 else ""
+        print(f"{row['image']}: {found}")
+    drawn = path.parent / "drawn"
+    print(f"predictions: {path}" + (f"; drawn images: {drawn}" if drawn.is_dir() else ""))
+
+
+def _task_of(weights: Path) -> str:
+    """detection | classification, from an export's export.json or a checkpoint's hyper-parameters."""
+    from lightning_modules.export.runtime import is_onnx, read_export  # lazy: torch; --help stays instant
+
+    if is_onnx(weights):
+        return read_export(weights)["task"]
+    return "detection" if _is_detector(weights) else "classification"
+
+
+def _export(a: argparse.Namespace) -> None:
+    from lightning_modules.export.onnx_export import export  # lazy: torch, onnx; --help stays instant
+
+    doc = export(Path(a.checkpoint), Path(a.out), data=Path(a.data) if a.data else None, fmt=a.format)
+    p = doc["parity"]
+    print(
+        f"exported {doc['task']} to {Path(a.out) / 'model.onnx'} (opset {doc['opset']}); parity on {p['images']} "
+        f"{p['split']} images: max_abs_diff {p['max_abs_diff']:.2e} (tolerance {p['tolerance']:g})"
+    )
 
 
 def _search(a: argparse.Namespace, rest: list[str]) -> int:
@@ -287,13 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the whole result as JSON")
     s.set_defaults(fn=_evaluate)
 
-    s = sub.add_parser("predict", help="detect objects in images with a trained detector: boxes as JSON + drawn images")
-    s.add_argument("weights", help="a detector checkpoint (RUN_DIR/checkpoints/best.ckpt of a detection job)")
+    s = sub.add_parser(
+        "predict", help="classify images or detect objects in them: predictions.json (+ drawn boxes for a detector)"
+    )
+    s.add_argument("weights", help="a checkpoint (RUN_DIR/checkpoints/best.ckpt) or an export's model.onnx")
     s.add_argument("images", nargs="+", help="image files or folders")
-    s.add_argument("--out", required=True, help="new (or empty) folder for predictions.json and drawn/")
-    s.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    s.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the training config's)")
+    s.add_argument("--out", required=True, help="new (or empty) folder for predictions.json (and drawn/)")
+    s.add_argument("--conf", type=float, default=0.25, help="detector: confidence threshold")
+    s.add_argument("--iou", type=float, default=None, help="detector: NMS IoU threshold (default: the training's)")
+    s.add_argument("--top-k", type=int, default=5, help="classifier: classes listed per image")
     s.set_defaults(fn=_predict)
+
+    s = sub.add_parser("export", help="a classifier or detector checkpoint as ONNX, checked against PyTorch")
+    s.add_argument("checkpoint", help="a classifier or detector checkpoint (RUN_DIR/checkpoints/best.ckpt)")
+    s.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    s.add_argument("--out", required=True, help="new (or empty) folder for model.onnx and export.json")
+    s.add_argument("--data", default=None, help="prepared set for the parity check (default: the run's own)")
+    s.set_defaults(fn=_export)
 
     s = sub.add_parser(
         "search", help="hyperparameter search (same as python -m lightning_modules.search)", add_help=False

@@ -174,6 +174,7 @@ class TrainerConfig(Section):
     log_every_n_steps: Int = 50
     grad_monitor_every_n_steps: Int = 50  # 0: gradient flow monitor off
     nan_guard: Bool = True
+    nan_check_every_n_steps: Annotated[Int, Positive] = 10  # gradients (and a GPU's loss) every N steps
     deterministic: Bool = False
 
     @field_validator("precision", mode="before")
@@ -253,6 +254,10 @@ class JobConfig(Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
+
+    def unused_sections(self) -> tuple[str, ...]:
+        """Sections this task never reads (kept out of the params a run records: no detection.* on a classifier)."""
+        return ("detection",) if self.task == "classification" else ("loss",)
 
     @model_validator(mode="after")
     def _across_sections(self) -> JobConfig:

@@ -24,6 +24,7 @@ def torchrun_command(
     node_rank: int = 0,
     rdzv_endpoint: str | None = None,
     python: str = sys.executable,
+    tee: bool = True,
 ) -> list[str]:
     """torchrun for one node: `--standalone` on a single node (a free port per job), c10d rendezvous across nodes."""
     cmd = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node)]
@@ -44,8 +45,9 @@ def torchrun_command(
             "--rdzv-endpoint",
             rdzv_endpoint,
         ]
-    # Each rank's stdout/stderr also go to files, so a failing rank's error can be shown in Dagster.
-    cmd += ["--log-dir", str(spec.run_dir / "torchrun"), "--tee", "3"]
+    # Each rank's stdout/stderr also go to files, so a failing rank's error can be shown in Dagster;
+    # `tee=False` (make run's compact console) sends them to the files only.
+    cmd += ["--log-dir", str(spec.run_dir / "torchrun"), "--tee" if tee else "--redirects", "3"]
     return cmd + spec.module_args()
 
 

@@ -9,15 +9,21 @@ instance (`.dagster_home/`), so the runs show up in the UI afterwards. `ui` star
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import subprocess
 import sys
+import time
+import uuid
+import warnings
 from pathlib import Path
 
 from lightning_modules import tracking
 from lightning_modules.paths import project_root
 
+# Dagster's own console logger stays silent: pipelines/console.py shows the run and logs every event to a file.
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 # Pools of size 1: two training steps never share the machine's cores or GPU (pool "train").
 DAGSTER_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
 
@@ -30,29 +36,53 @@ def dagster_home(root: Path) -> Path:
     return home
 
 
-def run(root: Path, arch: str, detector: str = "yolov3") -> int:
+def run(root: Path, arch: str, detector: str = "yolov3", verbose: bool = False) -> int:
+    quiet_console(verbose)  # first: importing the definitions already warns
     # lazy: `ui` needs neither Dagster in this process nor the definitions (loading them takes ~1 s)
     import dagster as dg
 
     from lightning_modules.data.bootstrap import ensure_default_data  # lazy: generation imports PIL, numpy
+    from pipelines.console import RunConsole, StepRow, summary  # lazy: with Dagster, as above
     from pipelines.definitions import defs  # lazy: see above
 
     dagster_home(root)
-    version = ensure_default_data(root)
-    print(f"data version: {version}")
+    log_file = root / "runs" / "console" / f"{time.strftime('%Y%m%d-%H%M%S')}-run.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a") as log, contextlib.redirect_stdout(sys.stdout if verbose else log):
+        version = ensure_default_data(root)  # DVC prints git hints for each `dvc add`: to the log
+    print(f"data version: {version}; the full event log of this run: {log_file}")
+    rows: list[StepRow] = []
     with dg.DagsterInstance.get() as instance:
-        defs.resolve_job_def("observe_raw_data").execute_in_process(instance=instance)
-        result = defs.resolve_job_def("main").execute_in_process(
-            instance=instance, partition_key=arch, raise_on_error=False
-        )
-        _print_summary(result)
-        if result.success and detector:
-            result = defs.resolve_job_def("detection").execute_in_process(
-                instance=instance, partition_key=detector, raise_on_error=False
-            )
-            _print_summary(result, "detection")
-    print(f"\nOpen the Dagster UI with `make ui` (runs are stored in {os.environ['DAGSTER_HOME']}).")
+        defs.resolve_job_def("observe_raw_data").execute_in_process(instance=instance, run_config=QUIET_LOGGERS)
+        jobs = [("main", arch)] + ([("detection", detector)] if detector else [])
+        for job, partition in jobs:
+            print(f"{job} [{partition}]", flush=True)
+            console = RunConsole(instance, log_file, verbose=verbose)
+            run_id = str(uuid.uuid4())
+            with console.follow(run_id):
+                result = defs.resolve_job_def(job).execute_in_process(
+                    instance=instance,
+                    partition_key=partition,
+                    raise_on_error=False,
+                    run_id=run_id,
+                    run_config=QUIET_LOGGERS,
+                )
+            rows += console.rows.values()
+            if not result.success:
+                break
+    summary(rows, f"visionflow run: {'succeeded' if result.success else 'FAILED'}")
+    print(f"Dagster runs: `make ui` (stored in {os.environ['DAGSTER_HOME']}); event log: {log_file}")
     return 0 if result.success else 1
+
+
+def quiet_console(verbose: bool) -> None:
+    """Jobs started from here send their ranks' and steps' output to files in their run folders (the
+    launcher reads VISIONFLOW_CONSOLE), and library warnings stay off the terminal, unless --verbose."""
+    if verbose:
+        return
+    os.environ.setdefault("VISIONFLOW_CONSOLE", "compact")
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.WARNING)
 
 
 def studies(root: Path) -> int:
@@ -120,7 +150,8 @@ def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
         "-p",
         str(port),
     ]
-    print(f"MLflow: http://127.0.0.1:{mlflow_port}   Dagster: http://127.0.0.1:{port}   (Ctrl-C stops both)")
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}/#/experiments?{tracking.UI_VIEW}"  # the model-training view
+    print(f"MLflow: {mlflow_url}   Dagster: http://127.0.0.1:{port}   (Ctrl-C stops both)")
     mlflow_proc = subprocess.Popen(mlflow_cmd)
     try:
         return subprocess.call(dagster_cmd)
@@ -143,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--arch", default="resnet18", help="backbone to pretrain (a pretrained_backbone partition)")
     p.add_argument("--detector", default="yolov3", help="YOLO version to train after the main job; '' skips it")
+    p.add_argument("--verbose", action="store_true", help="run: also print Dagster's event stream and job output")
     a = p.parse_args(argv)
     root = project_root()
     os.chdir(root)
     if a.command == "run":
-        return run(root, a.arch, a.detector)
+        return run(root, a.arch, a.detector, verbose=a.verbose)
     return studies(root) if a.command == "studies" else ui(root, a.port, a.mlflow_port)
 
 

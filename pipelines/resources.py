@@ -198,7 +198,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         )
 
     def _launch_local(self, context, spec: JobRequest, n: int, env: dict[str, str]):
-        cmd = torchrun_command(spec, nproc_per_node=n)
+        cmd = torchrun_command(spec, nproc_per_node=n, tee=os.environ.get("VISIONFLOW_CONSOLE") != "compact")
         try:
             return dg.PipesSubprocessClient(cwd=str(project_root())).run(context=context, command=cmd, env=env)
         except dg.Failure:

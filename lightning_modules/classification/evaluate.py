@@ -36,8 +36,11 @@ class Classifier(nn.Module):
     it can be logged to / loaded from the MLflow registry and used without the training code's config.
     """
 
-    def __init__(self, backbone: nn.Module, mean, std, class_names: list[str] | None = None):
+    def __init__(
+        self, backbone: nn.Module, mean, std, class_names: list[str] | None = None, image_size: int | None = None
+    ):
         super().__init__()
+        self.image_size = image_size  # what it was trained at (None in checkpoints older than predict)
         self.backbone = backbone
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1) * 255)
@@ -76,7 +79,9 @@ def load_classifier(checkpoint: str | Path) -> Classifier:
         backbone.load_state_dict(state)
     except RuntimeError as exc:
         raise DataError(path, f"weights do not fit the saved model settings: {str(exc)[:300]}") from None
-    model = Classifier(backbone, hp.get("mean", (0.5,) * 3), hp.get("std", (0.25,) * 3), hp.get("class_names"))
+    model = Classifier(
+        backbone, hp.get("mean", (0.5,) * 3), hp.get("std", (0.25,) * 3), hp.get("class_names"), hp.get("image_size")
+    )
     return model.eval()
 
 
@@ -137,7 +142,7 @@ def evaluate_module(
     topk = min(5, k)
     model.eval()
     with torch.inference_mode():
-        for images, labels in _batches(prepared, split, batch_size, image_size or info.image_size):
+        for images, labels in split_batches(prepared, split, batch_size, image_size or info.image_size):
             x = images if self_normalising else (images.float() - scale_mean) / scale_std
             logits = model(x).float()
             if logits.ndim != 2 or logits.shape[1] != k:
@@ -194,7 +199,7 @@ def _check_split(prepared: Path, split: str) -> None:
     raise DataError(prepared / split, f"no prepared '{split}' split here (index.json missing)")
 
 
-def _batches(prepared: Path, split: str, batch_size: int, size: int):
+def split_batches(prepared: Path, split: str, batch_size: int, size: int):
     """(uint8 images, labels) batches in the split's stored order, in this process."""
     ds = open_split(prepared, split, shuffle=False, transform=EvalTransform(size))
     batch: list[dict[str, Any]] = []

@@ -49,6 +49,7 @@ class ClassificationModule(BodyFreezing, L.LightningModule):
         compile: bool = False,
         class_names: list[str] | None = None,
         augment: dict[str, Any] | None = None,
+        image_size: int | None = None,  # the training input size, kept for predict and export
     ):
         super().__init__()
         # logger=False: train.py logs the whole job config itself (once per MLflow run).

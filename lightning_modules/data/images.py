@@ -12,6 +12,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lightning_modules.errors import DataError
+
 # OS clutter that is never a sample; anything else in a class folder is checked and, if bad, rejected.
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
@@ -142,3 +144,21 @@ def load_chw(path: str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_IMAGE
     """Decode, convert to RGB, resize+centre-crop: a uint8 array [3, size, size]. Raises BadImage."""
     img = resize_center_crop(open_rgb(path, draft_size=size, max_pixels=max_pixels), size)
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+PREDICT_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """The image files named, or found under the folders named (sorted), for `visionflow predict`."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in PREDICT_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(p, "no such image file or folder")
+    if not files:
+        raise DataError(Path(paths[0]) if paths else Path("."), "no images found")
+    return files

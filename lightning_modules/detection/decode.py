@@ -120,3 +120,24 @@ def postprocess(
         keep = ops.batched_nms(b, best, torch.zeros_like(labels) if agnostic else labels, iou)[:max_det]
         out.append({"boxes": b[keep], "scores": best[keep], "labels": labels[keep]})
     return out
+
+
+NMS_KEYS = ("conf", "iou", "max_det", "agnostic", "multi_label")
+
+
+class WithNms:
+    """A detector's NMS settings (attributes) and `postprocess` applied with them: shared by the PyTorch
+    predictor and an ONNX export run in onnxruntime (export/runtime.py), so both give the same detections."""
+
+    conf: float
+    iou: float
+    max_det: int
+    agnostic: bool
+    multi_label: bool
+
+    def nms_settings(self) -> dict:
+        return {k: getattr(self, k) for k in NMS_KEYS}
+
+    def postprocess(self, boxes, scores, size, conf: float | None = None) -> list[dict[str, torch.Tensor]]:
+        settings = self.nms_settings()
+        return postprocess(boxes, scores, size, **{**settings, "conf": settings["conf"] if conf is None else conf})

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from lightning_modules.data.images import image_files
 from lightning_modules.detection.augment import build_eval_transform, letterbox, make_sample, unletterbox_boxes
 from lightning_modules.detection.data import DetectionDataset, collate, read_prepared_detection
 from lightning_modules.detection.metrics import draw_samples
@@ -19,10 +20,9 @@ from lightning_modules.detection.module import DetectionModule
 from lightning_modules.detection.predictor import YoloPredictor, predictor_from_module
 from lightning_modules.detection.scoring import evaluate_loader
 from lightning_modules.errors import DataError
+from lightning_modules.export.runtime import OnnxDetector, is_onnx
 from lightning_modules.reporting.progress import track
 from lightning_modules.training.checkpoints import load_checkpoint
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def load_predictor(checkpoint: str | Path) -> YoloPredictor:
@@ -38,20 +38,6 @@ def load_predictor(checkpoint: str | Path) -> YoloPredictor:
     return predictor_from_module(module).eval()
 
 
-def _images_of(paths: list[str | Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(p, "no such image file or folder")
-    if not files:
-        raise DataError(Path(paths[0]) if paths else Path("."), "no images found")
-    return files
-
-
 def _read(path: Path) -> torch.Tensor:
     try:
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
@@ -60,8 +46,15 @@ def _read(path: Path) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _load_any(weights: str | Path):
+    """A checkpoint -> YoloPredictor; a .onnx export -> OnnxDetector (same predict_images and NMS)."""
+    if is_onnx(weights):
+        return OnnxDetector(weights)
+    return load_predictor(weights)
+
+
 def predict_files(
-    predictor: YoloPredictor, files: list[Path], *, conf: float = 0.25, batch_size: int = 8
+    predictor: YoloPredictor | OnnxDetector, files: list[Path], *, conf: float = 0.25, batch_size: int = 8
 ) -> list[dict[str, Any]]:
     """Per file {"boxes" xyxy in the file's pixels, "scores", "labels"}: letterbox, detect, map back."""
     size = predictor.image_size
@@ -104,10 +97,10 @@ def predict(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DataError(out, "output folder is not empty; choose a new --out (earlier predictions are kept)")
-    predictor = load_predictor(checkpoint)
+    predictor = _load_any(checkpoint)
     if iou is not None:
         predictor.iou = iou
-    files = _images_of(list(images))
+    files = image_files(list(images))
     preds = predict_files(predictor, files, conf=conf)
     names = predictor.class_names
     rows = []
@@ -128,7 +121,7 @@ def predict(
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.json").write_text(
-        json.dumps({"checkpoint": str(checkpoint), "conf": conf, "images": rows}, indent=1)
+        json.dumps({"weights": str(checkpoint), "task": "detection", "conf": conf, "images": rows}, indent=1)
     )
     drawn = draw_samples(files[:draw], None, preds[:draw], names, out / "drawn", n=draw, score_threshold=conf)
     for f, d in zip(files, drawn):  # name drawings after their images

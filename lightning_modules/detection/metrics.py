@@ -20,6 +20,8 @@ from torchvision.io import ImageReadMode, read_image
 from torchvision.ops import box_iou
 from torchvision.utils import draw_bounding_boxes, save_image
 
+from lightning_modules.reporting.class_labels import add_legend, axis_labels
+
 # faster-coco-eval logs COCOeval's whole summary table at INFO (84 lines per evaluation) through the
 # `faster_coco_eval` logger; our own summary goes to metadata, MLflow and one log line instead.
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
@@ -322,19 +324,20 @@ def plot_confusion_matrix(cm: torch.Tensor, names, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: must follow matplotlib.use("Agg")
 
-    labels = [*names, "background"]
-    n = len(labels)
+    ticks, legend = axis_labels([*names, "background"])
+    n = len(ticks)
     fig, ax = plt.subplots(figsize=(1 + 0.5 * n, 1 + 0.45 * n))
     ax.imshow(cm.numpy(), cmap="Blues")
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xticks(range(n), ticks, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), ticks, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title="detection confusion (IoU 0.5)")
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
                 ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    add_legend(fig, legend)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 

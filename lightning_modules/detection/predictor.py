@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_modules.detection.decode import postprocess
+from lightning_modules.detection.decode import WithNms
 
 
-class YoloPredictor(nn.Module):
+class YoloPredictor(WithNms, nn.Module):
     """A trained detector with its input normalisation and decoding: what the registry stores.
 
     forward(uint8 images [N,3,S,S]) -> [N, max_det, 6] rows (x1, y1, x2, y2, score, label) in the
@@ -43,25 +43,22 @@ class YoloPredictor(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images [N,3,S,S] -> (boxes xyxy [N,K,4] in input pixels, class scores [N,K,C]) before NMS:
+        the part an ONNX export carries (export/onnx_export.py); NMS is `postprocess`, shared by both."""
+        x = (images.float() - self.mean) / self.std
+        boxes, scores = self.detector.decode(self.detector(x), x.shape[-2:])
+        return boxes.float(), scores.float()
+
     @torch.no_grad()
     def predict_images(self, images: torch.Tensor, conf: float | None = None) -> list[dict[str, torch.Tensor]]:
         was = self.training
         self.eval()
         try:
-            x = (images.float() - self.mean) / self.std
-            boxes, scores = self.detector.decode(self.detector(x), x.shape[-2:])
+            boxes, scores = self.raw(images)
         finally:
             self.train(was)
-        return postprocess(
-            boxes.float(),
-            scores.float(),
-            x.shape[-2:],
-            conf=self.conf if conf is None else conf,
-            iou=self.iou,
-            agnostic=self.agnostic,
-            max_det=self.max_det,
-            multi_label=self.multi_label,
-        )
+        return self.postprocess(boxes, scores, images.shape[-2:], conf)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = torch.full((images.shape[0], self.max_det, 6), -1.0, device=images.device)

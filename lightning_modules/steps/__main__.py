@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec", type=Path, help="the step's spec as JSON (written by the Dagster asset)")
     args = p.parse_args(argv)
     spec_cls, step = _steps()[args.name]
+    if os.environ.get("VISIONFLOW_CONSOLE") == "compact":  # `make run`: the terminal shows a summary instead
+        _output_to(args.spec.parent / f"{args.name}.log")
     log_to_stderr()  # long steps (prep, search) log their progress; Dagster keeps it in the compute logs
     try:
         with _pipes() as pipes:  # an exception inside reaches Dagster through Pipes, with its message
@@ -53,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         (args.spec.parent / ERROR_FILE).write_text(str(exc))
         return 2
     return 0
+
+
+def _output_to(path: Path) -> None:
+    """This process's stdout and stderr (Python's and any library's) into `path`, appended."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _read_spec(spec_cls: type[StepSpec], path: Path) -> StepSpec:

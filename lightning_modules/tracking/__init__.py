@@ -16,6 +16,7 @@ from filelock import FileLock
 
 from lightning_modules.errors import ConfigError
 from lightning_modules.paths import project_root
+from lightning_modules.reporting.class_labels import LEGEND_ROWS, add_legend, axis_labels
 
 log = logging.getLogger("visionflow")
 
@@ -37,11 +38,18 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :])
 
 
+# MLflow 3's UI opens on its GenAI workspace (traces, judges) unless told otherwise: our experiments are
+# model training, recorded as the experiment's kind, and every link we print opens the training view.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW = "workflowType=machine_learning"
+
+
 def run_url(uri: str, run_id: str, ui: str) -> str:
     """The MLflow UI page of a run (the UI serves the store at `uri`)."""
     from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
-    return f"{ui}/#/experiments/{MlflowClient(uri).get_run(run_id).info.experiment_id}/runs/{run_id}"
+    experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
+    return f"{ui}/#/experiments/{experiment}/runs/{run_id}?{UI_VIEW}"
 
 
 def ensure_store(uri: str) -> None:
@@ -115,8 +123,13 @@ def open_run(
     exp = client.get_experiment_by_name(experiment)
     if exp is not None and exp.lifecycle_stage != "deleted":
         exp_id = exp.experiment_id
+        for key, value in EXPERIMENT_TAGS.items():  # experiments made before the kind was recorded
+            if key not in exp.tags:
+                client.set_experiment_tag(exp_id, key, value)
     else:
-        exp_id = client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+        exp_id = client.create_experiment(
+            experiment, artifact_location=_artifact_location(uri, experiment), tags=EXPERIMENT_TAGS
+        )
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     all_tags = {**tags, **({MLFLOW_RUN_NAME: run_name} if run_name else {})}
@@ -253,8 +266,9 @@ def confusion_figure(matrix, class_names: list[str], out: Path, split: str = "va
     size = min(20, max(4, k * 0.4))
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if k <= 40:
-        names = [n[:18] for n in class_names] if len(class_names) == k else [str(i) for i in range(k)]
+    legend = None
+    if k <= LEGEND_ROWS:
+        names, legend = axis_labels(class_names) if len(class_names) == k else ([str(i) for i in range(k)], None)
         ax.set_xticks(range(k), names, rotation=90, fontsize=7)
         ax.set_yticks(range(k), names, fontsize=7)
         if k <= 15:
@@ -275,7 +289,8 @@ def confusion_figure(matrix, class_names: list[str], out: Path, split: str = "va
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    add_legend(fig, legend)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 

@@ -8,6 +8,7 @@ decision is recorded as tags on the challenger's model version, including why it
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -43,14 +44,22 @@ FORMAT = "visionflow-checkpoint/1"
 
 
 def log_and_register(
-    uri: str, run_id: str, checkpoint: str | Path, name: str, *, kind: str, spec: dict | None = None
+    uri: str,
+    run_id: str,
+    checkpoint: str | Path,
+    name: str,
+    *,
+    kind: str,
+    spec: dict | None = None,
+    extra: Path | None = None,
 ) -> str:
     """Store a checkpoint's weights and settings in the run and register them; returns the new version number.
 
     No pickle: the version holds `model.ckpt` (only `hyper_parameters` and `state_dict`, loadable with
     `weights_only=True`) and `model.json` (format, kind, input spec); our own code rebuilds the network
     from them (`evaluate.load_classifier`, `detection.evaluation.load_predictor`). A registry artifact
-    swapped for a booby-trapped file is refused when loaded, never executed.
+    swapped for a booby-trapped file is refused when loaded, never executed. `extra`: a folder whose files
+    go beside them (the ONNX export: model.onnx, export.json).
     """
     import torch  # lazy: torch; every step loads this module
     from mlflow.exceptions import MlflowException  # lazy: mlflow is ~1 s to import; every step loads this module
@@ -67,6 +76,8 @@ def log_and_register(
         )
         doc = {"format": FORMAT, "kind": kind, "checkpoint": str(checkpoint), **(spec or {})}
         (Path(tmp) / SPEC_FILE).write_text(json.dumps(doc, indent=1, default=str))
+        for f in sorted(extra.iterdir()) if extra else []:
+            shutil.copy2(f, Path(tmp) / f.name)
         client.log_artifacts(run_id, tmp, MODEL_DIR)
     try:
         client.get_registered_model(name)
@@ -102,6 +113,14 @@ def download(uri: str, model_uri: str, kind: str | None = None) -> Path:
     if kind is not None and doc.get("kind") != kind:
         raise DataError(folder, f"{model_uri} is a {doc.get('kind')}, not a {kind}")
     return folder / MODEL_FILE
+
+
+def tag_version(uri: str, name: str, version: str, tags: dict[str, str]) -> None:
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; every step loads this module
+
+    client = MlflowClient(uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
 
 
 def champion(uri: str, name: str):

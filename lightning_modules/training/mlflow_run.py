@@ -57,7 +57,9 @@ class MlflowRun(L.Callback):
         )
         # A run handed over (tracking.run_id) is not "created" here but still needs the job's params.
         if self.created or not tracking.run_info_logged(self.uri, self.run_id):
-            all_params = {**flatten(to_dict(cfg)), **params}
+            unused = tuple(f"{s}." for s in cfg.unused_sections())
+            job_params = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith(unused)}
+            all_params = {**job_params, **params}
             tracking.log_run_info(self.uri, self.run_id, params=all_params, tags=tags, config_yaml=dump_yaml(cfg))
             for extra_file in ("tuned.yaml", "figures/lr_find.png"):
                 if (self.run_dir / extra_file).is_file():

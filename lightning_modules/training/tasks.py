@@ -60,6 +60,7 @@ def _build_classification(cfg: JobConfig, data: Path, lr: float) -> Built:
         compile=cfg.trainer.compile,
         class_names=dm.class_names,
         augment=dm.device_augment(),
+        image_size=dm.image_size,
     )
     extra = {
         "num_classes": dm.num_classes,

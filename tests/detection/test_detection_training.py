@@ -288,6 +288,46 @@ def test_evaluate_scores_a_detector_checkpoint_in_original_pixels(
     assert (tmp_path / "ev" / "detections.png").is_file() and (tmp_path / "ev" / "pr_curves.png").is_file()
 
 
+def test_onnx_export_of_the_detector_predicts_what_the_checkpoint_predicts(
+    trained: Path, prepared_detection: Path, tmp_path: Path
+) -> None:
+    """The export carries normalisation + network + decoding; NMS is the shared postprocess, so the
+    detections from the ONNX file and from the checkpoint agree box for box."""
+    from lightning_modules.detection.evaluation import predict
+    from lightning_modules.export.onnx_export import export
+
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    doc = export(ckpt, tmp_path / "onnx")  # parity data: the run's own prepared set (job.json)
+    assert doc["task"] == "detection" and doc["parity"]["data"] == str(prepared_detection)
+    assert doc["parity"]["split"] == "test" and doc["parity"]["images"] == 4
+    assert doc["parity"]["max_abs_diff"] <= 1e-4 and set(doc["parity"]["per_output"]) >= {"boxes", "scores"}
+    assert doc["postprocess"]["function"] == "lightning_modules.detection.decode.postprocess"
+    # Same NMS, same settings: the export's raw outputs give identical detections through either object.
+    from lightning_modules.detection.evaluation import load_predictor
+    from lightning_modules.export.runtime import OnnxDetector
+
+    torch_det, onnx_det = load_predictor(ckpt), OnnxDetector(tmp_path / "onnx" / "model.onnx")
+    assert onnx_det.nms_settings() == torch_det.nms_settings()
+    images = torch.randint(0, 256, (3, 3, torch_det.image_size, torch_det.image_size), dtype=torch.uint8)
+    boxes, scores = onnx_det.run(images)
+    for a, b in zip(
+        onnx_det.postprocess(boxes, scores, images.shape[-2:]), torch_det.postprocess(boxes, scores, images.shape[-2:])
+    ):
+        assert all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
+    # `visionflow predict` on image files, from the checkpoint and from the export. This 3-epoch detector
+    # scores every box near 0.005, so near-ties may swap places: compare the score lists, sorted.
+    files = sorted(p for p in (prepared_detection / "images" / "val").rglob("*") if p.suffix in (".jpg", ".png"))
+    assert files
+    rows = {}
+    for kind, weights in (("ckpt", ckpt), ("onnx", tmp_path / "onnx" / "model.onnx")):
+        path = predict(weights, files, tmp_path / f"pred-{kind}", conf=0.001, draw=0)
+        rows[kind] = json.loads(path.read_text())["images"]
+    for a, b in zip(rows["ckpt"], rows["onnx"], strict=True):
+        assert a["image"] == b["image"] and len(a["detections"]) == len(b["detections"]) > 0
+        sa, sb = (sorted(d["score"] for d in r["detections"]) for r in (a, b))
+        assert max(abs(x - y) for x, y in zip(sa, sb)) <= 2e-4
+
+
 def test_ddp_fit_of_the_detector_under_torchrun(prepared_detection: Path, tmp_path: Path, mlflow_uri: str) -> None:
     done = _train(
         prepared_detection,

@@ -160,6 +160,7 @@ def test_evaluation_gate_is_the_default_floor_and_promotes_only_a_better_model(c
     assert first["test_acc1"] >= 0.6, f"the tiny chain did not learn: test top-1 {first['test_acc1']}"
     assert _checks(result, "classification_evaluation") == {"accuracy_floor": True, "no_nan": True}
     assert first["promoted"] is True and first["promotion"] == "no champion yet" and first["images"] == 3 * 8
+    _assert_carries_onnx(root, "visionflow-classifier", first)
     # The same model evaluated again on the same data is not better: the alias stays.
     again = dg.materialize([classification_evaluation], instance=instance, resources=_resources(root))
     second = _meta(again, "classification_evaluation")
@@ -240,6 +241,25 @@ def test_detection_stage_trains_on_the_pretrained_backbone_and_registers(chain) 
     path = registry.download(uri, f"models:/visionflow-detector-yolov3/{evaluated['registered_version']}", "detector")
     out = load_predictor(path)(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     assert out.shape == (1, 100, 6)
+    _assert_carries_onnx(root, "visionflow-detector-yolov3", evaluated)
+
+
+def _assert_carries_onnx(root: Path, name: str, meta: dict) -> None:
+    """The registered version holds its ONNX export beside the weights, checked on the test images."""
+    import mlflow
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    version = client.get_model_version(name, meta["registered_version"])
+    assert version.tags["onnx"] == "model/model.onnx" and meta["onnx"] == version.tags["onnx_parity"]
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(name, version.version),
+            tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        )
+    )
+    doc = json.loads((folder / "export.json").read_text())
+    assert (folder / "model.onnx").stat().st_size > 0 and doc["parity"]["split"] == "test"
+    assert doc["parity"]["max_abs_diff"] <= 1e-4
 
 
 def _kill_when_checkpointed(run_root: Path, stop: threading.Event, killed: list) -> None:

@@ -70,6 +70,21 @@ def test_definitions_load() -> None:
     assert "detection_after_main" in {s.name for s in defs.sensors}
 
 
+def test_the_launchpad_starts_with_the_training_overrides_shown() -> None:
+    """What the Launchpad pre-fills for a partition: every training asset's overrides and overlay files."""
+    from pipelines.definitions import defs
+
+    for job, assets in (
+        ("main", {"pretrained_backbone", "transfer_finetuned", "scratch_baseline"}),
+        ("detection", {"yolo_detector"}),
+    ):
+        job_def = defs.resolve_job_def(job)
+        key = job_def.partitions_def.get_partition_keys()[0]
+        ops = job_def.get_run_config_for_partition_key(key)["ops"]
+        assert set(ops) == assets
+        assert all(ops[a]["config"] == {"overrides": [], "extra_config_files": []} for a in assets)
+
+
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
     """`dagster dev` on a free port, over a tiny generated project (VISIONFLOW_ROOT)."""

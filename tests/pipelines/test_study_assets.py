@@ -60,7 +60,7 @@ def test_hparam_search_asset_writes_the_best_config_for_pretraining(
     assert meta["search_plot"].startswith("![search](data:image/png;base64,")
     # every trial is a run nested under the search's parent run
     client = MlflowClient(mlflow_uri)
-    parent = meta["mlflow_parent_run"].rsplit("/", 1)[-1]
+    parent = meta["mlflow_parent_run"].rsplit("/", 1)[-1].split("?")[0]
     exp = client.get_run(parent).info.experiment_id
     children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert len(children) == 2
@@ -98,7 +98,7 @@ def test_study_assets_run_variants_through_the_launcher_and_feed_the_report(
     assert vanishing["verdict"] and all(v["ok"] for v in vanishing["variants"])
     # each variant's run is nested under the study's parent run
     client = MlflowClient(mlflow_uri)
-    parent = vanishing["mlflow_parent_run"].rsplit("/", 1)[-1]
+    parent = vanishing["mlflow_parent_run"].rsplit("/", 1)[-1].split("?")[0]
     for v in vanishing["variants"]:
         assert client.get_run(v["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == parent
     report = metas["studies_report"]

@@ -201,6 +201,10 @@ def test_training_run_tracks_in_mlflow_and_is_never_overwritten(
     assert len(waits) == 3 and all(0 < w.value < 1 for w in waits)
     assert sum("of the step time waited for data" in r.getMessage() for r in caplog.records) == 3, caplog.text
     assert run.data.params["effective_batch"] == "32" and run.data.params["optim.lr"] == "0.003"
+    # Params of this task only: the classifier's run compares on loss.*, never on unused detection.* settings.
+    assert "loss.name" in run.data.params and not any(k.startswith("detection.") for k in run.data.params)
+    experiment = MlflowClient(mlflow_uri).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
     assert run.data.tags["git_sha"] and run.data.tags["data_version"]
     artifacts = {
         a.path
