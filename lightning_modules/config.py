@@ -243,6 +243,18 @@ class TrackingConfig(Section):
     # it is kept in RUN_DIR/mlflow_run_id, so a retry resumes into the same run.
     run_id: str | None = None
     log_checkpoint: Bool = True  # upload the best checkpoint as an artifact
+    # Trackers that get the run's params and metrics: MLflow always (the record: registry, lineage), plus
+    # W&B with the `wandb` extra (tracking/loggers.py; offline without WANDB_API_KEY).
+    loggers: list[Literal["mlflow", "wandb"]] = Field(default_factory=lambda: ["mlflow"])
+
+    @field_validator("loggers")
+    @classmethod
+    def _mlflow_is_the_record(cls, value: list[str]) -> list[str]:
+        if "mlflow" not in value:
+            raise ValueError(
+                "tracking.loggers must include mlflow (the registry and lineage live there): add others beside it"
+            )
+        return value
 
 
 class JobConfig(Section):

@@ -170,6 +170,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     import pytorch_lightning as L  # lazy: Lightning (see above)
 
     from lightning_modules.search.pruning import pruning_callbacks  # lazy: the search package, only for training
+    from lightning_modules.tracking.loggers import extra_loggers, finish_loggers  # lazy: Lightning (see above)
     from lightning_modules.training.callbacks import standard_callbacks  # lazy: Lightning (see above)
     from lightning_modules.training.checkpoints import resume_checkpoint  # lazy: torch (see above)
     from lightning_modules.training.mlflow_run import MlflowRun  # lazy: Lightning (see above)
@@ -230,6 +231,8 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     )
     # task callbacks; a search trial's pruning (report val loss, stop when pruned); the MLflow run
     callbacks += [*task.callbacks(cfg), *pruning_callbacks(run_dir), mlflow]
+    # W&B beside MLflow (tracking.loggers), from rank 0 only, as MLflow
+    others = extra_loggers(cfg, run_dir, cfg.tracking.run_name or run_dir.name, mlflow.params) if mlflow.run_id else []
     trainer = build_trainer(
         cfg,
         world,
@@ -237,7 +240,7 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         num_nodes=num_nodes,
         run_dir=run_dir,
         callbacks=callbacks,
-        logger=mlflow.logger,
+        logger=[mlflow.logger, *others] if others else mlflow.logger,
         distributed_sampler=task.distributed_sampler,
     )
 
@@ -247,7 +250,12 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         log.info("resuming from %s", resume)
     start = time.monotonic()
     # weights_only: resuming never unpickles code, whoever wrote the file
-    trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+    try:
+        trainer.fit(
+            built.module, datamodule=built.datamodule, ckpt_path=str(resume) if resume else None, weights_only=True
+        )
+    finally:
+        finish_loggers(others)
     seconds = time.monotonic() - start
     if trainer.global_step == 0 and not fast:
         raise DataError(

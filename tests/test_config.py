@@ -127,3 +127,11 @@ def test_assignment_is_validated() -> None:
     cfg = JobConfig()
     with pytest.raises(ValueError, match="max_epochs"):
         cfg.trainer.max_epochs = 0
+
+
+def test_trackers_beside_mlflow_never_replace_it(base: Path) -> None:
+    assert load_config(base, ["tracking.loggers=[mlflow, wandb]"]).tracking.loggers == ["mlflow", "wandb"]
+    with pytest.raises(ConfigError, match="tracking.loggers.*must include mlflow"):
+        load_config(base, ["tracking.loggers=[wandb]"])
+    with pytest.raises(ConfigError, match="tracking.loggers"):
+        load_config(base, ["tracking.loggers=[mlflow, tensorboard]"])

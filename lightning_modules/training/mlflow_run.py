@@ -36,6 +36,7 @@ class MlflowRun(L.Callback):
         self.run_id: str | None = None
         self.created = False
         self.logger: Any = SilentLogger()
+        self.params: dict[str, Any] = {}
         if active:
             self._open(data_dir, data_version, params)
 
@@ -55,12 +56,12 @@ class MlflowRun(L.Callback):
         self.run_id, self.created = tracking.open_run(
             self.uri, cfg.tracking.experiment, self.run_dir, cfg.tracking.run_name, tags, run_id=cfg.tracking.run_id
         )
+        unused = tuple(f"{s}." for s in cfg.unused_sections())
+        job_params = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith(unused)}
+        self.params = {**job_params, **params}  # also what other trackers get (tracking/loggers.py)
         # A run handed over (tracking.run_id) is not "created" here but still needs the job's params.
         if self.created or not tracking.run_info_logged(self.uri, self.run_id):
-            unused = tuple(f"{s}." for s in cfg.unused_sections())
-            job_params = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith(unused)}
-            all_params = {**job_params, **params}
-            tracking.log_run_info(self.uri, self.run_id, params=all_params, tags=tags, config_yaml=dump_yaml(cfg))
+            tracking.log_run_info(self.uri, self.run_id, params=self.params, tags=tags, config_yaml=dump_yaml(cfg))
             for extra_file in ("tuned.yaml", "figures/lr_find.png"):
                 if (self.run_dir / extra_file).is_file():
                     tracking.log_artifact(self.uri, self.run_id, self.run_dir / extra_file, "tuning")

@@ -1,0 +1,56 @@
+"""Weights & Biases beside MLflow (tracking.loggers: [mlflow, wandb]), for real and offline: no account,
+no network. The `wandb` extra is installed by `make test` (and so in CI), so this never skips there."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "configs" / "smoke-classify.yaml"
+
+
+def test_an_offline_wandb_run_gets_the_params_and_metrics_mlflow_gets(
+    tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lightning_modules.train", str(SMOKE), "--data", str(tiny_prepared_imagenet)]
+    cmd += ["--out", str(out)]
+    for s in (
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        f"tracking.tracking_uri={mlflow_uri}",
+        "tracking.experiment=test-wandb",
+        "tracking.loggers=[mlflow, wandb]",
+    ):
+        cmd += ["--set", s]
+    env = {"WANDB_API_KEY": "", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+    done = subprocess.run(cmd, cwd=REPO, env={**_environ(), **env}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((out / "wandb").iterdir())
+    run_id = (out / "wandb_run_id").read_text().strip()
+    assert runs[0].name.endswith(run_id) and list(runs[0].glob("*.wandb"))
+    # An offline run is W&B's transaction log (what `wandb sync` uploads): protobuf records whose history
+    # items hold the key (field 2) and the value as JSON (field 16, tag 0x82 0x01).
+    log = next(runs[0].glob("*.wandb")).read_bytes()
+    values = [float(m.group(2)) for m in re.finditer(rb"\x12\x08val/acc1\x82\x01(.)([0-9.e+-]+)", log)]
+    assert len(values) >= 2  # every validation (the sanity check's, then each epoch's)
+    assert values[-1] == pytest.approx(result["metrics"]["val/acc1"])  # the same figure as MLflow's
+    assert b"optim.lr" in log and b"detection.version" not in log  # the task's params, as in MLflow
+    mlflow_run = MlflowClient(mlflow_uri).get_run(result["mlflow_run_id"])
+    assert mlflow_run.data.metrics["val/acc1"] == pytest.approx(values[-1])
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
