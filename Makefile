@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 export DATA_OPTIMIZER_CACHE_FOLDER := $(CURDIR)/.cache/litdata
 export MPLBACKEND := Agg
 
-.PHONY: run studies test test-fast lint install ui bench clean
+.PHONY: run studies test test-fast lint install ui bench clean browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,9 +26,15 @@ run: $(STAMP)
 studies: $(STAMP)
 	$(BIN)/python -m pipelines.main studies
 
-# Everything, what CI runs (.ci/run): lint, types, then every test including the slow ones (~8 min).
-test: lint
+# Everything, what CI runs (.ci/run): lint, types, then every test including the slow ones (~12 min).
+test: lint browser-deps
 	$(BIN)/python -m pytest -q tests
+
+# Debian's chromium for the browser tests (Playwright drives it; it cannot download its own browsers here).
+browser-deps:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 # The quick lane while working (~1.5 min): no training jobs, torchrun, SIGKILL, daemon or chain tests.
 test-fast: lint

@@ -234,6 +234,9 @@ class DetectionConfig(Section):
         return self
 
 
+Tracker = Literal["mlflow", "wandb"]
+
+
 class TrackingConfig(Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
     experiment: str = "visionflow-classification"
@@ -245,7 +248,7 @@ class TrackingConfig(Section):
     log_checkpoint: Bool = True  # upload the best checkpoint as an artifact
     # Trackers that get the run's params and metrics: MLflow always (the record: registry, lineage), plus
     # W&B with the `wandb` extra (tracking/loggers.py; offline without WANDB_API_KEY).
-    loggers: list[Literal["mlflow", "wandb"]] = Field(default_factory=lambda: ["mlflow"])
+    loggers: list[Tracker] = Field(default_factory=lambda: list[Tracker](["mlflow"]))
 
     @field_validator("loggers")
     @classmethod

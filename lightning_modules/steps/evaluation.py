@@ -40,7 +40,7 @@ def classification(spec: ClassificationEvaluationSpec) -> StepReport:
         uri, run_id, {f"{s}_acc1": res["top1"], f"{s}_acc5": res["top5"], f"{s}_loss": res["mean_loss"]}
     )
     for fig in res["figures"]:
-        tracking.log_artifact(uri, run_id, Path(fig), "figures")
+        tracking.log_figure(uri, run_id, Path(fig))
 
     def compare(model: Path) -> Interval:
         champion = ev.load_classifier(model)

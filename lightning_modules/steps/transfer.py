@@ -24,7 +24,7 @@ def transfer_report(spec: TransferReportSpec) -> StepReport:
     numbers = {k: float(v) for k, v in gains.items() if k.startswith("gain_")}
     numbers.update({f"{who}_{k}": float(v) for who in ("transfer", "scratch") for k, v in gains[who].items()})
     tracking.log_metrics(uri, run_id, numbers)
-    tracking.log_artifact(uri, run_id, figure, "figures")
+    tracking.log_figure(uri, run_id, figure)
     tracking.set_tag(uri, run_id, "mlflow.runName", "transfer-vs-scratch")
     tracking.log_params(uri, run_id, {"metric": spec.metric, "early_epochs": spec.settings.early_epochs})
     finish(uri, run_id)

@@ -207,6 +207,12 @@ def log_params(uri: str, run_id: str, params: dict[str, object]) -> None:
         client.log_param(run_id, k, str(v))
 
 
+def log_figure(uri: str, run_id: str, path: Path) -> None:
+    """A figure at the run's artifact root: MLflow's Compare view shows only root-level files, side by side
+    for the runs compared (a learning curve under figures/ never appeared there)."""
+    log_artifact(uri, run_id, path)
+
+
 def log_artifact(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
     from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 

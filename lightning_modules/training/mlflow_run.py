@@ -98,7 +98,7 @@ class MlflowRun(L.Callback):
         if (figures / "gradient_flow.png").is_file():
             made.append(figures / "gradient_flow.png")
         for path in made:
-            tracking.log_artifact(uri, run_id, path, "figures")
+            tracking.log_figure(uri, run_id, path)
         if (self.run_dir / "history.json").is_file():
             tracking.log_artifact(uri, run_id, self.run_dir / "history.json", "history")
         summary = {"effective_batch": result["effective_batch"], "lr_effective": result["lr_effective"]}
