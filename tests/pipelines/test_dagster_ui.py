@@ -185,3 +185,29 @@ def test_run_launched_through_graphql_succeeds(dagster_dev) -> None:
     # The run really prepared the generated data of the project it was pointed at.
     manifest = json.loads((project / "prepared" / "imagenet" / "manifest.json").read_text())
     assert manifest["image_size"] == 32 and len(manifest["classes"]) == 3
+
+
+@pytest.mark.browser
+def test_materialize_clicked_in_the_ui_runs_and_the_asset_page_shows_its_plot(dagster_dev, page) -> None:
+    """In a real browser: the asset's Materialize button launches a run, the run succeeds, and the asset
+    page then renders the materialization's plot (markdown metadata opens behind "Show Markdown")."""
+    port, _ = dagster_dev
+    asset = f"http://127.0.0.1:{port}/assets/prepared_transfer"
+    page.goto(asset)
+    materialize = page.get_by_role("button").filter(has_text="Materialize").first
+    materialize.wait_for(timeout=60_000)
+    page.wait_for_timeout(2_000)  # a first visit may open Dagster's community dialog: close it
+    if page.get_by_role("button", name="Skip").count():
+        page.get_by_role("button", name="Skip").click()
+    materialize.click()
+    page.get_by_text("Launched run").first.wait_for(timeout=30_000)
+    page.goto(f"http://127.0.0.1:{port}/runs")  # the run list refreshes itself until the run is done
+    page.get_by_text("Success").first.wait_for(timeout=240_000)
+    page.goto(asset)
+    page.get_by_text("ago").first.wait_for(timeout=60_000)  # "Latest materialization: a minute ago"
+    page.get_by_text("Show Markdown").first.click()  # the class histogram
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 100)",
+        timeout=30_000,
+    )
+    assert page.unexpected_console_errors(port) == []
