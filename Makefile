@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned to the builds this machine's pip serves from disk (see README).
 	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install --quiet -e ".[test,wandb]"
+	$(BIN)/pip install --quiet -e ".[test,wandb,comet]"
 	touch $(STAMP)
 
 install: $(STAMP)

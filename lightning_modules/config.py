@@ -234,7 +234,7 @@ class DetectionConfig(Section):
         return self
 
 
-Tracker = Literal["mlflow", "wandb"]
+Tracker = Literal["mlflow", "wandb", "comet"]
 
 
 class TrackingConfig(Section):
@@ -247,7 +247,7 @@ class TrackingConfig(Section):
     run_id: str | None = None
     log_checkpoint: Bool = True  # upload the best checkpoint as an artifact
     # Trackers that get the run's params and metrics: MLflow always (the record: registry, lineage), plus
-    # W&B with the `wandb` extra (tracking/loggers.py; offline without WANDB_API_KEY).
+    # W&B and Comet with their extras (tracking/loggers.py; offline without WANDB_API_KEY / COMET_API_KEY).
     loggers: list[Tracker] = Field(default_factory=lambda: list[Tracker](["mlflow"]))
 
     @field_validator("loggers")

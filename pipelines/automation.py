@@ -15,6 +15,9 @@ from pipelines.assets.training import DEFAULT_ARCH
 from pipelines.resources import DvcResource
 
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00
+# A main run tagged DETECTION_TAG=launched-separately gets no detection run from the sensor: `make run`
+# launches its own (the detector it was asked for), and two would compete for the pool.
+DETECTION_TAG = "visionflow/detection"
 
 
 def weekly_retraining(job) -> dg.ScheduleDefinition:
@@ -70,6 +73,8 @@ def detection_after_main(main_job, detection_job) -> dg.SensorDefinition:
     )
     def _sensor(context: dg.RunStatusSensorContext):
         run = context.dagster_run
+        if run.tags.get(DETECTION_TAG) == "launched-separately":
+            return dg.SkipReason(f"run {run.run_id} launches its own detection run (`make run`)")
         return dg.RunRequest(
             run_key=f"after-{run.run_id}",
             partition_key=DEFAULT_VERSION,

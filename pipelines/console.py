@@ -1,6 +1,7 @@
-"""What `make run` shows: a line per step as it starts and ends (with its wall time), a line per training
-epoch, and at the end a summary table (stage, key numbers, checks, what was registered or promoted and why,
-where to look). Dagster's own event stream, every event of the run, goes to a log file instead
+"""What `make run` shows: a line per step as it starts and ends (with its wall time), training epochs as a
+Rich progress bar per step on a terminal (a few epoch lines when the output is a file), and at the end a
+summary table (stage, key numbers, checks, what was registered or promoted and why, where to look).
+Dagster's own event stream, every event of the run, goes to a log file instead
 (`runs/console/<time>-<job>.log`); `--verbose` prints it as well.
 
 It follows the run from the instance's event log (the same events the UI shows) in a thread beside the
@@ -9,6 +10,9 @@ executing job, so nothing in the job changes for the console's sake.
 
 from __future__ import annotations
 
+import math
+import re
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -33,6 +37,11 @@ KEY_NUMBERS = {
 }
 
 
+# "epoch 3/20: train_loss 1.2, val_acc1 0.4" as the job's Pipes reporter logs it (the total is optional)
+EPOCH_LINE = re.compile(r"epoch (\d+)(?:/(\d+))?: (.*)")
+EPOCH_LINES_PER_STEP = 4  # without a terminal: the first, about this many between, and the last epoch
+
+
 @dataclass
 class StepRow:
     step: str
@@ -52,10 +61,15 @@ class StepRow:
 class RunConsole:
     """Follows one run's events: prints progress, writes the full stream to `log_file`, keeps the rows."""
 
-    def __init__(self, instance: dg.DagsterInstance, log_file: Path, *, verbose: bool = False):
+    def __init__(
+        self, instance: dg.DagsterInstance, log_file: Path, *, verbose: bool = False, live: bool | None = None
+    ):
         self.instance, self.log_file, self.verbose = instance, log_file, verbose
         self.rows: dict[str, StepRow] = {}
         self._cursor: str | None = None
+        # a progress bar per training step on a terminal; `live=None` asks whether stdout is one
+        self.progress = _progress() if (sys.stdout.isatty() if live is None else live) and not verbose else None
+        self._bars: dict[str, Any] = {}
 
     @contextmanager
     def follow(self, run_id: str):
@@ -63,6 +77,8 @@ class RunConsole:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         stop = threading.Event()
         with self.log_file.open("a") as log:
+            if self.progress is not None:
+                self.progress.start()
             thread = threading.Thread(target=self._poll, args=(run_id, log, stop), daemon=True)
             thread.start()
             try:
@@ -71,6 +87,8 @@ class RunConsole:
                 stop.set()
                 thread.join()
                 self._drain(run_id, log)
+                if self.progress is not None:
+                    self.progress.stop()
 
     def _poll(self, run_id: str, log, stop: threading.Event) -> None:
         while not stop.wait(0.5):
@@ -97,8 +115,9 @@ class RunConsole:
         if self.verbose:
             print(line, flush=True)
         if event is None:
-            if step and entry.user_message.startswith("epoch "):
-                self._say(f"    {step}: {entry.user_message}")
+            epoch = EPOCH_LINE.match(entry.user_message or "")
+            if step and epoch:
+                self._epoch(step, int(epoch[1]), int(epoch[2]) if epoch[2] else None, entry.user_message)
             return
         row = self.rows.setdefault(step, StepRow(step)) if step else None
         kind = event.event_type
@@ -107,6 +126,8 @@ class RunConsole:
             self._say(f"  > {step} started")
         elif kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE) and row:
             row.ended, row.ok = entry.timestamp, kind == dg.DagsterEventType.STEP_SUCCESS
+            if step in self._bars and self.progress is not None:  # the "ok" line below takes its place
+                self.progress.update(self._bars.pop(step), visible=False)
             why = "" if row.ok else f": {_failure(event) or _first_line(entry.message)}"
             self._say(f"  {'ok' if row.ok else 'FAILED'} {step} ({_duration(row.seconds)}){why}")
         elif kind == dg.DagsterEventType.ASSET_MATERIALIZATION and row:
@@ -114,6 +135,16 @@ class RunConsole:
         elif kind == dg.DagsterEventType.ASSET_CHECK_EVALUATION and row:
             data = event.asset_check_evaluation_data
             row.checks[data.check_name] = data.passed
+
+    def _epoch(self, step: str, epoch: int, total: int | None, message: str) -> None:
+        if self.progress is not None:
+            if step not in self._bars:
+                self._bars[step] = self.progress.add_task(step, total=total)
+            self.progress.update(self._bars[step], completed=epoch, total=total, description=f"{step}: {message}")
+            return
+        every = math.ceil(total / EPOCH_LINES_PER_STEP) if total else 1
+        if epoch == 1 or epoch == total or epoch % every == 0:
+            self._say(f"    {step}: {message}")
 
     def _materialized(self, row: StepRow, materialization: dg.AssetMaterialization) -> None:
         meta = {k: v.value for k, v in materialization.metadata.items()}
@@ -128,6 +159,20 @@ class RunConsole:
     @staticmethod
     def _say(text: str) -> None:
         print(text, flush=True)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy: as below
+
+    # transient: a finished step's bar gives way to its "ok" line
+    return Progress(
+        TextColumn("    "),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        transient=True,
+    )
 
 
 def _failure(event) -> str:

@@ -1,5 +1,9 @@
 """Launching a Lightning job from an asset: torchrun under Dagster Pipes, locally or on Kubernetes.
 
+The launcher resources: `TrainingLauncher` is what assets ask for; each deployment binds its own kind,
+`LocalLauncher` (subprocesses on this machine) or `K8sLauncher` (pods), so the Launchpad shows only the
+settings of the deployment in use. The command builders below them are shared.
+
 The job (`python -m lightning_modules.train`) is the same program a user runs by hand. Every
 torchrun rank inherits the Pipes environment, and only global rank 0 opens Pipes (the job's
 "pipes" reporter), so metrics and the checkpoint path arrive once, as the asset's metadata.
@@ -8,12 +12,155 @@ Lightning's own DDP launcher is never used: it re-runs the calling program, whic
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from lightning_modules.contract import JobRequest, missing_keys
+from lightning_modules.errors import VisionflowError
+from lightning_modules.paths import project_root
+
+
+class TrainingLauncher(dg.ConfigurableResource):
+    """Runs `python -m lightning_modules.train` under torchrun, and the other compute steps, through Pipes.
+
+    Subclasses say where the processes run (`_run`) and how many ranks a node has (`nproc_per_node`)."""
+
+    nproc_per_node: int = 1
+    threads_per_rank: int = 0  # 0: cores / ranks, set by the job itself
+
+    @property
+    def backend(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def python(self) -> str:
+        """The interpreter on the compute side."""
+        return "python"
+
+    def _run(
+        self, context: dg.AssetExecutionContext, command: list[str], env: dict[str, str], on_error: Callable
+    ) -> dg.PipesClientCompletedInvocation:
+        raise NotImplementedError
+
+    def launch(
+        self, context: dg.AssetExecutionContext, spec: JobRequest, nproc_per_node: int = 0
+    ) -> dg.MaterializeResult:
+        """Validate the job's whole config here (milliseconds, no torch), then run it under torchrun."""
+        try:
+            spec.validate()
+        except VisionflowError as exc:  # a bad override or config file: named, before any process starts
+            raise dg.Failure(
+                description=f"the job's config is invalid, nothing was launched: {exc}", allow_retries=False
+            ) from None
+        n = nproc_per_node or self.nproc_per_node
+        env = {"VISIONFLOW_REPORTER": "pipes", **spec.env}
+        if self.threads_per_rank:
+            env["VISIONFLOW_THREADS"] = str(self.threads_per_rank)
+        context.log.info(f"launching {n} rank(s) ({self.backend}) into {spec.run_dir}")
+        # make run's compact console sends the ranks' output to files only
+        tee = os.environ.get("VISIONFLOW_CONSOLE") != "compact"
+        cmd = torchrun_command(spec, nproc_per_node=n, python=self.python, tee=tee)
+        result = self._run(context, cmd, env, lambda exc: _training_failure(exc, spec.run_dir)).get_materialize_result()
+        check_reported(result, spec.run_dir)
+        return result
+
+    def run_step(
+        self, context: dg.AssetExecutionContext, name: str, spec: Any, metadata: dict | None = None
+    ) -> dg.MaterializeResult:
+        """Run `python -m lightning_modules.steps NAME SPEC.json` where the compute is (this machine or a pod),
+        reporting through Pipes like a training job: metadata, asset checks, or the step's error. `metadata`
+        is what the asset adds from its side (links, the upstream it built on)."""
+        out = Path(spec.out)
+        out.mkdir(parents=True, exist_ok=True)
+        spec_file = out / f"{name}.spec.json"
+        spec_file.write_text(spec.model_dump_json(indent=1))
+        (out / "step_error.txt").unlink(missing_ok=True)  # a retry's error must be its own
+        env = {"VISIONFLOW_REPORTER": "pipes"}
+        if getattr(spec, "tracking_uri", None):
+            env["MLFLOW_TRACKING_URI"] = spec.tracking_uri
+        context.log.info(f"running step {name} ({self.backend}) in {out}")
+        command = step_command(name, spec_file, python=self.python)
+        result = self._run(context, command, env, lambda exc: _step_failure(exc, name, out)).get_materialize_result()
+        if not metadata:
+            return result
+        return dg.MaterializeResult(
+            asset_key=result.asset_key,
+            metadata={**(result.metadata or {}), **metadata},
+            check_results=result.check_results,
+            data_version=result.data_version,
+            tags=result.tags,
+        )
+
+
+class LocalLauncher(TrainingLauncher):
+    """Subprocesses on this machine: `torchrun --standalone --nproc-per-node N` for training."""
+
+    @property
+    def backend(self) -> str:
+        return "local"
+
+    @property
+    def python(self) -> str:
+        return sys.executable
+
+    def _run(self, context, command, env, on_error):
+        try:
+            return dg.PipesSubprocessClient(cwd=str(project_root())).run(context=context, command=command, env=env)
+        except dg.Failure:
+            raise
+        except Exception as exc:  # the process exited non-zero (Dagster's Pipes execution error is not public API)
+            raise on_error(exc) from exc
+
+
+class K8sLauncher(TrainingLauncher):
+    """One pod per job running the same command with `gpus_per_pod` GPUs (PipesK8sClient, the `cluster`
+    extra). Multi-node: one pod per node with --nnodes/--node-rank and a c10d rendezvous endpoint (see
+    README); run folders must sit on a shared volume."""
+
+    image: str = "visionflow:latest"
+    namespace: str = "default"
+    gpus_per_pod: int = 0
+    cpu: str = "8"
+    memory: str = "32Gi"
+    shared_volume_claim: str = ""
+
+    @property
+    def backend(self) -> str:
+        return "k8s"
+
+    def _run(self, context, command, env, on_error):
+        from dagster_k8s import PipesK8sClient  # lazy: the `cluster` extra
+
+        pod = k8s_pod_spec(
+            gpus=self.gpus_per_pod,
+            cpu=self.cpu,
+            memory=self.memory,
+            shared_volume_claim=self.shared_volume_claim or None,
+        )
+        return PipesK8sClient().run(
+            context=context, image=self.image, command=command, namespace=self.namespace, env=env, base_pod_spec=pod
+        )
+
+
+def _training_failure(exc: Exception, run_dir: Path) -> dg.Failure:
+    errors = rank_errors(run_dir)
+    first = next(iter(errors.values()), "no rank wrote to stderr")
+    return dg.Failure(
+        description=f"training failed ({exc}); last lines of the failing rank:\n{first}",
+        metadata={name: dg.MetadataValue.md(f"```\n{text}\n```") for name, text in errors.items()},
+    )
+
+
+def _step_failure(exc: Exception, name: str, out: Path) -> dg.Failure:
+    """The step exited non-zero; it names its error in OUT/step_error.txt."""
+    error = out / "step_error.txt"
+    why = error.read_text() if error.is_file() else "see the step's stderr in the compute logs"
+    return dg.Failure(description=f"step {name} failed: {why}")
 
 
 def torchrun_command(

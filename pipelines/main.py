@@ -1,9 +1,10 @@
 """`python -m pipelines.main run|ui`: what `make run` and `make ui` call.
 
 `run` makes sure the raw data is there and versioned (DVC), observes its version, then runs
-the `main` job, then the `detection` job (YOLOv3), in this process against the project's Dagster
-instance (`.dagster_home/`), so the runs show up in the UI afterwards. `ui` starts `dagster dev`
-(webserver + daemon) and an MLflow server on the same store.
+the `main` job, then the `detection` job (YOLOv3). Each is launched on the project's Dagster instance
+(`.dagster_home/`) as the UI would launch it (pipelines/submit.py: a daemon starts it), so the runs show
+up in the UI afterwards, timeline included. `ui` starts `dagster dev` (webserver + daemon) and an MLflow
+server on the same store.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 import warnings
 from pathlib import Path
+
+from filelock import Timeout
 
 from lightning_modules import tracking
 from lightning_modules.paths import project_root
@@ -37,42 +39,48 @@ def dagster_home(root: Path) -> Path:
 
 
 def run(root: Path, arch: str, detector: str = "yolov3", verbose: bool = False) -> int:
-    quiet_console(verbose)  # first: importing the definitions already warns
-    # lazy: `ui` needs neither Dagster in this process nor the definitions (loading them takes ~1 s)
+    """Observe the raw data, then the `main` job, then the `detection` job, as runs the UI would launch."""
+    jobs: list[tuple[str, str | None]] = [("observe_raw_data", None), ("main", arch)]
+    return _run_jobs(root, jobs + ([("detection", detector)] if detector else []), "visionflow run", verbose)
+
+
+def _run_jobs(root: Path, jobs: list[tuple[str, str | None]], title: str, verbose: bool) -> int:
+    """Launch each (job, partition) through the instance in turn, follow it on the console, stop at a failure."""
+    quiet_console(verbose)  # first: importing Dagster already warns
+    # lazy: `ui` needs no Dagster in this process
     import dagster as dg
 
     from lightning_modules.data.bootstrap import ensure_default_data  # lazy: generation imports PIL, numpy
-    from pipelines.console import RunConsole, StepRow, summary  # lazy: with Dagster, as above
-    from pipelines.definitions import defs  # lazy: see above
+    from pipelines import submit  # lazy: with Dagster, as above
+    from pipelines.automation import DETECTION_TAG  # lazy: imports the assets
+    from pipelines.console import RunConsole, StepRow, summary  # lazy: as above
 
     dagster_home(root)
     log_file = root / "runs" / "console" / f"{time.strftime('%Y%m%d-%H%M%S')}-run.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("a") as log, contextlib.redirect_stdout(sys.stdout if verbose else log):
-        version = ensure_default_data(root)  # DVC prints git hints for each `dvc add`: to the log
+    with log_file.open("a") as log, contextlib.ExitStack() as quiet:
+        if not verbose:  # DVC prints git hints after each `dvc add` (to stderr): to the log
+            quiet.enter_context(contextlib.redirect_stdout(log))
+            quiet.enter_context(contextlib.redirect_stderr(log))
+        version = ensure_default_data(root)
     print(f"data version: {version}; the full event log of this run: {log_file}")
     rows: list[StepRow] = []
-    with dg.DagsterInstance.get() as instance:
-        defs.resolve_job_def("observe_raw_data").execute_in_process(instance=instance, run_config=QUIET_LOGGERS)
-        jobs = [("main", arch)] + ([("detection", detector)] if detector else [])
+    ok = True
+    with dg.DagsterInstance.get() as instance, log_file.open("a") as log, submit.daemon(root, log):
         for job, partition in jobs:
-            print(f"{job} [{partition}]", flush=True)
+            print(f"{job}{f' [{partition}]' if partition else ''}", flush=True)
             console = RunConsole(instance, log_file, verbose=verbose)
-            run_id = str(uuid.uuid4())
+            # the detection_after_main sensor must not add a second detection run: we launch ours next
+            tags = {DETECTION_TAG: "launched-separately"} if job == "main" else None
+            run_id = submit.launch(root, job, partition, run_config=QUIET_LOGGERS, tags=tags)
             with console.follow(run_id):
-                result = defs.resolve_job_def(job).execute_in_process(
-                    instance=instance,
-                    partition_key=partition,
-                    raise_on_error=False,
-                    run_id=run_id,
-                    run_config=QUIET_LOGGERS,
-                )
+                ok = submit.wait(instance, run_id) == dg.DagsterRunStatus.SUCCESS
             rows += console.rows.values()
-            if not result.success:
+            if not ok:
                 break
-    summary(rows, f"visionflow run: {'succeeded' if result.success else 'FAILED'}")
+    summary(rows, f"{title}: {'succeeded' if ok else 'FAILED'}")
     print(f"Dagster runs: `make ui` (stored in {os.environ['DAGSTER_HOME']}); event log: {log_file}")
-    return 0 if result.success else 1
+    return 0 if ok else 1
 
 
 def quiet_console(verbose: bool) -> None:
@@ -85,41 +93,13 @@ def quiet_console(verbose: bool) -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
-def studies(root: Path) -> int:
+def studies(root: Path, verbose: bool = False) -> int:
     """The `studies` job (search, the six studies, the report) on the prepared sets, through Dagster."""
-    import dagster as dg  # lazy: as in run()
-
-    from lightning_modules.data.bootstrap import ensure_default_data  # lazy: as in run()
-    from pipelines.definitions import defs  # lazy: as in run()
-
-    dagster_home(root)
-    print(f"data version: {ensure_default_data(root)}")
-    with dg.DagsterInstance.get() as instance:
-        if not all((root / "prepared" / name / "manifest.json").is_file() for name in ("imagenet", "transfer")):
-            defs.resolve_job_def("observe_raw_data").execute_in_process(instance=instance)
-            result = defs.resolve_job_def("data").execute_in_process(instance=instance, raise_on_error=False)
-            _print_summary(result, "data")
-            if not result.success:
-                return 1
-        result = defs.resolve_job_def("studies").execute_in_process(instance=instance, raise_on_error=False)
-        _print_summary(result, "studies")
-    report = root / "runs" / "studies" / "studies_report.md"
-    print(f"\nThe report: {report} (and the studies_report asset in `make ui`).")
-    return 0 if result.success else 1
-
-
-def _print_summary(result, job: str = "main") -> None:
-    for event in result.get_asset_materialization_events():
-        meta = event.materialization.metadata
-        numbers = {
-            k: v.value for k, v in meta.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 120
-        }
-        print(f"materialized {event.asset_key.to_user_string()}: {numbers}")
-    for event in result.get_asset_check_evaluations():
-        print(
-            f"  check {event.asset_key.to_user_string()}.{event.check_name}: {'passed' if event.passed else 'FAILED'}"
-        )
-    print(f"{job} job:", "succeeded" if result.success else "FAILED")
+    prepared = all((root / "prepared" / name / "manifest.json").is_file() for name in ("imagenet", "transfer"))
+    jobs: list[tuple[str, str | None]] = [] if prepared else [("observe_raw_data", None), ("data", None)]
+    code = _run_jobs(root, [*jobs, ("studies", None)], "visionflow studies", verbose)
+    print(f"The report: {root / 'runs' / 'studies' / 'studies_report.md'} (and the studies_report asset in `make ui`).")
+    return code
 
 
 def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
@@ -152,12 +132,23 @@ def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
     ]
     mlflow_url = f"http://127.0.0.1:{mlflow_port}/#/experiments?{tracking.UI_VIEW}"  # the model-training view
     print(f"MLflow: {mlflow_url}   Dagster: http://127.0.0.1:{port}   (Ctrl-C stops both)")
+    from pipelines.submit import daemon_lock  # lazy: imports Dagster
+
     mlflow_proc = subprocess.Popen(mlflow_cmd)
+    # Holding the lock tells `make run` that this daemon will start its runs (see pipelines/submit.py).
+    lock = daemon_lock()
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print("another visionflow command runs this instance's daemon (`make run`?): stop it first")
+        mlflow_proc.terminate()
+        return 1
     try:
         return subprocess.call(dagster_cmd)
     except KeyboardInterrupt:
         return 0
     finally:
+        lock.release()
         mlflow_proc.terminate()
         mlflow_proc.wait(timeout=30)
 
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(root)
     if a.command == "run":
         return run(root, a.arch, a.detector, verbose=a.verbose)
-    return studies(root) if a.command == "studies" else ui(root, a.port, a.mlflow_port)
+    return studies(root, verbose=a.verbose) if a.command == "studies" else ui(root, a.port, a.mlflow_port)
 
 
 if __name__ == "__main__":

@@ -288,7 +288,8 @@ def _evaluation_asset_trapped(asset_name: str, upstream: str, partition: str | N
 
         from pipelines.assets.detection import detection_evaluation
         from pipelines.assets.evaluation import classification_evaluation
-        from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
+        from pipelines.launcher import LocalLauncher
+        from pipelines.resources import MlflowResource, ProjectResource
 
         asset = {"classification_evaluation": classification_evaluation, "detection_evaluation": detection_evaluation}
         evil = trapped_checkpoint(ctx)
@@ -308,7 +309,7 @@ def _evaluation_asset_trapped(asset_name: str, upstream: str, partition: str | N
                     resources={
                         "project": ProjectResource(root=str(project)),
                         "mlflow": MlflowResource(tracking_uri=ctx.uri),
-                        "launcher": TrainingLauncher(backend="local"),
+                        "launcher": LocalLauncher(),
                     },
                     raise_on_error=False,
                 )

@@ -134,7 +134,9 @@ class PipesReporter(JsonReporter):
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         parts = [f"{k} {metrics[k]:.4g}" for k in _EPOCH_KEYS if isinstance(metrics.get(k), (int, float))]
-        self.ctx.log.info(f"epoch {epoch}: " + ", ".join(parts))
+        total = metrics.get("max_epochs")
+        of = f"/{total}" if isinstance(total, int) and total > 0 else ""
+        self.ctx.log.info(f"epoch {epoch}{of}: " + ", ".join(parts))
 
     def finish(self, result: dict[str, Any]) -> None:
         super().finish(result)  # result.json first: a retry trusts it

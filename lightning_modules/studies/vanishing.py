@@ -5,7 +5,7 @@ difference is the activation swap, `model.activation`), the plain net with batch
 the residual net with ReLU. The numbers come from each job's GradientFlowMonitor
 (RUN_DIR/gradient_flow.jsonl): step 0 is the gradient at initialisation (the first batch), the last
 record the gradient after training. The ratio is first-layer norm / last-layer norm (the classifier),
-as the monitor logs it (`grad_norm/first_over_last`); far below 1 means the gradient vanishes on its
+as the monitor logs it (`train/grad_norm/first_over_last`); far below 1 means the gradient vanishes on its
 way back to the input.
 """
 

@@ -37,6 +37,10 @@ def layer_order(model: nn.Module, weight_layers_only: bool = True) -> list[tuple
     return out
 
 
+# Gradient-norm metrics sit under the training section, after train/ and away from val/ and test/.
+GRAD_PREFIX = "train/grad_norm"
+
+
 class GradientFlowMonitor(L.Callback):
     """Logs the gradient norm of every parameterised layer every N steps; plots them at the end.
 
@@ -74,9 +78,14 @@ class GradientFlowMonitor(L.Callback):
         with self.history_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.log_metrics and trainer.logger is not None:
-            metrics = {f"grad_norm/{i:03d}_{n}": v for i, (n, v) in enumerate(zip(names, values))}
+            # Three charts, not one per layer: MLflow sorts chart sections by name, and 22 per-layer charts
+            # buried val/ and test/. The per-layer norms are in gradient_flow.jsonl and its figure.
             first, last = values[0], values[-1]
-            metrics["grad_norm/first_over_last"] = first / last if last > 0 else float("nan")
+            metrics = {
+                f"{GRAD_PREFIX}/first_layer": first,
+                f"{GRAD_PREFIX}/last_layer": last,
+                f"{GRAD_PREFIX}/first_over_last": first / last if last > 0 else float("nan"),
+            }
             trainer.logger.log_metrics(metrics, step=step)
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -246,8 +255,8 @@ class EpochHistory(L.Callback):
         if not trainer.sanity_checking and any(k.startswith("val/") for k in m):
             row.update({k.replace("/", "_"): v for k, v in m.items() if k.startswith("val/")})
         self._save()
-        if self.reporter is not None:
-            self.reporter.epoch(row["epoch"], dict(row))
+        if self.reporter is not None:  # with the planned epochs, so a console can show "epoch 3/20"
+            self.reporter.epoch(row["epoch"], {**row, "max_epochs": trainer.max_epochs})
 
     def _row(self, trainer) -> dict[str, Any]:
         epoch = trainer.current_epoch + 1

@@ -7,8 +7,10 @@ import subprocess
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from lightning_modules.data import versioning
+from pipelines.automation import DETECTION_TAG
 from pipelines.definitions import defs
 from pipelines.resources import DvcResource
 
@@ -78,3 +80,33 @@ def test_version_data_job_adds_and_pushes_new_data(tmp_path: Path) -> None:
     after = versioning.read_data_version(root / "data.dvc")
     assert after != before and result.output_for_node("dvc_add_and_push") == after
     assert versioning.status(root)["cloud"] == {}, "everything was pushed"
+
+
+@pytest.mark.parametrize("tags, wants_detection", [({}, True), ({DETECTION_TAG: "launched-separately"}, False)])
+def test_a_successful_main_run_brings_detection_unless_it_launches_its_own(tags, wants_detection) -> None:
+    """`make run` launches the detector it was asked for itself and tags its main run so; a main run from the
+    UI or a schedule gets the default detector from the sensor."""
+
+    @dg.op
+    def noop() -> None:
+        pass
+
+    @dg.job(name="main")
+    def main_stand_in() -> None:
+        noop()
+
+    sensor = defs.resolve_sensor_def("detection_after_main")
+    with dg.instance_for_test() as instance:
+        result = main_stand_in.execute_in_process(instance=instance, tags=tags)
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name,
+            dagster_event=result.get_run_success_event(),
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+        )
+        outcome = sensor(ctx)
+    if wants_detection:
+        assert isinstance(outcome, dg.RunRequest) and outcome.partition_key == "yolov3"
+        assert outcome.tags["main_run_id"] == result.run_id
+    else:
+        assert isinstance(outcome, dg.SkipReason) and "launches its own detection run" in str(outcome.skip_message)

@@ -25,7 +25,8 @@ from pipelines.assets.detection import DETECTION_ASSETS, yolo_detector
 from pipelines.assets.detection_transfer import DETECTION_TRANSFER_ASSETS
 from pipelines.assets.evaluation import EVALUATION_ASSETS, classification_evaluation
 from pipelines.assets.training import TRAINING_ASSETS, pretrained_backbone
-from pipelines.resources import DvcResource, MlflowResource, ProjectResource, TrainingLauncher
+from pipelines.launcher import LocalLauncher
+from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 
 pytestmark = pytest.mark.slow  # the whole chain through Dagster, torchrun and a killed step
 
@@ -71,7 +72,7 @@ def _resources(root: Path) -> dict:
         "project": ProjectResource(root=str(root)),
         "dvc": DvcResource(root=str(root)),
         "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"),
-        "launcher": TrainingLauncher(backend="local", nproc_per_node=1),
+        "launcher": LocalLauncher(nproc_per_node=1),
     }
 
 

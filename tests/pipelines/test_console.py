@@ -39,6 +39,44 @@ def broken() -> None:
     raise dg.Failure(description="the data has no test split")
 
 
+@dg.asset
+def trained(context) -> None:
+    for epoch in range(1, 13):
+        context.log.info(f"epoch {epoch}/12: val_acc1 {epoch / 100:.2f}")
+
+
+def _follow(defs: dg.Definitions, tmp_path: Path, **console_args) -> RunConsole:
+    with dg.DagsterInstance.ephemeral() as instance:
+        console = RunConsole(instance, tmp_path / "run.log", **console_args)
+        run_id = str(uuid.uuid4())
+        with console.follow(run_id):
+            defs.resolve_job_def("j").execute_in_process(instance=instance, run_id=run_id, run_config=QUIET_LOGGERS)
+    return console
+
+
+def test_without_a_terminal_a_long_training_shows_a_few_epochs_and_its_last(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    defs = dg.Definitions(assets=[trained], jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())])
+    _follow(defs, tmp_path, live=False)
+    shown = [line.split(": ")[1] for line in capsys.readouterr().out.splitlines() if "epoch " in line]
+    assert shown == ["epoch 1/12", "epoch 3/12", "epoch 6/12", "epoch 9/12", "epoch 12/12"]
+    assert (tmp_path / "run.log").read_text().count("epoch ") == 12, "the log keeps every epoch"
+
+
+def test_on_a_terminal_epochs_drive_a_progress_bar_that_gives_way_to_the_steps_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    defs = dg.Definitions(assets=[trained], jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())])
+    console = _follow(defs, tmp_path, live=True)
+    assert console.progress is not None
+    (bar,) = console.progress.tasks
+    assert bar.total == 12 and bar.completed == 12 and not bar.visible, "filled, then gone with the step"
+    assert bar.description == "trained: epoch 12/12: val_acc1 0.12"
+    out = capsys.readouterr().out
+    assert "  ok trained (" in out and "epoch 6/12" not in out.replace("epoch 12/12", "")
+
+
 def test_the_console_follows_a_run_and_keeps_what_the_summary_needs(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -85,3 +123,34 @@ def test_the_console_follows_a_run_and_keeps_what_the_summary_needs(
     table = capsys.readouterr().out
     assert "test_acc1 0.610, test_acc5 1.000, images 100" in table and "accuracy_floor ok" in table
     assert "broken (FAILED)" in table and "registry: visionflow-classifier v3: promoted to champion" in table
+
+
+@pytest.mark.slow
+def test_make_runs_runs_are_launched_like_the_uis_and_carry_their_code_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` queues each run on the instance with `dagster job launch` and a daemon starts it: the run
+    records the workspace's code location, which is what the Overview timeline groups runs by (runs
+    executed in process have none, so the timeline left them out)."""
+    from lightning_modules.paths import project_root
+    from pipelines import submit
+    from pipelines.main import dagster_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    root = project_root()
+    dagster_home(root)
+    with dg.DagsterInstance.get() as instance, (tmp_path / "daemon.log").open("w") as log:
+        with submit.daemon(root, log):
+            run_id = submit.launch(root, "observe_raw_data", run_config=QUIET_LOGGERS, tags={"who": "test"})
+            assert submit.wait(instance, run_id) == dg.DagsterRunStatus.SUCCESS
+        run = instance.get_run_by_id(run_id)
+        assert run is not None and run.tags["who"] == "test"
+        origin = run.remote_job_origin
+        assert origin is not None and origin.job_name == "observe_raw_data"
+        assert origin.repository_origin.code_location_origin.location_name == "visionflow"
+        observed = instance.fetch_observations(dg.AssetKey("raw_data"), limit=1).records
+        assert observed and observed[0].run_id == run_id
+    with submit.daemon_lock().acquire(timeout=0):  # released with the daemon
+        pass
+    with pytest.raises(RuntimeError, match="could not launch the no_such_job job"):
+        submit.launch(root, "no_such_job")

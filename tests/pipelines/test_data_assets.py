@@ -12,7 +12,8 @@ import pytest
 from lightning_modules.data import versioning
 from lightning_modules.data.synth import synthesize
 from pipelines.assets.data import DATA_ASSETS, prepared_detection, prepared_imagenet
-from pipelines.resources import DvcResource, ProjectResource, TrainingLauncher
+from pipelines.launcher import LocalLauncher
+from pipelines.resources import DvcResource, ProjectResource
 
 TINY = dict(
     classes=4,
@@ -43,7 +44,7 @@ def _resources(root: Path) -> dict:
     return {
         "project": ProjectResource(root=str(root)),
         "dvc": DvcResource(root=str(root)),
-        "launcher": TrainingLauncher(backend="local"),
+        "launcher": LocalLauncher(),
     }
 
 

@@ -8,8 +8,8 @@ import dagster as dg
 import pytest
 
 from lightning_modules.contract import JobRequest
-from pipelines.launcher import k8s_pod_spec, rank_errors, torchrun_command
-from pipelines.resources import TrainingLauncher, resources_for
+from pipelines.launcher import K8sLauncher, LocalLauncher, TrainingLauncher, k8s_pod_spec, rank_errors, torchrun_command
+from pipelines.resources import resources_for
 
 
 def _spec(tmp_path: Path) -> JobRequest:
@@ -73,13 +73,26 @@ def test_k8s_pod_spec_requests_gpus_and_mounts_the_shared_runs_volume() -> None:
 
 def test_resource_sets_switch_by_deployment(monkeypatch) -> None:
     local = resources_for("local")["launcher"]
-    assert isinstance(local, TrainingLauncher) and local.backend == "local"
+    assert isinstance(local, LocalLauncher) and isinstance(local, TrainingLauncher) and local.backend == "local"
     monkeypatch.setenv("VISIONFLOW_GPUS_PER_POD", "8")
     monkeypatch.setenv("VISIONFLOW_IMAGE", "registry/visionflow:1")
     cluster = resources_for("cluster")["launcher"]
     assert cluster.backend == "k8s" and cluster.gpus_per_pod == 8 and cluster.image == "registry/visionflow:1"
     with pytest.raises(ValueError, match="VISIONFLOW_DEPLOYMENT"):
         resources_for("moon")
+
+
+def test_the_launchpad_shows_only_the_settings_of_the_deployment_in_use() -> None:
+    """The resource's fields are the config the Launchpad offers: no pod image or memory on a laptop."""
+    pod_settings = {"image", "namespace", "gpus_per_pod", "cpu", "memory", "shared_volume_claim"}
+    local = resources_for("local")["launcher"]
+    assert set(type(local).model_fields) == {
+        "nproc_per_node",
+        "threads_per_rank",
+    }
+    cluster = resources_for("cluster")["launcher"]
+    assert isinstance(cluster, K8sLauncher)
+    assert pod_settings <= set(type(cluster).model_fields)
 
 
 def test_a_bad_override_fails_in_dagster_before_anything_starts(tmp_path: Path) -> None:
@@ -91,7 +104,7 @@ def test_a_bad_override_fails_in_dagster_before_anything_starts(tmp_path: Path) 
         "project": ProjectResource(root=str(tmp_path)),
         "dvc": DvcResource(root=str(tmp_path)),
         "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
-        "launcher": TrainingLauncher(backend="local"),
+        "launcher": LocalLauncher(),
     }
     config = {
         "config_file": str(Path(__file__).parents[2] / "configs" / "pretrain-cpu.yaml"),

@@ -10,7 +10,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines.assets.search import hparam_search
-from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
+from pipelines.launcher import LocalLauncher
+from pipelines.resources import MlflowResource, ProjectResource
 
 pytestmark = pytest.mark.slow  # studies and the search through Dagster and the launcher
 
@@ -43,7 +44,7 @@ def test_hparam_search_asset_writes_the_best_config_for_pretraining(
     resources = {
         "project": ProjectResource(root=str(tmp_path)),
         "mlflow": MlflowResource(tracking_uri=mlflow_uri),
-        "launcher": TrainingLauncher(backend="local"),  # the search runs as one step (trials are its children)
+        "launcher": LocalLauncher(),  # the search runs as one step (trials are its children)
     }
     with dg.instance_for_test() as instance:
         result = dg.materialize(
@@ -77,7 +78,7 @@ def test_study_assets_run_variants_through_the_launcher_and_feed_the_report(
     resources = {
         "project": ProjectResource(root=str(tmp_path)),
         "mlflow": MlflowResource(tracking_uri=mlflow_uri),
-        "launcher": TrainingLauncher(backend="local", nproc_per_node=1),
+        "launcher": LocalLauncher(nproc_per_node=1),
     }
     chosen = [a for a in STUDIES if a.key.to_user_string() in ("vanishing_gradient_study", "dropout_study")]
     tiny = {"config": {"size": "tiny"}}

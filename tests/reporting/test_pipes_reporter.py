@@ -146,10 +146,10 @@ def test_torchrun_two_ranks_report_one_materialization_from_rank_zero(
     assert meta["mlflow_run_id"].value == (out / "mlflow_run_id").read_text().strip()
     assert all(Path(p).is_file() for p in meta["figures"].value)
     assert json.loads((out / "result.json").read_text())["mlflow_run_id"] == meta["mlflow_run_id"].value
-    # Rank 0 alone talks to Dagster: one start line, one line per epoch.
+    # Rank 0 alone talks to Dagster: one start line, one line per epoch, with the planned epochs.
     text = [m for m in logs if m]
     assert sum("training: world size 2" in m for m in text) == 1
-    assert sum("epoch 1:" in m for m in text) == 1 and sum("epoch 2:" in m for m in text) == 1
+    assert sum("epoch 1/2:" in m for m in text) == 1 and sum("epoch 2/2:" in m for m in text) == 1
 
 
 def test_a_failing_job_reports_its_error_through_pipes(prepared_transfer: Path, tmp_path: Path) -> None:

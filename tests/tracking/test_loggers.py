@@ -1,5 +1,6 @@
-"""Weights & Biases beside MLflow (tracking.loggers: [mlflow, wandb]), for real and offline: no account,
-no network. The `wandb` extra is installed by `make test` (and so in CI), so this never skips there."""
+"""Weights & Biases and Comet beside MLflow (tracking.loggers: [mlflow, wandb] / [mlflow, comet]), for real
+and offline: no account, no network. The `wandb` and `comet` extras are installed by `make test` (and so in
+CI), so these never skip there."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,42 @@ def _environ() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+
+
+def test_an_offline_comet_experiment_gets_the_params_and_metrics_mlflow_gets(
+    tiny_prepared_imagenet: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lightning_modules.train", str(SMOKE), "--data", str(tiny_prepared_imagenet)]
+    cmd += ["--out", str(out)]
+    for s in (
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        f"tracking.tracking_uri={mlflow_uri}",
+        "tracking.experiment=test-comet",
+        "tracking.loggers=[mlflow, comet]",
+    ):
+        cmd += ["--set", s]
+    env = {k: v for k, v in _environ().items() if not k.startswith("COMET_")} | {"MPLBACKEND": "Agg"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    # The offline archive (what `comet upload` sends), named after the experiment key the run folder keeps.
+    (archive,) = (out / "comet").glob("*.zip")
+    assert archive.name.startswith((out / "comet_experiment_key").read_text().strip())
+    with zipfile.ZipFile(archive) as z:
+        messages = [json.loads(line) for line in z.read("messages.json").decode().splitlines() if line.strip()]
+    metrics = [m["payload"]["metric"] for m in messages if m["type"] == "metric_msg"]
+    # a scalar parameter comes as "param", a list one as "params"
+    params = {
+        (m["payload"].get("param") or m["payload"]["params"])["paramName"]
+        for m in messages
+        if m["type"] == "parameter_msg"
+    }
+    val_acc1 = [m["metricValue"] for m in metrics if m["metricName"] == "val/acc1"]
+    assert len(val_acc1) == 2  # one per epoch
+    mlflow_run = MlflowClient(mlflow_uri).get_run(result["mlflow_run_id"])
+    assert val_acc1[-1] == pytest.approx(mlflow_run.data.metrics["val/acc1"])  # the same figure as MLflow's
+    assert "optim.lr" in params and not any(p.startswith("detection.") for p in params)

@@ -196,6 +196,9 @@ def test_training_run_tracks_in_mlflow_and_is_never_overwritten(
     run = MlflowClient(mlflow_uri).get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert {"train/loss", "val/loss", "val/acc1", "val/acc5", "train/acc1", "effective_batch"} <= set(run.data.metrics)
+    # Gradient norms: three charts in their own section under train/, not one per layer ahead of val/.
+    grads = {k for k in run.data.metrics if "grad_norm" in k}
+    assert grads == {f"train/grad_norm/{k}" for k in ("first_layer", "last_layer", "first_over_last")}
     # The share of step time spent waiting for the next batch, per epoch (issue 16), logged and tracked.
     waits = MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "perf/data_wait_share")
     assert len(waits) == 3 and all(0 < w.value < 1 for w in waits)
