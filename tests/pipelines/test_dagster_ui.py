@@ -141,7 +141,7 @@ def dagster_dev(tmp_path_factory):
             time.sleep(2)
         else:
             pytest.fail(f"dagster dev never became ready: {last_error}")
-        yield port, project
+        yield port, project, home
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -151,7 +151,7 @@ def dagster_dev(tmp_path_factory):
 
 
 def test_dagster_dev_serves_assets_and_runs_the_daemon(dagster_dev) -> None:
-    port, _ = dagster_dev
+    port, *_ = dagster_dev
     data = _graphql(port, STATUS)
     assets = {"/".join(n["assetKey"]["path"]) for n in data["assetNodes"]}
     assert {"raw_data", "prepared_imagenet", "pretrained_backbone", "classification_evaluation"} <= assets
@@ -160,7 +160,7 @@ def test_dagster_dev_serves_assets_and_runs_the_daemon(dagster_dev) -> None:
 
 
 def test_run_launched_through_graphql_succeeds(dagster_dev) -> None:
-    port, project = dagster_dev
+    port, project, _ = dagster_dev
     small = {"config": {"image_size": 32, "workers": 1}}
     params = {
         "selector": {"repositoryLocationName": "visionflow", "repositoryName": "__repository__", "jobName": "data"},
@@ -191,7 +191,7 @@ def test_run_launched_through_graphql_succeeds(dagster_dev) -> None:
 def test_materialize_clicked_in_the_ui_runs_and_the_asset_page_shows_its_plot(dagster_dev, page) -> None:
     """In a real browser: the asset's Materialize button launches a run, the run succeeds, and the asset
     page then renders the materialization's plot (markdown metadata opens behind "Show Markdown")."""
-    port, _ = dagster_dev
+    port, *_ = dagster_dev
     asset = f"http://127.0.0.1:{port}/assets/prepared_transfer"
     page.goto(asset)
     materialize = page.get_by_role("button").filter(has_text="Materialize").first
@@ -210,4 +210,33 @@ def test_materialize_clicked_in_the_ui_runs_and_the_asset_page_shows_its_plot(da
         "() => [...document.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 100)",
         timeout=30_000,
     )
+    assert page.unexpected_console_errors(port) == []
+
+
+@pytest.mark.browser
+def test_a_run_launched_the_way_make_run_does_shows_in_the_overview_timeline(
+    dagster_dev, page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` queues its runs with `dagster job launch` (pipelines/submit.py) and the daemon starts them;
+    such runs carry their code location, so the Overview timeline draws them (in-process runs it left out)."""
+    import dagster as dg
+
+    from pipelines import submit
+    from pipelines.main import QUIET_LOGGERS
+
+    port, project, home = dagster_dev
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("VISIONFLOW_ROOT", str(project))
+    timeline = f"http://127.0.0.1:{port}/overview/activity/timeline"
+    page.goto(timeline)
+    page.get_by_role("button", name="12hr").wait_for(timeout=60_000)
+    page.wait_for_timeout(3_000)  # the runs query; a first visit may also open Dagster's community dialog
+    if page.get_by_role("button", name="Skip").count():
+        page.get_by_role("button", name="Skip").click()
+    assert page.get_by_text("observe_raw_data", exact=True).count() == 0, "no such run yet"
+    run_id = submit.launch(ROOT, "observe_raw_data", run_config=QUIET_LOGGERS)  # the dagster dev daemon starts it
+    with dg.DagsterInstance.get() as instance:
+        assert submit.wait(instance, run_id, queued_patience_s=120) == dg.DagsterRunStatus.SUCCESS
+    page.goto(timeline)
+    page.get_by_text("observe_raw_data", exact=True).first.wait_for(timeout=60_000)
     assert page.unexpected_console_errors(port) == []
