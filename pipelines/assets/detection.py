@@ -79,7 +79,8 @@ DETECTOR_TRAINING: dict[str, Any] = {
     group_name=GROUP,
     **DETECTOR_TRAINING,
     description="A YOLO detector (v1/v2/v3 by partition) trained on the prepared detection set from a pretrained "
-    "backbone.",
+    f"backbone. Only launched partitions exist: `make run` and the detection_after_main sensor train "
+    f"`{DEFAULT_VERSION}`; launch another version from the Launchpad with its partition.",
 )
 def yolo_detector(
     context: dg.AssetExecutionContext,

@@ -86,7 +86,10 @@ def launch_job(
     retry_policy=RESUMING_RETRY,
     pool="train",
     kinds={"pytorch", "mlflow"},
-    description="A backbone pretrained on the prepared ImageNet-style set (one partition per architecture).",
+    description="A backbone pretrained on the prepared ImageNet-style set, one partition per architecture. Only "
+    f"the partitions someone launched exist (the asset is drawn partly materialized): `make run`, the schedule and "
+    f"the sensors pretrain `{DEFAULT_ARCH}`; transfer uses the run's partition, detection its `backbone` setting "
+    "(empty: the most recently pretrained one). The latest materialization below names the partition it made.",
 )
 def pretrained_backbone(
     context: dg.AssetExecutionContext,
