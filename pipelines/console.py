@@ -34,6 +34,17 @@ KEY_NUMBERS = {
     "classification_evaluation": ("test_acc1", "test_acc5", "images"),
     "yolo_detector": ("val_map", "val_map_50", "epochs"),
     "detection_evaluation": ("test_map", "test_map_50", "images"),
+    **{
+        study: ("verdict", "seconds")
+        for study in (
+            "vanishing_gradient_study",
+            "degradation_study",
+            "dropout_study",
+            "batch_size_study",
+            "epochs_study",
+            "activation_loss_study",
+        )
+    },
 }
 
 

@@ -79,16 +79,14 @@ class ResidualUnit(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-def _stage(cin: int, cout: int, stride: int, kind: str) -> nn.Sequential:
+def _stage(cin: int, cout: int, stride: int, kind: str, convs: int = CONVS_PER_STAGE) -> nn.Sequential:
     """One stage: the first unit changes channels and stride, the others keep them."""
     if kind == "residual":
         return nn.Sequential(
-            *[ResidualUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(CONVS_PER_STAGE // 2)]
+            *[ResidualUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(convs // 2)]
         )
     bn = kind == "plain_bn"
-    return nn.Sequential(
-        *[ConvUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1, bn) for i in range(CONVS_PER_STAGE)]
-    )
+    return nn.Sequential(*[ConvUnit(cin if i == 0 else cout, cout, stride if i == 0 else 1, bn) for i in range(convs)])
 
 
 def _init(model: nn.Module) -> None:
@@ -103,7 +101,13 @@ def _init(model: nn.Module) -> None:
 
 
 def _build(
-    name: str, kind: str, num_classes: int, width: float, dropout: DropoutConfig | None, small_input: bool
+    name: str,
+    kind: str,
+    num_classes: int,
+    width: float,
+    dropout: DropoutConfig | None,
+    small_input: bool,
+    convs: int = CONVS_PER_STAGE,
 ) -> Backbone:
     width = check_width(width)
     dropout = dropout_or(dropout, DropoutConfig())
@@ -118,7 +122,7 @@ def _build(
     cin = c[0]
     for i, cout in enumerate(c):
         stride = 1 if i == 0 else 2
-        b.add(f"layer{i + 1}", _stage(cin, cout, stride, kind), stride=stride, channels=cout)
+        b.add(f"layer{i + 1}", _stage(cin, cout, stride, kind, convs), stride=stride, channels=cout)
         b.end_stage()
         cin = cout
     model = Backbone(
@@ -151,9 +155,36 @@ def deep_residual(
     return _build("deep_residual", "residual", num_classes, width, dropout, small_input)
 
 
+# 34 weight layers (8 convs per stage): the paper-size vanishing study, past the 20 layers of its lesson.
+def deep_plain34(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
+    return _build("deep_plain34", "plain", num_classes, width, dropout, small_input, convs=8)
+
+
+def deep_plain_bn34(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
+    return _build("deep_plain_bn34", "plain_bn", num_classes, width, dropout, small_input, convs=8)
+
+
+def deep_residual34(
+    num_classes: int = 1000, width: float = 1.0, dropout: DropoutConfig | None = None, small_input: bool = False
+) -> Backbone:
+    return _build("deep_residual34", "residual", num_classes, width, dropout, small_input, convs=8)
+
+
 def weight_layers(model: nn.Module) -> int:
     """Conv and linear layers (what "18 layers" counts)."""
     return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
 
 
-__all__ = ["deep_plain", "deep_plain_bn", "deep_residual", "weight_layers"]
+__all__ = [
+    "deep_plain",
+    "deep_plain_bn",
+    "deep_residual",
+    "deep_plain34",
+    "deep_plain_bn34",
+    "deep_residual34",
+    "weight_layers",
+]

@@ -8,8 +8,16 @@ from collections.abc import Callable, Mapping
 from lightning_modules.errors import ConfigError
 from lightning_modules.models.activations import swap_activations
 from lightning_modules.models.backbone import Backbone, DropoutConfig
+from lightning_modules.models.cifar_resnet import plain20, plain56, resnet20, resnet56
 from lightning_modules.models.darknet import darknet19, darknet53, yolov1
-from lightning_modules.models.deep import deep_plain, deep_plain_bn, deep_residual
+from lightning_modules.models.deep import (
+    deep_plain,
+    deep_plain34,
+    deep_plain_bn,
+    deep_plain_bn34,
+    deep_residual,
+    deep_residual34,
+)
 from lightning_modules.models.resnet import plain18, plain34, resnet18, resnet34
 from lightning_modules.models.vgg import vgg16, vgg16_bn
 
@@ -21,12 +29,19 @@ MODEL_REGISTRY: dict[str, Callable[..., Backbone]] = {
     "resnet34": resnet34,
     "plain18": plain18,
     "plain34": plain34,
+    "plain20": plain20,  # the CIFAR-10 nets of He et al. section 4.2 (32-px input)
+    "plain56": plain56,
+    "resnet20": resnet20,
+    "resnet56": resnet56,
     "darknet19": darknet19,
     "darknet53": darknet53,
     "yolov1": yolov1,
     "deep_plain": deep_plain,
     "deep_plain_bn": deep_plain_bn,
     "deep_residual": deep_residual,
+    "deep_plain34": deep_plain34,
+    "deep_plain_bn34": deep_plain_bn34,
+    "deep_residual34": deep_residual34,
 }
 
 

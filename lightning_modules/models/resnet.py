@@ -42,7 +42,7 @@ class PlainBlock(BasicBlock):
         return self.relu(self.bn2(self.conv2(out)))
 
 
-def _make_layer(inplanes: int, planes: int, blocks: int, stride: int, plain: bool) -> nn.Sequential:
+def make_layer(inplanes: int, planes: int, blocks: int, stride: int, plain: bool) -> nn.Sequential:
     """torchvision's ResNet._make_layer for BasicBlock (or PlainBlock)."""
     if plain:
         return nn.Sequential(
@@ -56,7 +56,7 @@ def _make_layer(inplanes: int, planes: int, blocks: int, stride: int, plain: boo
     return nn.Sequential(*layers)
 
 
-def _init_like_torchvision(model: nn.Module) -> None:
+def init_like_torchvision(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -95,7 +95,7 @@ def _build(
     inplanes = c[0]
     for i, (planes, blocks) in enumerate(zip(c, layers)):
         stride = 1 if i == 0 else 2
-        b.add(f"layer{i + 1}", _make_layer(inplanes, planes, blocks, stride, plain), stride=stride, channels=planes)
+        b.add(f"layer{i + 1}", make_layer(inplanes, planes, blocks, stride, plain), stride=stride, channels=planes)
         b.end_stage()
         inplanes = planes
     head = linear_head(c[3], num_classes, dropout.classifier)
@@ -109,7 +109,7 @@ def _build(
         stem_stride=stem_stride,
         torchvision_keys=() if plain else TORCHVISION_KEYS,
     )
-    _init_like_torchvision(model.body)
+    init_like_torchvision(model.body)
     return model
 
 

@@ -23,10 +23,12 @@ from lightning_modules.studies.base import (
     failed_note,
     finish,
     last,
+    paper,
     pct,
     setup_axes,
     tiny,
 )
+from lightning_modules.studies.criteria import Rule
 
 BASE_ACTIVATION, BASE_LOSS = "relu", "cross_entropy"
 
@@ -40,6 +42,15 @@ def _loss_name(loss: str) -> str:
 
 
 class Params(StudyParams):
+    # The classic claims: ReLU trains deep nets better than the saturating sigmoid (Glorot et al. 2011), and
+    # cross-entropy trains a classifier better than squared error (Golik et al. 2013). Null: no difference
+    # in best val top-1.
+    rules: list[Rule] = Field(
+        default_factory=lambda: [
+            Rule(claim="ReLU beats sigmoid", figure="activation.relu_minus_sigmoid", op=">", threshold=0.0),
+            Rule(claim="cross-entropy beats MSE", figure="loss.cross_entropy_minus_mse", op=">", threshold=0.0),
+        ]
+    )
     activations: list[str] = Field(
         default_factory=lambda: ["identity", "binary_step", "sigmoid", "tanh", "relu", "leaky_relu"],
         description="activation functions compared (names in models.activations)",
@@ -130,6 +141,12 @@ def verdict(results: StudyResults) -> dict:
             f"{pct(bar)}: {parts}. Most accurate: {', '.join(top) or 'n/a'}; fastest to {pct(bar)}: "
             f"{', '.join(fastest) or 'none'}."
         )
+    for figure, better, worse in (
+        ("activation.relu_minus_sigmoid", "activation.relu", "activation.sigmoid"),
+        ("loss.cross_entropy_minus_mse", "loss.cross_entropy", "loss.mse"),
+    ):
+        x, y = numbers.get(f"{better}.best_val_acc1"), numbers.get(f"{worse}.best_val_acc1")
+        numbers[figure] = None if x is None or y is None else x - y
     text.append(f"(Chance is {pct(chance)}; each sweep's bar is halfway from chance to its best variant.)")
     return {"numbers": numbers, "text": " ".join(text) + failed_note(results)}
 
@@ -163,7 +180,7 @@ STUDY = Study(
     plot=plot,
     tolerate_failures=True,
     params=Params,
-    sizes=tiny(train_batches=1, epochs=2),
+    sizes={**tiny(train_batches=1, epochs=2), **paper("trainer.max_epochs=30")},
 )
 
 

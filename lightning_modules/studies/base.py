@@ -18,8 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lightning_modules.config_messages import first_error
 from lightning_modules.errors import ConfigError
+from lightning_modules.studies.criteria import Rule
 
-SIZES = ("default", "tiny")
+SIZES = ("default", "tiny", "paper")
+# What every paper-size job adds: full width, the GPU defaults (bf16 autocast, channels-last memory).
+PAPER_GPU = ["model.width=1.0", "trainer.precision=bf16-mixed", "trainer.channels_last=true"]
 
 
 class StudyParams(BaseModel):
@@ -29,8 +32,13 @@ class StudyParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     seeds: list[int] = Field(
-        default_factory=list, description="repeat every variant once per seed ([]: one run per variant)"
+        default_factory=lambda: [0, 1, 2],
+        description="repeat every variant once per seed; the rules are judged on intervals over them "
+        "([]: one run per variant, and no interval)",
     )
+    # The verdict's declared criteria (studies/criteria.py): each study sets its defaults, chosen before
+    # any run; changing them is a config change, recorded as params of the study's MLflow run.
+    rules: list[Rule] = Field(default_factory=list, description="the declared verdict rules")
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -243,7 +251,13 @@ def tiny(
     overrides = ["model.width=0.125", f"trainer.limit_train_batches={train_batches}", "trainer.limit_val_batches=1"]
     overrides += [f"trainer.max_epochs={epochs}"] if epochs is not None else []
     overrides += [f"data.batch_size={batch}"] if batch is not None else []
-    return {"tiny": {"overrides": [*overrides, *extra], **({"params": params} if params else {})}}
+    # one run per variant unless a test asks for seeds: the tiny size checks the machinery, not the claim
+    return {"tiny": {"overrides": [*overrides, *extra], "params": {"seeds": [], **(params or {})}}}
+
+
+def paper(*overrides: str, params: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """`Study.sizes` with the `paper` size: the scale of the study's source, meant for a GPU."""
+    return {"paper": {"overrides": [*PAPER_GPU, *overrides], **({"params": params} if params else {})}}
 
 
 def failed_note(results: StudyResults) -> str:

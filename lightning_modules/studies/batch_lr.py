@@ -36,12 +36,14 @@ from lightning_modules.studies.base import (
     failed_note,
     fmt,
     last,
+    paper,
     pct,
     ratio,
     save,
     setup_axes,
     tiny,
 )
+from lightning_modules.studies.criteria import Rule
 
 log = logging.getLogger("visionflow")
 
@@ -51,6 +53,24 @@ def _name(batch: int, rule: str | None) -> str:
 
 
 class Params(StudyParams):
+    # Goyal et al. 2017 (linear scaling rule): at a large batch, an LR scaled with the batch beats the
+    # reference LR; and a larger batch makes an epoch faster. Nulls: no accuracy gain, no speed-up.
+    rules: list[Rule] = Field(
+        default_factory=lambda: [
+            Rule(
+                claim="scaling the LR with the batch helps at the largest batch",
+                figure="scaling_gain_at_largest_batch",
+                op=">",
+                threshold=0.0,
+            ),
+            Rule(
+                claim="the largest batch makes an epoch faster",
+                figure="epoch_speedup_largest_vs_smallest",
+                op=">",
+                threshold=1.0,
+            ),
+        ]
+    )
     batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(
         default_factory=lambda: [16, 32, 64, 128], description="per-device batch sizes compared"
     )
@@ -266,10 +286,13 @@ STUDY = Study(
     plot=plot,
     extra=tune_step,
     params=Params,
-    sizes=tiny(
-        train_batches=2,
-        epochs=1,
-        batch=None,  # the study sets the batch per variant
-        params={"batch_sizes": [4, 8], "reference_batch": 4, "lr_steps": 5, "max_batch_trials": 1},
-    ),
+    sizes={
+        **tiny(
+            train_batches=2,
+            epochs=1,
+            batch=None,  # the study sets the batch per variant
+            params={"batch_sizes": [4, 8], "reference_batch": 4, "lr_steps": 5, "max_batch_trials": 1},
+        ),
+        **paper("trainer.max_epochs=20"),
+    },
 )

@@ -1,6 +1,6 @@
 """Command line of the studies.
 
-    python -m lightning_modules.studies NAME|all --data PREPARED --out OUT_ROOT [--size tiny]
+    python -m lightning_modules.studies NAME|all --data PREPARED --out OUT_ROOT [--size tiny|paper]
         [--set key=value ...] [--param key=value ...] [--launcher subprocess|inprocess] [--threads N]
         [--tracking-uri URI]
     python -m lightning_modules.studies report OUT_ROOT [--transfer-report PATH] [--tracking-uri URI]
@@ -23,6 +23,7 @@ import yaml
 from lightning_modules.errors import ConfigError, VisionflowError
 from lightning_modules.paths import prepared_dir, runs_dir
 from lightning_modules.reporting.progress import log_to_stderr
+from lightning_modules.studies.base import SIZES
 from lightning_modules.studies.registry import STUDIES, get_study
 from lightning_modules.studies.report import studies_report
 from lightning_modules.studies.runner import LAUNCHERS, run_study
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", nargs="?", type=Path, help="report: the studies folder (OUT_ROOT)")
     p.add_argument("--data", type=Path, help="prepared set or prepared root (default: <project>/prepared)")
     p.add_argument("--out", type=Path, help="studies folder OUT_ROOT (default: <project>/runs/studies)")
-    p.add_argument("--size", default="default", choices=("default", "tiny"))
+    p.add_argument(
+        "--size",
+        default="default",
+        choices=SIZES,
+        help="default: CPU minutes on the embedded data; tiny: seconds (tests); paper: the source's scale, for a GPU",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="job override for every variant")
     p.add_argument(
         "--param",

@@ -29,10 +29,12 @@ from lightning_modules.studies.base import (
     finish,
     fmt,
     last,
+    paper,
     pct,
     setup_axes,
     tiny,
 )
+from lightning_modules.studies.criteria import Rule
 
 
 def _name(p: float) -> str:
@@ -40,6 +42,14 @@ def _name(p: float) -> str:
 
 
 class Params(StudyParams):
+    # Srivastava et al. 2014: dropout reduces overfitting (a smaller train-val gap) and training takes
+    # longer to converge. Null: no difference between the smallest and the largest p.
+    rules: list[Rule] = Field(
+        default_factory=lambda: [
+            Rule(claim="dropout overfits less", figure="gap_reduction", op=">", threshold=0.0),
+            Rule(claim="dropout needs more iterations to converge", figure="iterations_ratio", op=">", threshold=1.0),
+        ]
+    )
     p: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
         default_factory=lambda: [0.0, 0.2, 0.5], description="dropout probabilities compared (blocks and classifier)"
     )
@@ -96,6 +106,8 @@ def verdict(results: StudyResults) -> dict:
         i0, i1 = numbers[f"{k0}.iterations_to_converge"], numbers[f"{k1}.iterations_to_converge"]
         less = None if g0 is None or g1 is None else g1 < g0
         more = None if i0 is None or i1 is None else i1 > i0
+        numbers["gap_reduction"] = None if g0 is None or g1 is None else g0 - g1
+        numbers["iterations_ratio"] = None if i0 is None or i1 is None or i0 == 0 else i1 / i0
         numbers["claim_less_overfitting"] = None if less is None else float(less)
         numbers["claim_more_iterations"] = None if more is None else float(more)
         text += (
@@ -136,5 +148,5 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     params=Params,
-    sizes=tiny(train_batches=1, epochs=2),
+    sizes={**tiny(train_batches=1, epochs=2), **paper("trainer.max_epochs=60")},
 )

@@ -22,13 +22,22 @@ from lightning_modules.studies.base import (
     failed_note,
     finish,
     fmt,
+    paper,
     pct,
     setup_axes,
     tiny,
 )
+from lightning_modules.studies.criteria import Rule
 
 
 class Params(StudyParams):
+    # Training past the val-loss optimum overfits: the val loss is higher at the last epoch than at its
+    # minimum. Null: no rise.
+    rules: list[Rule] = Field(
+        default_factory=lambda: [
+            Rule(claim="training too long overfits", figure="overfit_rise", op=">", threshold=0.0),
+        ]
+    )
     epochs: int = Field(30, gt=0, description="the long run's epochs (no early stopping)")
     patience: int = Field(5, ge=1, description="epochs without val/loss improvement before early stopping")
 
@@ -160,5 +169,5 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     params=Params,
-    sizes=tiny(train_batches=1, params={"epochs": 3, "patience": 1}),
+    sizes={**tiny(train_batches=1, params={"epochs": 3, "patience": 1}), **paper(params={"epochs": 100})},
 )

@@ -40,14 +40,22 @@ def load_verdicts(out_root: Path) -> list[dict[str, Any]]:
     return [found[n][1] for n in order]
 
 
-def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str | Path | None = None) -> str:
+def render(
+    verdicts: list[dict[str, Any]],
+    page_dir: Path,
+    transfer_report: str | Path | None = None,
+    search: dict[str, Any] | None = None,
+) -> str:
+    """search: the hyperparameter search's summary ({"metric", "best_value", "best_params", "url"}), if any."""
 
     lines = ["# Measured studies", ""]
     if verdicts:
-        lines += ["| study | size | jobs | training minutes |", "|---|---|---|---|"]
+        lines += ["| study | verdict | seeds | size | jobs | training minutes |", "|---|---|---|---|---|---|"]
         for v in verdicts:
             lines.append(
-                f"| [{v.get('title', v['study'])}](#{_anchor(v.get('title', v['study']))}) | {v.get('size')} | "
+                f"| [{v.get('title', v['study'])}](#{_anchor(v.get('title', v['study']))}) | "
+                f"{v.get('verdict', 'n/a')}{'' if v.get('complete', True) else ' (incomplete)'} | "
+                f"{len(v.get('seeds') or []) or 1} | {v.get('size')} | "
                 f"{len(v.get('variants', []))} | {float(v.get('fit_seconds_total') or 0) / 60:.1f} |"
             )
         lines.append("")
@@ -63,20 +71,27 @@ def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str 
         lines += [f"{TRANSFER_LINE}: [transfer report]({target}).", ""]
     else:
         lines += [f"{TRANSFER_LINE} (the `transfer_report` asset).", ""]
+    if search:
+        lines += [
+            f"Hyperparameter search: best {search.get('metric', 'value')} {search.get('best_value')} with "
+            f"`{search.get('best_params')}`" + (f" ([MLflow]({search['url']}))" if search.get("url") else "") + ".",
+            "",
+        ]
     for v in verdicts:
         title = v.get("title", v["study"])
         lines += [f"## {title}", ""]
-        if v.get("question"):
-            lines += [f"*{v['question']}*", ""]
-        lines += [f"**Verdict.** {v['text']}", ""]
+        lines += _declared(v)
+        lines += [f"**Measured.** {v['text']}", ""]
         image = Path(v["_dir"]) / v["plot"]
         lines += [f"![{title}]({_relative(image, page_dir)})", ""]
         numbers = {
             k: x for k, x in v.get("numbers", {}).items() if isinstance(x, (int, float)) and not isinstance(x, bool)
         }
         if numbers:
-            lines += ["<details><summary>numbers</summary>", "", "| measure | value |", "|---|---|"]
-            lines += [f"| {k} | {x:.4g} |" for k, x in numbers.items()]
+            spans = v.get("intervals") or {}
+            lines += ["<details><summary>numbers</summary>", "", "| measure | value | 95% interval over seeds |"]
+            lines += ["|---|---|---|"]
+            lines += [f"| {k} | {x:.4g} | {_span(spans.get(k))} |" for k, x in numbers.items()]
             lines += ["", "</details>", ""]
         runs = ", ".join(f"{r['name']}" + ("" if r.get("ok", True) else " (failed)") for r in v.get("variants", []))
         lines += [
@@ -86,12 +101,38 @@ def render(verdicts: list[dict[str, Any]], page_dir: Path, transfer_report: str 
     return "\n".join(lines)
 
 
+def _declared(v: dict[str, Any]) -> list[str]:
+    """The claim and the rules first (they were fixed before the runs), then the verdict with intervals."""
+    lines = [f"**Claim.** {v.get('claim') or v.get('question') or 'n/a'}", ""]
+    rules = v.get("rules") or []
+    if not rules:
+        return lines + ["No declared rule (an older verdict.json): numbers only.", ""]
+    seeds = v.get("seeds") or []
+    lines += ["**Declared rules** (in the study's config, recorded as params of its MLflow run):", ""]
+    lines += [
+        f"- {r['claim']}: `{r['figure']}` {r['op']} {r['threshold']:g} over the whole 95% interval" for r in rules
+    ]
+    lines += ["", f"**Verdict: {v.get('verdict', 'n/a')}** ({len(seeds) or 1} seed(s): {seeds or 'one run'})", ""]
+    lines += ["| rule | figure | mean | 95% interval | per seed | verdict |", "|---|---|---|---|---|---|"]
+    for r in rules:
+        f = v.get("figures", {}).get(r["figure"], {})
+        ci = f.get("ci95")
+        per_seed = ", ".join("n/a" if x is None else f"{x:.4g}" for x in f.get("values", []))
+        mean = "n/a" if f.get("mean") is None else f"{f['mean']:.4g}"
+        interval = "n/a (fewer than 2 seeds)" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+        lines.append(f"| {r['claim']} | `{r['figure']}` | {mean} | {interval} | {per_seed} | {r['verdict']} |")
+    if v.get("failed_runs"):
+        lines += ["", f"**Incomplete:** runs that failed, left out of the figures: {', '.join(v['failed_runs'])}."]
+    return lines + [""]
+
+
 def studies_report(
     out_root: Path,
     *,
     transfer_report: str | Path | None = None,
     tracking_uri: str | None = None,
     out: Path | None = None,
+    search: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write OUT_ROOT/studies_report.md; with `tracking_uri` also log it (and the plots) to an MLflow run
     "studies-report" in the studies' experiment. Returns {"path", "markdown", "studies", "mlflow_run_id"}."""
@@ -102,7 +143,7 @@ def studies_report(
     if not verdicts:
         raise DataError(out_root, "no <study>/verdict.json found: run a study into this folder first")
     page = Path(out).resolve() if out else out_root / REPORT_FILE
-    markdown = render(verdicts, page.parent, transfer_report)
+    markdown = render(verdicts, page.parent, transfer_report, search)
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(markdown)
     run_id = _log_report(tracking_uri, out_root, page, verdicts) if tracking_uri else None
@@ -122,6 +163,11 @@ def _log_report(uri: str, out_root: Path, page: Path, verdicts: list[dict[str, A
             tracking.log_artifact(uri, run_id, image, str(Path("report") / Path(rel).parent))
     finish_run(uri, run_id)
     return run_id
+
+
+def _span(figure: dict[str, Any] | None) -> str:
+    ci = (figure or {}).get("ci95")
+    return f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -20,9 +20,10 @@ from lightning_modules import tracking, train
 from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.paths import project_root
 from lightning_modules.reporting.progress import track
+from lightning_modules.studies import criteria
 from lightning_modules.studies.base import SIZES, Study, StudyResults, VariantResult
 from lightning_modules.studies.registry import get_study
-from lightning_modules.studies.seeds import expand, failures, merge, seeds_of, spread
+from lightning_modules.studies.seeds import expand, failures, merge, per_seed, seeds_of, spread
 from lightning_modules.tracking.experiments import (
     JobFailed,
     JobRequest,
@@ -145,6 +146,7 @@ def run_study(
         uri, experiment, out, f"study-{study.name}", {STUDY_TAG: study.name, "size": size, "data_dir": str(data)}
     )
     tracking.set_tag(uri, parent, "study.params", p.model_dump_json())
+    declare_rules(uri, parent, p.rules)  # before any job: the criteria are fixed before the results
     results: list[VariantResult] = []
     try:
         for v, req, done in track(list(zip(variants, requests, stored)), f"study {study.name}", total=len(variants)):
@@ -167,11 +169,20 @@ def run_study(
         numbers, text = spread(base_variants, results, seeds)
         n_failed, failed_text = failures(results)
         numbers["failed_runs"] = float(n_failed)
+        # The declared rules, judged on each seed's own numbers (the same verdict code, one seed at a time).
+        seed_numbers = [study.verdict(r)["numbers"] for r in per_seed(base_variants, results, seeds, p, extra)]
+        judged = criteria.evaluate(p.rules, seed_numbers)
+        _check_figures(study, p.rules, seed_numbers)
         verdict = {
             **verdict,
             "numbers": {**verdict["numbers"], **numbers},
-            "text": failed_text + verdict["text"] + text,
+            "text": failed_text + (criteria.summary(judged) + " " if p.rules else "") + verdict["text"] + text,
             "complete": n_failed == 0,
+            "claim": study.question,
+            "seeds": seeds,
+            **judged,
+            "intervals": criteria.intervals(seed_numbers) if len(seed_numbers) > 1 else {},
+            "failed_runs": [r.name for r in results if not r.ok],
         }
         plot_path = study.plot(res, out / f"{study.name}.png")
         record = _record(
@@ -185,6 +196,33 @@ def run_study(
     finish_run(uri, parent, "FINISHED")
     log.info("study %s: %s", study.name, record["text"])
     return record
+
+
+def declare_rules(uri: str, parent: str, rules: list[criteria.Rule]) -> None:
+    """The rules as params of the study's MLflow run. A folder whose run was judged by other rules is
+    refused: a criterion cannot change after its results are in (use a new output folder)."""
+    from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import
+
+    declared = {f"rule.{i}.{k}": str(v) for i, r in enumerate(rules) for k, v in r.model_dump().items()}
+    declared["rules"] = str(len(rules))
+    before = MlflowClient(uri).get_run(parent).data.params
+    changed = sorted(k for k in declared if k in before and before[k] != declared[k])
+    if changed or (before.get("rules") and before["rules"] != declared["rules"]):
+        raise ConfigError(
+            f"this study folder's MLflow run {parent} was judged by other rules ({', '.join(changed) or 'count'}): "
+            "changing a declared criterion after its results is not allowed; use a new output folder"
+        )
+    tracking.log_params(uri, parent, {k: v for k, v in declared.items() if k not in before})
+
+
+def _check_figures(study: Study, rules: list[criteria.Rule], seed_numbers: list[dict[str, Any]]) -> None:
+    known = set().union(*(n.keys() for n in seed_numbers)) if seed_numbers else set()
+    unknown = [r.figure for r in rules if r.figure not in known]
+    if unknown:
+        raise ConfigError(
+            f"study {study.name}: rule figure(s) {', '.join(unknown)} are not numbers this study computes "
+            f"(it computes: {', '.join(sorted(known))})"
+        )
 
 
 def _request(

@@ -14,7 +14,7 @@ import statistics
 from typing import Any
 
 from lightning_modules.errors import ConfigError
-from lightning_modules.studies.base import StudyParams, Variant, VariantResult, fmt, last
+from lightning_modules.studies.base import StudyParams, StudyResults, Variant, VariantResult, fmt, last
 
 SEED_TAG = "seed"
 
@@ -113,3 +113,22 @@ def failures(results: list[VariantResult]) -> tuple[int, str]:
         f"INCOMPLETE: {len(failed)} of {len(results)} runs failed: {names}; the figures below "
         "use only the runs that finished. "
     )
+
+
+def per_seed(
+    variants: list[Variant], results: list[VariantResult], seeds: list[int], params: Any, extra: dict[str, Any]
+) -> list[StudyResults]:
+    """One StudyResults per seed, holding that seed's run of every variant under the variant's own name, so
+    the study's verdict computes the seed's numbers; without seeds, the single set of runs."""
+    if not seeds:
+        return [StudyResults(results, params, extra)]
+    by_name = {r.name: r for r in results}
+    out = []
+    for s in seeds:
+        renamed = [
+            VariantResult(v.name, dict(v.tags), r.run_dir, r.result, r.error)
+            for v in variants
+            if (r := by_name.get(f"{v.name}-s{s}")) is not None
+        ]
+        out.append(StudyResults(renamed, params, extra))
+    return out

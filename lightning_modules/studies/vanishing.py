@@ -11,7 +11,9 @@ way back to the input.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -23,11 +25,13 @@ from lightning_modules.studies.base import (
     failed_note,
     fmt,
     last,
+    paper,
     ratio,
     save,
     setup_axes,
     tiny,
 )
+from lightning_modules.studies.criteria import Rule
 
 VARIANTS = {
     "sigmoid": ("deep_plain", "sigmoid"),
@@ -39,7 +43,27 @@ VARIANTS = {
 
 
 class Params(StudyParams):
+    # A sigmoid's slope is at most 1/4, so through 18 plain layers the gradient shrinks by orders of magnitude
+    # (Glorot & Bengio 2010; the seed's vanishing-gradient lesson); a residual net's identity paths carry it
+    # back undiminished (He et al. 2016). Threshold: the first layer gets less than 1% of the last's.
+    rules: list[Rule] = Field(
+        default_factory=lambda: [
+            Rule(
+                claim="the plain sigmoid net's gradient vanishes at initialisation",
+                figure="sigmoid.init_log10_first_over_last",
+                op="<",
+                threshold=-2.0,
+            ),
+            Rule(
+                claim="the residual net's gradient does not vanish",
+                figure="residual.init_log10_first_over_last",
+                op=">",
+                threshold=-2.0,
+            ),
+        ]
+    )
     variants: list[str] = Field(default_factory=lambda: list(VARIANTS), description="the nets compared")
+    depth: Literal[18, 34] = Field(18, description="weight layers of every net (models/deep.py)")
     vanish_below: float = Field(
         1e-2, gt=0, description="a layer's gradient vanishes below this share of the last layer's"
     )
@@ -47,9 +71,10 @@ class Params(StudyParams):
 
 def variants(params: Params) -> list[Variant]:
     return [
-        Variant(name, (f"model.name={model}", f"model.activation={act}"), {"model": model, "activation": act})
+        Variant(name, (f"model.name={net}", f"model.activation={act}"), {"model": net, "activation": act})
         for name, (model, act) in VARIANTS.items()
         if name in params.variants
+        for net in [model if params.depth == 18 else f"{model}34"]
     ]
 
 
@@ -75,6 +100,8 @@ def verdict(results: StudyResults) -> dict:
         # through the hidden layers alone.
         h0, h1 = ratio(init[0], init[-2]), ratio(trained[0], trained[-2])
         numbers[f"{name}.init_first_over_last"] = r0
+        # orders of magnitude: what varies across seeds is the exponent, so the interval is taken on it
+        numbers[f"{name}.init_log10_first_over_last"] = math.log10(r0) if r0 is not None and r0 > 0 else None
         numbers[f"{name}.trained_first_over_last"] = r1
         numbers[f"{name}.init_first_over_last_hidden"] = h0
         numbers[f"{name}.trained_first_over_last_hidden"] = h1
@@ -141,5 +168,9 @@ STUDY = Study(
     verdict=verdict,
     plot=plot,
     params=Params,
-    sizes=tiny(3, 1, "trainer.grad_monitor_every_n_steps=2"),
+    # At paper size: 34-layer nets (past the 20+ layers of the lesson), full width, 10 epochs.
+    sizes={
+        **tiny(3, 1, "trainer.grad_monitor_every_n_steps=2"),
+        **paper("trainer.max_epochs=10", params={"depth": 34}),
+    },
 )

@@ -34,14 +34,18 @@ STUDY_ASSETS = {
 
 
 class StudyConfig(dg.Config):
-    size: str = Field("default", description="default: a few CPU minutes on the embedded data; tiny: seconds (tests)")
+    size: str = Field(
+        "default",
+        description="default: CPU minutes on the embedded data; tiny: seconds (tests); paper: the source's scale "
+        "(e.g. plain/ResNet-20/56 for degradation), for a GPU",
+    )
     overrides: list[str] = Field(
         default_factory=list, description="KEY=VALUE for every job, e.g. trainer.max_epochs=30 to scale the study up"
     )
-    seeds: list[int] = Field(
-        default_factory=list,
-        description="run every variant once per seed; the verdict "
-        "uses the mean curves and reports the spread across seeds ([] = one run each)",
+    seeds: list[int] | None = Field(
+        None,
+        description="run every variant once per seed; the declared rules are judged on 95% intervals over them "
+        "(null: the study's default, seeds 0, 1, 2; []: one run each, and no interval)",
     )
 
 
@@ -53,7 +57,9 @@ def study_folder(project: ProjectResource, study_name: str, config: StudyConfig)
     """runs/studies/<study>/<size>-<hash of data version and overrides>: each setting keeps its own finished
     jobs, and new data (a new prepared version) trains anew instead of reusing jobs run on the old data."""
     data = data_identity(project.prepared(get_study(study_name).dataset))
-    key = "\n".join([f"data={data}", *config.overrides, *([f"seeds={config.seeds}"] if config.seeds else [])])
+    key = "\n".join(
+        [f"data={data}", *config.overrides, *([f"seeds={config.seeds}"] if config.seeds is not None else [])]
+    )
     return studies_root(project) / study_name / f"{config.size}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
@@ -91,13 +97,20 @@ def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
             tracking_uri=mlflow.uri(),
             size=config.size,
             overrides=config.overrides,
-            params={"seeds": config.seeds} if config.seeds else None,
+            params={"seeds": config.seeds} if config.seeds is not None else None,
         )
         numbers = {k: float(v) for k, v in record["numbers"].items() if isinstance(v, (int, float)) and v == v}
         plot = Path(record["plot_path"])
         return dg.MaterializeResult(
             metadata={
-                "verdict": dg.MetadataValue.md(record["text"]),
+                "verdict": record["verdict"],  # confirmed / refuted / not distinguishable
+                "rules": dg.MetadataValue.md(
+                    "\n".join(
+                        f"- {r['claim']}: `{r['figure']}` {r['op']} {r['threshold']:g}: {r['verdict']}"
+                        for r in record["rules"]
+                    )
+                ),
+                "measured": dg.MetadataValue.md(record["text"]),
                 **{k: float(f"{v:.4g}") for k, v in numbers.items()},  # 4 significant digits: ratios reach 1e-10
                 "plot": metadata.image(plot, study_name) if plot.is_file() else "no plot",
                 "variants": dg.MetadataValue.json(
@@ -117,7 +130,7 @@ STUDIES = [_study_asset(a, s) for a, s in STUDY_ASSETS.items()]
 
 @dg.asset(
     group_name=GROUP,
-    deps=[*STUDY_ASSETS, "transfer_report"],
+    deps=[*STUDY_ASSETS, "transfer_report", "hparam_search"],
     kinds={"mlflow"},
     description="Every study's verdict and plot side by side on one Markdown page (also an MLflow artifact); "
     "links the transfer report.",
@@ -130,7 +143,9 @@ def studies_report(
     if transfer is not None:
         url = transfer.asset_materialization.metadata.get("mlflow_run")
         link = url.value if url is not None else None
-    res = studies_report_of(studies_root(project), transfer_report=link, tracking_uri=mlflow.uri())
+    res = studies_report_of(
+        studies_root(project), transfer_report=link, tracking_uri=mlflow.uri(), search=_search_summary(context)
+    )
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(_inline_images(res["markdown"], Path(res["path"]).parent)),
@@ -139,6 +154,16 @@ def studies_report(
             "mlflow_run": dg.MetadataValue.url(mlflow.run_url(res["mlflow_run_id"])),
         }
     )
+
+
+def _search_summary(context: dg.AssetExecutionContext) -> dict | None:
+    """The latest hparam_search's best trial, for the report (None if it never ran)."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("hparam_search"))
+    if event is None or event.asset_materialization is None:
+        return None
+    meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    keys = ("metric", "best_value", "best_params")
+    return {**{k: meta.get(k) for k in keys}, "url": meta.get("mlflow_parent_run")}
 
 
 def _inline_images(markdown: str, base: Path) -> str:

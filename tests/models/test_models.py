@@ -9,10 +9,13 @@ from torch import nn
 
 from lightning_modules.errors import ConfigError, DataError
 from lightning_modules.models import MODEL_REGISTRY, Backbone, DropoutConfig, build_model, load_torchvision_weights
+from lightning_modules.models.deep import weight_layers
 from lightning_modules.models.resnet import PlainBlock
 from lightning_modules.models.summary import format_summary, summarize
 
-NAMES = list(MODEL_REGISTRY)
+# He et al.'s CIFAR nets (models/cifar_resnet.py) keep the 32-px map whole: their own test below.
+CIFAR = ("plain20", "plain56", "resnet20", "resnet56")
+NAMES = [n for n in MODEL_REGISTRY if n not in CIFAR]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -227,3 +230,21 @@ def test_dropout_defaults():
     res = build_model("resnet18", width=0.25)
     assert not any(isinstance(m, nn.Dropout2d) for m in res.modules()) and res.head.drop.p == 0.0
     assert build_model("resnet18", width=0.25, dropout={"classifier": 0.2}).head.drop.p == 0.2
+
+
+@pytest.mark.parametrize(
+    "name, layers, params", [("resnet20", 20, 0.27e6), ("resnet56", 56, 0.85e6), ("plain20", 20, 0.27e6)]
+)
+def test_the_cifar_nets_are_he_et_al_section_4_2(name, layers, params):
+    """6n+2 weight layers, 16/32/64 filters, maps of 32/16/8 px from a 32-px image (He et al. table 6:
+    ResNet-20 0.27M, ResNet-56 0.85M parameters; our 1x1 projection shortcuts add under 1%)."""
+    model = build_model(name, num_classes=10).eval()
+    assert weight_layers(model) == layers + (0 if name.startswith("plain") else 2)  # + 2 projections
+    assert n_params(model) == pytest.approx(params, rel=0.02)
+    with torch.no_grad():
+        maps = model.feature_maps(torch.randn(2, 3, 32, 32))
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert {lv: tuple(t.shape[1:]) for lv, t in maps.items()} == {8: (16, 32, 32), 16: (32, 16, 16), 32: (64, 8, 8)}
+    assert model.feature_strides == {8: 1, 16: 2, 32: 4}  # the real strides of those maps
+    dropped = build_model(name, num_classes=3, dropout=DropoutConfig(blocks=0.2, classifier=0.3))
+    assert sum(isinstance(m, nn.Dropout2d) for m in dropped.body.children()) == 3  # one per stage

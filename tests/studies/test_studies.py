@@ -32,14 +32,14 @@ REQUIRED = {
         for k in ("init_first_over_last", "trained_first_over_last")
     ],
     "degradation": [
-        "plain18.final_train_loss",
-        "plain34.final_train_loss",
-        "resnet18.final_train_loss",
-        "resnet34.final_train_loss",
+        "plain-shallow.final_train_loss",
+        "plain-deep.final_train_loss",
+        "residual-shallow.final_train_loss",
+        "residual-deep.final_train_loss",
         "plain.deep_over_shallow",
         "residual.deep_over_shallow",
         "plain.deeper_trains_worse",
-        "resnet34_over_plain34",
+        "residual_deep_over_plain_deep",
     ],
     "dropout": [
         f"p{p}.{k}" for p in ("0", "0.2", "0.5") for k in ("acc_gap", "best_val_acc1", "iterations_to_converge")
@@ -159,17 +159,17 @@ def test_verdicts_are_computed_from_the_runs(studies):
     assert recorded.pop("failed_runs") == 0 and records["degradation"]["complete"] is True
     assert deg.verdict(res)["numbers"] == recorded  # same runs, same verdict
     changed = copy.deepcopy(res)
-    for row in changed.get("plain34").result["history"]:
+    for row in changed.get("plain-deep").result["history"]:
         row["train_loss"] = row["train_loss"] * 3
     new = deg.verdict(changed)
     old = records["degradation"]["numbers"]
-    assert new["numbers"]["plain34.final_train_loss"] == pytest.approx(3 * old["plain34.final_train_loss"])
+    assert new["numbers"]["plain-deep.final_train_loss"] == pytest.approx(3 * old["plain-deep.final_train_loss"])
     assert new["numbers"]["plain.deep_over_shallow"] == pytest.approx(3 * old["plain.deep_over_shallow"])
     assert new["numbers"]["plain.deeper_trains_worse"] == 1.0 and "plain34" in new["text"]
     # "Degrades" is decided on the share of the shallow net's progress the deep one makes.
     for deep_losses, degrades in (([2.3, 2.25], 1.0), ([2.3, 1.2], 0.0)):
         curves = copy.deepcopy(res)
-        for name, losses in (("plain18", [2.3, 1.0]), ("plain34", deep_losses)):
+        for name, losses in (("plain-shallow", [2.3, 1.0]), ("plain-deep", deep_losses)):
             curves.get(name).result["history"] = [{"epoch": i, "train_loss": x} for i, x in enumerate(losses)]
         numbers = deg.verdict(curves)["numbers"]
         assert numbers["plain.deep_progress_vs_shallow"] == pytest.approx((2.3 - deep_losses[1]) / 1.3)
@@ -327,7 +327,8 @@ def test_seeds_parameter_is_checked():
     from lightning_modules.studies.seeds import expand, seeds_of
 
     study = get_study("dropout")
-    assert seeds_of(study.params_for("default")) == [] and seeds_of(study.params_for("default", {"seeds": 3})) == [3]
+    assert seeds_of(study.params_for("default")) == [0, 1, 2] and seeds_of(study.params_for("tiny")) == []
+    assert seeds_of(study.params_for("default", {"seeds": 3})) == [3]
     with pytest.raises(ConfigError, match="repeated"):
         seeds_of(study.params_for("default", {"seeds": [1, 1]}))
     with pytest.raises(ConfigError, match="study dropout: param seeds.0: Input should be a valid integer"):
