@@ -24,12 +24,13 @@ ERROR_FILE = "step_error.txt"
 
 def _steps() -> dict[str, tuple[type[StepSpec], Callable[[Any], Any]]]:
     # lazy: `--help` and a bad name answer without importing torch
-    from lightning_modules.steps import evaluation, prep, search, specs, transfer
+    from lightning_modules.steps import evaluation, prep, search, specs, study, transfer
 
     return {
         "prep_classification": (specs.ClassificationPrepSpec, prep.classification),
         "prep_detection": (specs.DetectionPrepSpec, prep.detection),
         "hparam_search": (specs.SearchSpec, search.hparam_search),
+        "study": (specs.StudySpec, study.study),
         "classification_evaluation": (specs.ClassificationEvaluationSpec, evaluation.classification),
         "detection_evaluation": (specs.DetectionEvaluationSpec, evaluation.detection),
         "transfer_report": (specs.TransferReportSpec, transfer.transfer_report),

@@ -99,6 +99,18 @@ class SearchSpec(StepSpec):
     mlflow_ui: str = "http://127.0.0.1:5000"
 
 
+class StudySpec(StepSpec):
+    """One measured study (studies/); `out` is the study's folder, which keeps its finished jobs."""
+
+    study: str = Field(description="a name in lightning_modules.studies.STUDIES")
+    data: str = Field(description="the prepared set the study trains on")
+    size: str = Field("default", description="default, tiny or paper")
+    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for every job")
+    seeds: list[int] | None = Field(None, description="None: the study's default seeds")
+    tracking_uri: str
+    mlflow_ui: str = "http://127.0.0.1:5000"
+
+
 class ClassificationEvaluationSpec(TrackedStepSpec):
     checkpoint: str
     data: str = Field(description="the prepared set whose held-out split is scored")

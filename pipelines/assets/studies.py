@@ -1,10 +1,10 @@
 """The measured studies as assets (one per lesson) and `studies_report`, which gathers their verdicts.
 
-Each study asset runs its variants through the training launcher (torchrun + Pipes, like every
-training stage), one MLflow run nested per variant under the study's parent run, then records the
-verdict computed from those runs and its plot. Study runs live in runs/studies/<study>/<setting>/
-(size and overrides), so a rerun reuses finished variants, a scaled-up run trains in its own folder,
-and the report takes the latest verdict of each study.
+Each study asset runs as one step through the launcher (`python -m lightning_modules.steps study`, where
+the compute is): its variants train inside that step one after another, one MLflow run nested per
+variant under the study's parent run, then it reports the verdict computed from those runs and its plot.
+Study runs live in runs/studies/<study>/<setting>/ (size and overrides), so a rerun reuses finished
+variants, a scaled-up run trains in its own folder, and the report takes the latest verdict of each study.
 """
 
 import hashlib
@@ -14,9 +14,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from lightning_modules.contract import JobRequest, JobResult, read_result
 from lightning_modules.data.lineage import data_identity
-from lightning_modules.studies import get_study, run_study
+from lightning_modules.steps.specs import StudySpec
+from lightning_modules.studies import get_study
 from lightning_modules.studies import studies_report as studies_report_of
 from pipelines import metadata
 from pipelines.resources import MlflowResource, ProjectResource, TrainingLauncher
@@ -63,14 +63,6 @@ def study_folder(project: ProjectResource, study_name: str, config: StudyConfig)
     return studies_root(project) / study_name / f"{config.size}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
-def _launch_through(context: dg.AssetExecutionContext, launcher: TrainingLauncher, mlflow: MlflowResource):
-    def launch(req: JobRequest) -> JobResult:
-        launcher.launch(context, req.with_env(MLFLOW_TRACKING_URI=mlflow.uri()))
-        return read_result(req.run_dir)
-
-    return launch
-
-
 def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
     study = get_study(study_name)
 
@@ -89,38 +81,18 @@ def _study_asset(asset_name: str, study_name: str) -> dg.AssetsDefinition:
         mlflow: MlflowResource,
         launcher: TrainingLauncher,
     ) -> dg.MaterializeResult:
-        record = run_study(
-            study_name,
-            project.prepared(study.dataset),
-            study_folder(project, study_name, config),
-            launch=_launch_through(context, launcher, mlflow),
-            tracking_uri=mlflow.uri(),
+        # The whole study is one step: its jobs run inside it, one after another (steps/study.py).
+        spec = StudySpec(
+            out=str(study_folder(project, study_name, config)),
+            study=study_name,
+            data=str(project.prepared(study.dataset)),
             size=config.size,
             overrides=config.overrides,
-            params={"seeds": config.seeds} if config.seeds is not None else None,
+            seeds=config.seeds,
+            tracking_uri=mlflow.uri(),
+            mlflow_ui=mlflow.ui_url,
         )
-        numbers = {k: float(v) for k, v in record["numbers"].items() if isinstance(v, (int, float)) and v == v}
-        plot = Path(record["plot_path"])
-        return dg.MaterializeResult(
-            metadata={
-                "verdict": record["verdict"],  # confirmed / refuted / not distinguishable
-                "rules": dg.MetadataValue.md(
-                    "\n".join(
-                        f"- {r['claim']}: `{r['figure']}` {r['op']} {r['threshold']:g}: {r['verdict']}"
-                        for r in record["rules"]
-                    )
-                ),
-                "measured": dg.MetadataValue.md(record["text"]),
-                **{k: float(f"{v:.4g}") for k, v in numbers.items()},  # 4 significant digits: ratios reach 1e-10
-                "plot": metadata.image(plot, study_name) if plot.is_file() else "no plot",
-                "variants": dg.MetadataValue.json(
-                    [{k: v[k] for k in ("name", "ok", "mlflow_run_id")} for v in record["variants"]]
-                ),
-                "mlflow_parent_run": dg.MetadataValue.url(mlflow.run_url(record["parent_run_id"])),
-                "size": config.size,
-                "seconds": record["seconds"],
-            }
-        )
+        return launcher.run_step(context, "study", spec)
 
     return _asset
 

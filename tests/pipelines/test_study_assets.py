@@ -67,7 +67,7 @@ def test_hparam_search_asset_writes_the_best_config_for_pretraining(
     assert len(children) == 2
 
 
-def test_study_assets_run_variants_through_the_launcher_and_feed_the_report(
+def test_study_assets_run_as_steps_through_the_launcher_and_feed_the_report(
     tmp_path: Path, tiny_prepared_imagenet: Path, prepared_transfer: Path, mlflow_uri: str
 ) -> None:
     from pipelines.assets.studies import STUDIES, studies_report
@@ -96,7 +96,11 @@ def test_study_assets_run_variants_through_the_launcher_and_feed_the_report(
     }
     vanishing = metas["vanishing_gradient_study"]
     assert vanishing["plot"].startswith("![vanishing_gradient](data:image/png;base64,")
-    assert vanishing["verdict"] and all(v["ok"] for v in vanishing["variants"])
+    assert vanishing["verdict"] in ("confirmed", "refuted", "not distinguishable")
+    assert all(v["ok"] for v in vanishing["variants"]) and "sigmoid" in vanishing["rules"]
+    # the whole study ran as one step (one Pipes session), its jobs inside it
+    folder = next((tmp_path / "runs" / "studies" / "vanishing_gradient").iterdir())
+    assert (folder / "study.spec.json").is_file() and (folder / "step_result.json").is_file()
     # each variant's run is nested under the study's parent run
     client = MlflowClient(mlflow_uri)
     parent = vanishing["mlflow_parent_run"].rsplit("/", 1)[-1].split("?")[0]
