@@ -59,9 +59,8 @@ def _run_jobs(root: Path, jobs: list[tuple[str, str | None]], title: str, verbos
     log_file = root / "runs" / "console" / f"{time.strftime('%Y%m%d-%H%M%S')}-run.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a") as log, contextlib.ExitStack() as quiet:
-        if not verbose:  # DVC prints git hints after each `dvc add` (to stderr): to the log
-            quiet.enter_context(contextlib.redirect_stdout(log))
-            quiet.enter_context(contextlib.redirect_stderr(log))
+        if not verbose:  # DVC prints git hints after each `dvc add` (through its own console): to the log
+            quiet.enter_context(_to_file(log))
         version = ensure_default_data(root)
     print(f"data version: {version}; the full event log of this run: {log_file}")
     rows: list[StepRow] = []
@@ -72,15 +71,41 @@ def _run_jobs(root: Path, jobs: list[tuple[str, str | None]], title: str, verbos
             console = RunConsole(instance, log_file, verbose=verbose)
             # the detection_after_main sensor must not add a second detection run: we launch ours next
             tags = {DETECTION_TAG: "launched-separately"} if job == "main" else None
-            run_id = submit.launch(root, job, partition, run_config=QUIET_LOGGERS, tags=tags)
-            with console.follow(run_id):
-                ok = submit.wait(instance, run_id) == dg.DagsterRunStatus.SUCCESS
+            try:
+                run_id = submit.launch(root, job, partition, run_config=QUIET_LOGGERS, tags=tags)
+                with console.follow(run_id):
+                    ok = submit.wait(instance, run_id) == dg.DagsterRunStatus.SUCCESS
+            except RuntimeError as exc:  # the launch failed, or the run never left the queue: say so, plainly
+                print(f"error: {exc}", file=sys.stderr)
+                ok = False
             rows += console.rows.values()
             if not ok:
                 break
     summary(rows, f"{title}: {'succeeded' if ok else 'FAILED'}")
     print(f"Dagster runs: `make ui` (stored in {os.environ['DAGSTER_HOME']}); event log: {log_file}")
     return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def _to_file(log):
+    """Send this process's stdout and stderr to `log`, at the file-descriptor level too: a library that
+    kept its own handle on the terminal (DVC's console) writes there as well."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def quiet_console(verbose: bool) -> None:
