@@ -48,8 +48,12 @@ KEY_NUMBERS = {
 }
 
 
-# "epoch 3/20: train_loss 1.2, val_acc1 0.4" as the job's Pipes reporter logs it (the total is optional)
-EPOCH_LINE = re.compile(r"epoch (\d+)(?:/(\d+))?: (.*)")
+# "epoch 3/20: train_loss 1.2, val_acc1 0.4" as the job's Pipes reporter logs it (the total is optional), and
+# "study dropout: 4/9" as a study step counts its jobs (progress.track); a study's or a search's own jobs log
+# epochs too, which its count line stands for.
+EPOCH_LINE = re.compile(r"epoch (\d+)(?:/(\d+))?: (?=.*loss)")
+COUNT_LINE = re.compile(r"study \S+: (\d+)/(\d+)")
+MANY_JOBS = ("_study", "hparam_search")
 EPOCH_LINES_PER_STEP = 4  # without a terminal: the first, about this many between, and the last epoch
 
 
@@ -126,9 +130,13 @@ class RunConsole:
         if self.verbose:
             print(line, flush=True)
         if event is None:
-            epoch = EPOCH_LINE.match(entry.user_message or "")
-            if step and epoch:
-                self._epoch(step, int(epoch[1]), int(epoch[2]) if epoch[2] else None, entry.user_message)
+            message = entry.user_message or ""
+            count = COUNT_LINE.match(message)
+            epoch = None if step and step.endswith(MANY_JOBS) else EPOCH_LINE.match(message)
+            if step and (count or epoch):
+                found = count or epoch
+                assert found is not None
+                self._epoch(step, int(found[1]), int(found[2]) if found[2] else None, message)
             return
         row = self.rows.setdefault(step, StepRow(step)) if step else None
         kind = event.event_type

@@ -17,7 +17,7 @@ from pipelines.main import QUIET_LOGGERS
 @dg.asset(check_specs=[dg.AssetCheckSpec("accuracy_floor", asset="classification_evaluation")])
 def classification_evaluation(context):  # (a string annotation would not be recognised by Dagster)
     for epoch in (1, 2):
-        context.log.info(f"epoch {epoch}: val_acc1 {0.4 + 0.1 * epoch:.4g}")
+        context.log.info(f"epoch {epoch}: val_loss 1.2, val_acc1 {0.4 + 0.1 * epoch:.4g}")
     context.log.info("a message the console does not repeat")
     yield dg.MaterializeResult(
         metadata={
@@ -42,7 +42,15 @@ def broken() -> None:
 @dg.asset
 def trained(context) -> None:
     for epoch in range(1, 13):
-        context.log.info(f"epoch {epoch}/12: val_acc1 {epoch / 100:.2f}")
+        context.log.info(f"epoch {epoch}/12: val_loss 1.5, val_acc1 {epoch / 100:.2f}")
+        context.log.info(f"epoch {epoch}: 12.5% of the step time waited for data")  # not an epoch summary
+
+
+@dg.asset
+def dropout_study(context) -> None:
+    for job in range(1, 10):
+        context.log.info("epoch 1/2: train_loss 2.0")  # a study's own jobs: the count stands for them
+        context.log.info(f"study dropout: {job}/9 (1/s)")
 
 
 def _follow(defs: dg.Definitions, tmp_path: Path, **console_args) -> RunConsole:
@@ -61,7 +69,14 @@ def test_without_a_terminal_a_long_training_shows_a_few_epochs_and_its_last(
     _follow(defs, tmp_path, live=False)
     shown = [line.split(": ")[1] for line in capsys.readouterr().out.splitlines() if "epoch " in line]
     assert shown == ["epoch 1/12", "epoch 3/12", "epoch 6/12", "epoch 9/12", "epoch 12/12"]
-    assert (tmp_path / "run.log").read_text().count("epoch ") == 12, "the log keeps every epoch"
+    assert (tmp_path / "run.log").read_text().count("epoch ") == 24, "the log keeps every line"
+
+
+def test_a_study_shows_its_job_count_not_its_jobs_epochs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    defs = dg.Definitions(assets=[dropout_study], jobs=[dg.define_asset_job("j", selection=dg.AssetSelection.all())])
+    _follow(defs, tmp_path, live=False)
+    out = [line.strip() for line in capsys.readouterr().out.splitlines() if "dropout_study: " in line]
+    assert out == [f"dropout_study: study dropout: {k}/9 (1/s)" for k in (1, 3, 6, 9)]
 
 
 def test_on_a_terminal_epochs_drive_a_progress_bar_that_gives_way_to_the_steps_line(
@@ -72,7 +87,7 @@ def test_on_a_terminal_epochs_drive_a_progress_bar_that_gives_way_to_the_steps_l
     assert console.progress is not None
     (bar,) = console.progress.tasks
     assert bar.total == 12 and bar.completed == 12 and not bar.visible, "filled, then gone with the step"
-    assert bar.description == "trained: epoch 12/12: val_acc1 0.12"
+    assert bar.description == "trained: epoch 12/12: val_loss 1.5, val_acc1 0.12"
     out = capsys.readouterr().out
     assert "  ok trained (" in out and "epoch 6/12" not in out.replace("epoch 12/12", "")
 
@@ -95,8 +110,8 @@ def test_the_console_follows_a_run_and_keeps_what_the_summary_needs(
     out = capsys.readouterr().out.splitlines()
     expected = [  # in this order, each line starting so
         "  > classification_evaluation started",
-        "    classification_evaluation: epoch 1: val_acc1 0.5",
-        "    classification_evaluation: epoch 2: val_acc1 0.6",
+        "    classification_evaluation: epoch 1: val_loss 1.2, val_acc1 0.5",
+        "    classification_evaluation: epoch 2: val_loss 1.2, val_acc1 0.6",
         "  ok classification_evaluation (",
         "  > broken started",
         "  FAILED broken (",
