@@ -73,7 +73,7 @@ def render(
         lines += [f"{TRANSFER_LINE} (the `transfer_report` asset).", ""]
     if search:
         lines += [
-            f"Hyperparameter search: best {search.get('metric', 'value')} {search.get('best_value')} with "
+            f"Hyperparameter search: best {search.get('metric', 'value')} {_g(search.get('best_value'))} with "
             f"`{search.get('best_params')}`" + (f" ([MLflow]({search['url']}))" if search.get("url") else "") + ".",
             "",
         ]
@@ -89,9 +89,9 @@ def render(
         }
         if numbers:
             spans = v.get("intervals") or {}
-            lines += ["<details><summary>numbers</summary>", "", "| measure | value | 95% interval over seeds |"]
-            lines += ["|---|---|---|"]
-            lines += [f"| {k} | {x:.4g} | {_span(spans.get(k))} |" for k, x in numbers.items()]
+            head = "| measure | mean over seeds | 95% interval |" if spans else "| measure | value | |"
+            lines += ["<details><summary>numbers</summary>", "", head, "|---|---|---|"]
+            lines += [f"| {k} | {_mean(spans.get(k), x):.4g} | {_span(spans.get(k))} |" for k, x in numbers.items()]
             lines += ["", "</details>", ""]
         runs = ", ".join(f"{r['name']}" + ("" if r.get("ok", True) else " (failed)") for r in v.get("variants", []))
         lines += [
@@ -163,6 +163,16 @@ def _log_report(uri: str, out_root: Path, page: Path, verdicts: list[dict[str, A
             tracking.log_artifact(uri, run_id, image, str(Path("report") / Path(rel).parent))
     finish_run(uri, run_id)
     return run_id
+
+
+def _g(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _mean(figure: dict[str, Any] | None, fallback: float) -> float:
+    """The mean of the per-seed values where there are several seeds, else the single run's number."""
+    mean = (figure or {}).get("mean")
+    return float(mean) if mean is not None else fallback
 
 
 def _span(figure: dict[str, Any] | None) -> str:

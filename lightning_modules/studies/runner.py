@@ -176,7 +176,8 @@ def run_study(
         verdict = {
             **verdict,
             "numbers": {**verdict["numbers"], **numbers},
-            "text": failed_text + (criteria.summary(judged) + " " if p.rules else "") + verdict["text"] + text,
+            "text": failed_text + verdict["text"] + text,
+            "rules_summary": criteria.summary(judged) if p.rules else "no declared rule",
             "complete": n_failed == 0,
             "claim": study.question,
             "seeds": seeds,
@@ -308,7 +309,8 @@ def _log_parent(uri: str, parent: str, record: dict, out: Path, plot_path: Path,
     }
     numbers["study/seconds"] = record["seconds"]
     tracking.log_metrics(uri, parent, numbers)
-    tracking.set_tag(uri, parent, "verdict", record["text"])
+    tracking.set_tag(uri, parent, "verdict", f"{record['verdict']}: {record['rules_summary']}")
+    tracking.set_tag(uri, parent, "measured", record["text"])
     tracking.log_artifact(uri, parent, out / VERDICT_FILE, "study")
     tracking.log_artifact(uri, parent, plot_path, "study")
     for path in extra.get("artifacts", []):
