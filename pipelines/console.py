@@ -22,6 +22,8 @@ from typing import Any
 
 import dagster as dg
 
+from pipelines.assets.studies import STUDY_ASSETS
+
 # The numbers a user looks for first, per asset (the rest stay in the asset's metadata and MLflow).
 KEY_NUMBERS = {
     "prepared_imagenet": ("classes", "train_images", "val_images", "rejected"),
@@ -34,17 +36,7 @@ KEY_NUMBERS = {
     "classification_evaluation": ("test_acc1", "test_acc5", "images"),
     "yolo_detector": ("val_map", "val_map_50", "epochs"),
     "detection_evaluation": ("test_map", "test_map_50", "images"),
-    **{
-        study: ("verdict", "seconds")
-        for study in (
-            "vanishing_gradient_study",
-            "degradation_study",
-            "dropout_study",
-            "batch_size_study",
-            "epochs_study",
-            "activation_loss_study",
-        )
-    },
+    **{study: ("verdict", "seconds") for study in STUDY_ASSETS},
 }
 
 

@@ -171,8 +171,8 @@ def run_study(
         numbers["failed_runs"] = float(n_failed)
         # The declared rules, judged on each seed's own numbers (the same verdict code, one seed at a time).
         seed_numbers = [study.verdict(r)["numbers"] for r in per_seed(base_variants, results, seeds, p, extra)]
-        judged = criteria.evaluate(p.rules, seed_numbers)
         _check_figures(study, p.rules, seed_numbers)
+        judged = criteria.evaluate(p.rules, seed_numbers)
         verdict = {
             **verdict,
             "numbers": {**verdict["numbers"], **numbers},

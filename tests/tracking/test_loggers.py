@@ -23,20 +23,8 @@ def test_an_offline_wandb_run_gets_the_params_and_metrics_mlflow_gets(
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lightning_modules.train", str(SMOKE), "--data", str(tiny_prepared_imagenet)]
-    cmd += ["--out", str(out)]
-    for s in (
-        "data.num_workers=0",
-        "trainer.max_epochs=2",
-        f"tracking.tracking_uri={mlflow_uri}",
-        "tracking.experiment=test-wandb",
-        "tracking.loggers=[mlflow, wandb]",
-    ):
-        cmd += ["--set", s]
     env = {"WANDB_API_KEY": "", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
-    done = subprocess.run(cmd, cwd=REPO, env={**_environ(), **env}, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((out / "result.json").read_text())
+    result = _train_with("wandb", tiny_prepared_imagenet, out, mlflow_uri, {**_environ(), **env})
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((out / "wandb").iterdir())
     run_id = (out / "wandb_run_id").read_text().strip()
@@ -52,6 +40,22 @@ def test_an_offline_wandb_run_gets_the_params_and_metrics_mlflow_gets(
     assert mlflow_run.data.metrics["val/acc1"] == pytest.approx(values[-1])
 
 
+def _train_with(tracker: str, data: Path, out: Path, mlflow_uri: str, env: dict[str, str]) -> dict:
+    """A 2-epoch smoke job logging to MLflow and `tracker`, as a user runs it; its result.json."""
+    cmd = [sys.executable, "-m", "lightning_modules.train", str(SMOKE), "--data", str(data), "--out", str(out)]
+    for s in (
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        f"tracking.tracking_uri={mlflow_uri}",
+        f"tracking.experiment=test-{tracker}",
+        f"tracking.loggers=[mlflow, {tracker}]",
+    ):
+        cmd += ["--set", s]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "result.json").read_text())
+
+
 def _environ() -> dict[str, str]:
     import os
 
@@ -64,20 +68,8 @@ def test_an_offline_comet_experiment_gets_the_params_and_metrics_mlflow_gets(
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lightning_modules.train", str(SMOKE), "--data", str(tiny_prepared_imagenet)]
-    cmd += ["--out", str(out)]
-    for s in (
-        "data.num_workers=0",
-        "trainer.max_epochs=2",
-        f"tracking.tracking_uri={mlflow_uri}",
-        "tracking.experiment=test-comet",
-        "tracking.loggers=[mlflow, comet]",
-    ):
-        cmd += ["--set", s]
     env = {k: v for k, v in _environ().items() if not k.startswith("COMET_")} | {"MPLBACKEND": "Agg"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((out / "result.json").read_text())
+    result = _train_with("comet", tiny_prepared_imagenet, out, mlflow_uri, env)
     # The offline archive (what `comet upload` sends), named after the experiment key the run folder keeps.
     (archive,) = (out / "comet").glob("*.zip")
     assert archive.name.startswith((out / "comet_experiment_key").read_text().strip())
