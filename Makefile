@@ -7,14 +7,14 @@ STAMP   := $(VENV)/.installed
 export DATA_OPTIMIZER_CACHE_FOLDER := $(CURDIR)/.cache/litdata
 export MPLBACKEND := Agg
 
-.PHONY: run studies test test-fast lint install ui bench clean browser-deps
+.PHONY: run studies test test-fast lint install ui ui-postgres bench clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned to the builds this machine's pip serves from disk (see README).
 	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install --quiet -e ".[test,wandb,comet]"
+	$(BIN)/pip install --quiet -e ".[test,wandb,comet,cluster,postgres]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,14 +27,18 @@ studies: $(STAMP)
 	$(BIN)/python -m pipelines.main studies
 
 # Everything, what CI runs (.ci/run): lint, types, then every test including the slow ones (~12 min).
-test: lint browser-deps
+test: lint system-deps
 	$(BIN)/python -m pytest -q tests
 
-# Debian's chromium for the browser tests (Playwright drives it; it cannot download its own browsers here).
-browser-deps:
-	@command -v chromium >/dev/null || { \
+# Debian packages the tests start for real, installed when missing: chromium (Playwright drives it; it cannot
+# download its own browsers here), slurm-wlm + munge (a Slurm cluster on localhost), postgresql.
+SYSTEM_DEPS := chromium:chromium slurmctld:slurm-wlm slurmd:slurm-wlm munged:munge \
+	/usr/lib/postgresql/15/bin/initdb:postgresql
+system-deps:
+	@missing=$$(for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null || echo $${dep#*:}; done | sort -u); \
+	if [ -n "$$missing" ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; fi
 
 # The quick lane while working (~1.5 min): no training jobs, torchrun, SIGKILL, daemon or chain tests.
 test-fast: lint

@@ -1,8 +1,9 @@
-"""Launching a Lightning job from an asset: torchrun under Dagster Pipes, locally or on Kubernetes.
+"""Launching a Lightning job from an asset: torchrun under Dagster Pipes, locally, on Slurm or on Kubernetes.
 
 The launcher resources: `TrainingLauncher` is what assets ask for; each deployment binds its own kind,
-`LocalLauncher` (subprocesses on this machine) or `K8sLauncher` (pods), so the Launchpad shows only the
-settings of the deployment in use. The command builders below them are shared.
+`LocalLauncher` (subprocesses on this machine, here), `SlurmLauncher` (pipelines/slurm.py) or `K8sLauncher`
+(pods, pipelines/k8s.py), so the Launchpad shows only the settings of the deployment in use. The command
+builders below them are shared.
 
 The job (`python -m lightning_modules.train`) is the same program a user runs by hand. Every
 torchrun rank inherits the Pipes environment, and only global rank 0 opens Pipes (the job's
@@ -117,36 +118,6 @@ class LocalLauncher(TrainingLauncher):
             raise on_error(exc) from exc
 
 
-class K8sLauncher(TrainingLauncher):
-    """One pod per job running the same command with `gpus_per_pod` GPUs (PipesK8sClient, the `cluster`
-    extra). Multi-node: one pod per node with --nnodes/--node-rank and a c10d rendezvous endpoint (see
-    README); run folders must sit on a shared volume."""
-
-    image: str = "visionflow:latest"
-    namespace: str = "default"
-    gpus_per_pod: int = 0
-    cpu: str = "8"
-    memory: str = "32Gi"
-    shared_volume_claim: str = ""
-
-    @property
-    def backend(self) -> str:
-        return "k8s"
-
-    def _run(self, context, command, env, on_error):
-        from dagster_k8s import PipesK8sClient  # lazy: the `cluster` extra
-
-        pod = k8s_pod_spec(
-            gpus=self.gpus_per_pod,
-            cpu=self.cpu,
-            memory=self.memory,
-            shared_volume_claim=self.shared_volume_claim or None,
-        )
-        return PipesK8sClient().run(
-            context=context, image=self.image, command=command, namespace=self.namespace, env=env, base_pod_spec=pod
-        )
-
-
 def _training_failure(exc: Exception, run_dir: Path) -> dg.Failure:
     errors = rank_errors(run_dir)
     first = next(iter(errors.values()), "no rank wrote to stderr")
@@ -221,21 +192,3 @@ def check_reported(result: dg.MaterializeResult, run_dir: Path) -> None:
             description=f"the training job in {run_dir} reported no {', '.join(missing)} through Pipes "
             "(did rank 0 open Pipes? is VISIONFLOW_REPORTER=pipes set?)"
         )
-
-
-def k8s_pod_spec(*, gpus: int, cpu: str, memory: str, shared_volume_claim: str | None) -> dict:
-    """Pod spec for one torchrun pod with `gpus` devices; the run folder sits on a shared volume."""
-    resources = {"limits": {"cpu": cpu, "memory": memory}}
-    if gpus:
-        resources["limits"]["nvidia.com/gpu"] = str(gpus)
-    container: dict = {"resources": resources}
-    spec: dict = {"containers": [container], "restart_policy": "Never"}
-    if shared_volume_claim:
-        container["volume_mounts"] = [{"name": "runs", "mount_path": "/runs"}]
-        # torch's NCCL needs more shared memory than a container's default 64 MB.
-        container["volume_mounts"].append({"name": "dshm", "mount_path": "/dev/shm"})
-        spec["volumes"] = [
-            {"name": "runs", "persistent_volume_claim": {"claim_name": shared_volume_claim}},
-            {"name": "dshm", "empty_dir": {"medium": "Memory"}},
-        ]
-    return spec

@@ -14,7 +14,8 @@ import dagster as dg
 from lightning_modules import tracking
 from lightning_modules.data import lineage, versioning
 from lightning_modules.paths import project_root
-from pipelines.launcher import K8sLauncher, LocalLauncher, TrainingLauncher
+from pipelines.k8s import K8sLauncher
+from pipelines.launcher import LocalLauncher, TrainingLauncher
 
 __all__ = ["DvcResource", "MlflowResource", "ProjectResource", "TrainingLauncher", "resources_for"]
 

@@ -8,7 +8,8 @@ import dagster as dg
 import pytest
 
 from lightning_modules.contract import JobRequest
-from pipelines.launcher import K8sLauncher, LocalLauncher, TrainingLauncher, k8s_pod_spec, rank_errors, torchrun_command
+from pipelines.k8s import K8sLauncher, k8s_pod_spec
+from pipelines.launcher import LocalLauncher, TrainingLauncher, rank_errors, torchrun_command
 from pipelines.resources import resources_for
 
 
