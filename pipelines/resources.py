@@ -115,13 +115,18 @@ def resources_for(deployment: str | None = None) -> dict:
         nproc = int(os.environ.get("VISIONFLOW_NPROC", "1"))
         return {**common, "launcher": LocalLauncher(nproc_per_node=nproc)}
     if deployment == "cluster":
+        # deploy/helm/values.yaml sets these on the user code deployment (and so on its run pods).
+        gpus = int(os.environ.get("VISIONFLOW_GPUS_PER_POD", "1"))
         return {
             **common,
             "launcher": K8sLauncher(
                 image=os.environ.get("VISIONFLOW_IMAGE", "visionflow:latest"),
                 namespace=os.environ.get("VISIONFLOW_NAMESPACE", "default"),
-                nproc_per_node=int(os.environ.get("VISIONFLOW_GPUS_PER_POD", "1")),
-                gpus_per_pod=int(os.environ.get("VISIONFLOW_GPUS_PER_POD", "1")),
+                nproc_per_node=gpus or int(os.environ.get("VISIONFLOW_NPROC", "1")),
+                gpus_per_pod=gpus,
+                cpu=os.environ.get("VISIONFLOW_CPU", "8"),
+                memory=os.environ.get("VISIONFLOW_MEMORY", "32Gi"),
+                shm_size=os.environ.get("VISIONFLOW_SHM_SIZE", "8Gi"),
                 shared_volume_claim=os.environ.get("VISIONFLOW_RUNS_PVC", ""),
             ),
         }

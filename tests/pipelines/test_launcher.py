@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from lightning_modules.contract import JobRequest
-from pipelines.k8s import K8sLauncher, k8s_pod_spec
+from pipelines.k8s import K8sLauncher
 from pipelines.launcher import LocalLauncher, TrainingLauncher, rank_errors, torchrun_command
 from pipelines.resources import resources_for
 
@@ -57,19 +57,6 @@ def test_rank_errors_reads_the_failing_ranks_stderr(tmp_path: Path) -> None:
     log.write_text("line\n" * 40 + "RuntimeError: rank 1 broke\n")
     errors = rank_errors(tmp_path / "run")
     assert list(errors) == ["local rank 1"] and errors["local rank 1"].endswith("RuntimeError: rank 1 broke")
-
-
-def test_k8s_pod_spec_requests_gpus_and_mounts_the_shared_runs_volume() -> None:
-    spec = k8s_pod_spec(gpus=4, cpu="16", memory="64Gi", shared_volume_claim="runs-pvc")
-    limits = spec["containers"][0]["resources"]["limits"]
-    assert limits["nvidia.com/gpu"] == "4" and limits["cpu"] == "16"
-    assert spec["volumes"][0]["persistent_volume_claim"]["claim_name"] == "runs-pvc"
-    assert (
-        "nvidia.com/gpu"
-        not in k8s_pod_spec(gpus=0, cpu="2", memory="4Gi", shared_volume_claim=None)["containers"][0]["resources"][
-            "limits"
-        ]
-    )
 
 
 def test_resource_sets_switch_by_deployment(monkeypatch) -> None:
