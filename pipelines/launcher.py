@@ -130,7 +130,7 @@ def _training_failure(exc: Exception, run_dir: Path) -> dg.Failure:
 def _step_failure(exc: Exception, name: str, out: Path) -> dg.Failure:
     """The step exited non-zero; it names its error in OUT/step_error.txt."""
     error = out / "step_error.txt"
-    why = error.read_text() if error.is_file() else "see the step's stderr in the compute logs"
+    why = error.read_text() if error.is_file() else f"{exc} (the step's stderr is in the compute logs)"
     return dg.Failure(description=f"step {name} failed: {why}")
 
 

@@ -1,6 +1,6 @@
 """Dagster resources: the project folders, DVC, MLflow and the training launcher.
 
-`resources_for(deployment)` gives one set per deployment ("local" or "cluster"), picked by the
+`resources_for(deployment)` gives one set per deployment ("local", "slurm" or "cluster"), picked by the
 VISIONFLOW_DEPLOYMENT environment variable; assets never change between them.
 """
 
@@ -16,6 +16,7 @@ from lightning_modules.data import lineage, versioning
 from lightning_modules.paths import project_root
 from pipelines.k8s import K8sLauncher
 from pipelines.launcher import LocalLauncher, TrainingLauncher
+from pipelines.slurm import SlurmLauncher
 
 __all__ = ["DvcResource", "MlflowResource", "ProjectResource", "TrainingLauncher", "resources_for"]
 
@@ -108,12 +109,25 @@ class MlflowResource(dg.ConfigurableResource):
 
 
 def resources_for(deployment: str | None = None) -> dict:
-    """The resource set of a deployment: "local" (default) or "cluster" (VISIONFLOW_DEPLOYMENT)."""
+    """The resource set of a deployment: "local" (default), "slurm" or "cluster" (VISIONFLOW_DEPLOYMENT)."""
     deployment = deployment or os.environ.get("VISIONFLOW_DEPLOYMENT", "local")
     common = {"project": ProjectResource(), "dvc": DvcResource(), "mlflow": MlflowResource()}
     if deployment == "local":
         nproc = int(os.environ.get("VISIONFLOW_NPROC", "1"))
         return {**common, "launcher": LocalLauncher(nproc_per_node=nproc)}
+    if deployment == "slurm":
+        env = os.environ.get
+        return {
+            **common,
+            "launcher": SlurmLauncher(
+                nproc_per_node=int(env("VISIONFLOW_NPROC", "1")),  # torchrun ranks per node
+                nodes=int(env("VISIONFLOW_SLURM_NODES", "1")),
+                partition=env("VISIONFLOW_SLURM_PARTITION", ""),
+                cpus_per_task=int(env("VISIONFLOW_SLURM_CPUS_PER_NODE", "0")),
+                gpus_per_node=int(env("VISIONFLOW_SLURM_GPUS_PER_NODE", "0")),
+                time_limit=env("VISIONFLOW_SLURM_TIME", ""),
+            ),
+        }
     if deployment == "cluster":
         # deploy/helm/values.yaml sets these on the user code deployment (and so on its run pods).
         gpus = int(os.environ.get("VISIONFLOW_GPUS_PER_POD", "1"))
@@ -130,7 +144,7 @@ def resources_for(deployment: str | None = None) -> dict:
                 shared_volume_claim=os.environ.get("VISIONFLOW_RUNS_PVC", ""),
             ),
         }
-    raise ValueError(f"VISIONFLOW_DEPLOYMENT={deployment!r}: expected 'local' or 'cluster'")
+    raise ValueError(f"VISIONFLOW_DEPLOYMENT={deployment!r}: expected 'local', 'slurm' or 'cluster'")
 
 
 def default_resources() -> dict:

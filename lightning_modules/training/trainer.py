@@ -1,5 +1,5 @@
 """The Lightning Trainer of a job: devices from torchrun's world, DDP when there are ranks, atomic
-checkpoints, and a logger that is silent off rank 0."""
+checkpoints, ranks from torchrun (never Slurm's), and a logger that is silent off rank 0."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as L
 from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.plugins.environments import ClusterEnvironment, LightningEnvironment, TorchElasticEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
@@ -64,8 +65,16 @@ def build_trainer(
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=dist.is_global_zero() and not fast,
         use_distributed_sampler=distributed_sampler,
-        plugins=[atomic_checkpoint_io()],
+        plugins=[atomic_checkpoint_io(), cluster_environment(world)],
     )
+
+
+def cluster_environment(world: dist.WorldInfo) -> ClusterEnvironment:
+    """Ranks come from torchrun, always, also inside a Slurm allocation (the Slurm deployment runs torchrun
+    under `srun`, one task per node). Lightning's SLURMEnvironment would read SLURM_PROCID, the same for
+    every rank torchrun starts on a node, and its auto-detection order has changed between releases: so
+    the environment is chosen here, never detected."""
+    return TorchElasticEnvironment() if world.torchrun else LightningEnvironment()
 
 
 def strategy(world: dist.WorldInfo, *, find_unused: bool, compression: str = "none") -> Any:
