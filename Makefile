@@ -52,6 +52,11 @@ lint: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/python -m pipelines.main ui
 
+# The same UIs with Dagster's and MLflow's records in PostgreSQL: $VISIONFLOW_POSTGRES_URL, else a local server
+# (Debian's postgresql) in .postgres/, loopback only; it keeps running: python -m pipelines.storage stop
+ui-postgres: $(STAMP)
+	$(BIN)/python -m pipelines.main ui --postgres
+
 bench: $(STAMP)
 	$(BIN)/python bench/data_loading.py
 

@@ -20,3 +20,15 @@ class DataError(VisionflowError, ValueError):
 
 class ConfigError(VisionflowError, ValueError):
     """A bad configuration value; the message names the field and, when known, the file."""
+
+
+class StoreLockedError(VisionflowError):
+    """MLflow's SQLite store stayed locked by another process: SQLite serves one writer at a time."""
+
+    MESSAGE = (
+        "MLflow's SQLite store is locked by another run: use Postgres for concurrent runs "
+        "(VISIONFLOW_STORAGE=postgres, see README)"
+    )
+
+    def __init__(self, where: str = ""):
+        super().__init__(f"{self.MESSAGE}{f' [{where}]' if where else ''}")

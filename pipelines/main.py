@@ -5,6 +5,9 @@ the `main` job, then the `detection` job (YOLOv3). Each is launched on the proje
 (`.dagster_home/`) as the UI would launch it (pipelines/submit.py: a daemon starts it), so the runs show
 up in the UI afterwards, timeline included. `ui` starts `dagster dev` (webserver + daemon) and an MLflow
 server on the same store.
+
+`--postgres` (or VISIONFLOW_STORAGE=postgres) keeps Dagster's and MLflow's records in PostgreSQL instead of
+the SQLite files (pipelines/storage.py): runs launched at the same time then never lock each other out.
 """
 
 from __future__ import annotations
@@ -22,20 +25,20 @@ from pathlib import Path
 from filelock import Timeout
 
 from lightning_modules import tracking
+from lightning_modules.errors import VisionflowError
 from lightning_modules.paths import project_root
+from pipelines import storage
 
 # Dagster's own console logger stays silent: pipelines/console.py shows the run and logs every event to a file.
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 # Pools of size 1: two training steps never share the machine's cores or GPU (pool "train").
-DAGSTER_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
+DAGSTER_YAML = storage.BASE_YAML
 
 
 def dagster_home(root: Path) -> Path:
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(root / ".dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    return home
+    """The instance's folder for the chosen storage (VISIONFLOW_STORAGE), its dagster.yaml written; for
+    PostgreSQL the server is started when it is the project's own, and MLflow's store follows it."""
+    return storage.configure(root).dagster_home
 
 
 def run(root: Path, arch: str, detector: str = "yolov3", verbose: bool = False) -> int:
@@ -128,10 +131,10 @@ def studies(root: Path, verbose: bool = False) -> int:
 
 
 def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
-    """MLflow's UI (a server on the project's SQLite store) and `dagster dev` (webserver + daemon), on 127.0.0.1."""
-    dagster_home(root)
+    """MLflow's UI (a server on the project's store) and `dagster dev` (webserver + daemon), on 127.0.0.1."""
+    chosen = storage.configure(root)
     bin_dir = Path(sys.executable).parent
-    uri = tracking.default_tracking_uri()
+    uri = chosen.mlflow_uri
     tracking.ensure_store(uri)
     mlflow_cmd = [
         str(bin_dir / "mlflow"),
@@ -157,6 +160,7 @@ def ui(root: Path, port: int, mlflow_port: int = 5000) -> int:
     ]
     mlflow_url = f"http://127.0.0.1:{mlflow_port}/#/experiments?{tracking.UI_VIEW}"  # the model-training view
     print(f"MLflow: {mlflow_url}   Dagster: http://127.0.0.1:{port}   (Ctrl-C stops both)")
+    print(f"Records: {chosen.kind} (Dagster home {chosen.dagster_home})")
     from pipelines.submit import daemon_lock  # lazy: imports Dagster
 
     mlflow_proc = subprocess.Popen(mlflow_cmd)
@@ -191,12 +195,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="resnet18", help="backbone to pretrain (a pretrained_backbone partition)")
     p.add_argument("--detector", default="yolov3", help="YOLO version to train after the main job; '' skips it")
     p.add_argument("--verbose", action="store_true", help="run: also print Dagster's event stream and job output")
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help=f"records in PostgreSQL ({storage.STORAGE_ENV}=postgres): ${storage.URL_ENV}, else a local server",
+    )
     a = p.parse_args(argv)
     root = project_root()
     os.chdir(root)
-    if a.command == "run":
-        return run(root, a.arch, a.detector, verbose=a.verbose)
-    return studies(root, verbose=a.verbose) if a.command == "studies" else ui(root, a.port, a.mlflow_port)
+    if a.postgres:  # the daemon, the webserver and the runs they start read it too
+        os.environ[storage.STORAGE_ENV] = "postgres"
+    try:
+        if a.command == "run":
+            return run(root, a.arch, a.detector, verbose=a.verbose)
+        return studies(root, verbose=a.verbose) if a.command == "studies" else ui(root, a.port, a.mlflow_port)
+    except VisionflowError as exc:  # the storage could not be set up (no PostgreSQL, a bad URL): say what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,21 +6,26 @@ an interrupted job logs into the same MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from lightning_modules.errors import ConfigError
+from lightning_modules.errors import ConfigError, StoreLockedError
 from lightning_modules.paths import project_root
 from lightning_modules.reporting.class_labels import LEGEND_ROWS, add_legend, axis_labels
 
 log = logging.getLogger("visionflow")
 
 RUN_ID_FILE = "mlflow_run_id"
+# Where experiments keep their artifacts (a folder or any MLflow artifact URI); unset: beside a SQLite store,
+# <project root>/mlartifacts for another database (PostgreSQL), the server's choice for an http:// store.
+ARTIFACTS_ENV = "VISIONFLOW_MLFLOW_ARTIFACTS"
 
 
 def default_tracking_uri() -> str:
@@ -65,7 +70,30 @@ def ensure_store(uri: str) -> None:
     with FileLock(str(path) + ".lock", timeout=300):
         from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
-        MlflowClient(uri).search_experiments(max_results=1)
+        with clear_lock_errors(uri):
+            MlflowClient(uri).search_experiments(max_results=1)
+
+
+@contextlib.contextmanager
+def clear_lock_errors(uri: str) -> Iterator[None]:
+    """A SQLite store that stays locked (another process writing: runs launched at the same time) raises
+    StoreLockedError, which says to use PostgreSQL, instead of SQLAlchemy's "database is locked" traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if _sqlite_path(uri) is not None and is_lock_error(exc):
+            raise StoreLockedError(uri) from None
+        raise
+
+
+def is_lock_error(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) is SQLite's "database is locked"."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if "database is locked" in str(exc) or "database table is locked" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def git_sha(root: Path | None = None) -> str:
@@ -95,6 +123,13 @@ def open_run(
     existing run handed over (e.g. created by Dagster's MlflowResource with its tags); else a new run in
     `experiment`. The id ends up in RUN_DIR/mlflow_run_id either way.
     """
+    with clear_lock_errors(uri):
+        return _open_run(uri, experiment, run_dir, run_name, tags, run_id)
+
+
+def _open_run(
+    uri: str, experiment: str, run_dir: Path, run_name: str | None, tags: dict[str, str], run_id: str | None
+) -> tuple[str, bool]:
     from mlflow.exceptions import MlflowException  # lazy: mlflow is ~1 s to import; Dagster loads this module
     from mlflow.tracking import MlflowClient  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
@@ -127,9 +162,15 @@ def open_run(
             if key not in exp.tags:
                 client.set_experiment_tag(exp_id, key, value)
     else:
-        exp_id = client.create_experiment(
-            experiment, artifact_location=_artifact_location(uri, experiment), tags=EXPERIMENT_TAGS
-        )
+        try:
+            exp_id = client.create_experiment(
+                experiment, artifact_location=_artifact_location(uri, experiment), tags=EXPERIMENT_TAGS
+            )
+        except MlflowException:  # two runs launched at once: the other one created it first
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME  # lazy: mlflow is ~1 s to import; Dagster loads this module
 
     all_tags = {**tags, **({MLFLOW_RUN_NAME: run_name} if run_name else {})}
@@ -160,12 +201,19 @@ def experiment_name(uri: str, run_id: str) -> str:
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
-    """Artifacts beside a SQLite store (MLflow's default is ./mlartifacts under the current directory)."""
-    db = _sqlite_path(uri)
-    if db is None:
-        return None
+    """$VISIONFLOW_MLFLOW_ARTIFACTS/<experiment>, else beside a SQLite store, else <project root>/mlartifacts for
+    another database (MLflow's default is ./mlartifacts under whichever directory the process runs in)."""
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
-    return (db.resolve().parent / "mlartifacts" / slug).as_uri()
+    chosen = os.environ.get(ARTIFACTS_ENV)
+    if chosen:
+        base = chosen if "://" in chosen else Path(chosen).resolve().as_uri()
+        return f"{base.rstrip('/')}/{slug}"
+    db = _sqlite_path(uri)
+    if db is not None:
+        return (db.resolve().parent / "mlartifacts" / slug).as_uri()
+    if uri.split(":", 1)[0].split("+")[0] in ("postgresql", "mysql", "mssql"):
+        return (project_root() / "mlartifacts" / slug).as_uri()
+    return None
 
 
 def make_logger(uri: str, experiment: str, run_id: str):
