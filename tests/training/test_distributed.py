@@ -240,3 +240,24 @@ def test_two_simulated_nodes_log_one_mlflow_run(tiny_prepared_imagenet: Path, tm
     assert run.data.params["num_nodes"] == "2" and run.data.params["devices"] == "1"
     assert run.data.params["trainer.ddp_compression"] == "bf16"
     assert run.data.params["effective_batch"] == str(2 * batch)
+
+
+def test_inside_a_slurm_allocation_the_ranks_come_from_torchrun_not_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Slurm deployment runs torchrun under srun: every rank of a node sees SLURM_PROCID=0. The trainer's
+    cluster environment must be torchrun's, whatever Lightning would detect."""
+    from pytorch_lightning.plugins.environments import LightningEnvironment, TorchElasticEnvironment
+
+    from lightning_modules.training.trainer import cluster_environment
+
+    _clear_rank_env(monkeypatch)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    slurm |= {"SLURM_JOB_NAME": "visionflow-pretrained_backbone", "SLURM_NNODES": "1", "SLURM_JOB_ID": "7"}
+    torchrun = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0"}
+    for key, value in {**slurm, **torchrun, "TORCHELASTIC_RUN_ID": "7", "MASTER_ADDR": "n1"}.items():
+        monkeypatch.setenv(key, value)
+    env = cluster_environment(dist.world_info())
+    assert isinstance(env, TorchElasticEnvironment)
+    assert (env.global_rank(), env.local_rank(), env.world_size()) == (1, 1, 2)
+    for key in [*torchrun, "TORCHELASTIC_RUN_ID"]:  # srun without torchrun: one process, Slurm's ranks ignored
+        monkeypatch.delenv(key)
+    assert isinstance(cluster_environment(dist.world_info()), LightningEnvironment)
