@@ -64,6 +64,13 @@ def _resources(root: Path, **launcher) -> dict:
     }
 
 
+def _prepared(root: Path) -> Path:
+    """The project with its classification set prepared (through Slurm too), whichever test runs first."""
+    if not (root / "prepared" / "imagenet" / "manifest.json").is_file():
+        dg.materialize([prepared_imagenet], resources=_resources(root), run_config={"ops": {"prepared_imagenet": PREP}})
+    return root
+
+
 def _pretrain(epochs: int, *extra: str) -> dict:
     overrides = [f"trainer.max_epochs={epochs}", *SMALL_NET, *extra]
     return {"config": {"config_file": str(ROOT / "configs" / "smoke-classify.yaml"), "overrides": overrides}}
@@ -110,6 +117,15 @@ def test_the_prep_and_two_rank_pretraining_materialize_through_slurm(cluster, pr
     assert [h["epoch"] for h in meta["history"]] == [1, 2]
 
 
+def _messages(error) -> str:
+    """The messages of an error and of the errors it was raised from (a retry wraps the step's failure)."""
+    text = ""
+    while error is not None:
+        text += error.message
+        error = error.cause or error.context
+    return text
+
+
 def _kill_a_rank_when_checkpointed(run_root: Path, stop: threading.Event, killed: list) -> None:
     """SIGKILL rank 1 once the first epoch is checkpointed (best.ckpt, first attempt only). slurmd started
     it, not this process: find it among all processes by its run folder."""
@@ -129,27 +145,29 @@ def _kill_a_rank_when_checkpointed(run_root: Path, stop: threading.Event, killed
 
 
 def test_a_killed_rank_fails_the_slurm_job_and_the_retry_resumes_from_last_ckpt(cluster, project: Path) -> None:
-    root = project
+    root = _prepared(project)
     epochs = 4
     stop, killed = threading.Event(), []
-    watcher = threading.Thread(target=_kill_a_rank_when_checkpointed, args=(root / "runs", stop, killed))
+    watcher = threading.Thread(target=_kill_a_rank_when_checkpointed, args=(root / "runs", stop, killed), daemon=True)
     watcher.start()
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [pretrained_backbone],
-            partition_key="resnet18",
-            instance=instance,
-            resources=_resources(root, nproc_per_node=2),
-            run_config={"ops": {"pretrained_backbone": _pretrain(epochs, "trainer.checkpoint_every_n_steps=2")}},
-        )
-    stop.set()
-    watcher.join()
+    try:
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                [pretrained_backbone],
+                partition_key="resnet18",
+                instance=instance,
+                resources=_resources(root, nproc_per_node=2),
+                run_config={"ops": {"pretrained_backbone": _pretrain(epochs, "trainer.checkpoint_every_n_steps=2")}},
+            )
+    finally:
+        stop.set()
+        watcher.join()
     assert killed, "no rank was ever killed"
     assert result.success
     retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retried) == 1
     # The failure named the Slurm job and carried the ranks' stderr tail.
-    failure = retried[0].event_specific_data.error.message  # type: ignore[union-attr]
+    failure = _messages(retried[0].event_specific_data.error)  # type: ignore[union-attr]
     assert "training failed" in failure and "Slurm job" in failure
     first, second = _attempts(root, "pretrained_backbone")[-2:]
     assert (first / "exit_status").read_text().strip() != "0"
@@ -180,7 +198,7 @@ dg.materialize([pretrained_backbone], partition_key="resnet18", resources=_resou
 
 
 def test_interrupting_the_dagster_run_cancels_the_slurm_job(cluster, project: Path, tmp_path: Path) -> None:
-    root = project
+    root = _prepared(project)
     before = set(_attempts(root, "pretrained_backbone"))
     script = tmp_path / "run.py"
     script.write_text(CANCEL_SCRIPT.format(tests=str(Path(__file__).parent), root=str(root)))
