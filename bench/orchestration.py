@@ -157,8 +157,8 @@ def main() -> None:
         times, first_epoch = _rounds(a.rounds, project, runs, launchers, stack.enter_context(dg.instance_for_test()))
     best = {k: min(v) for k, v in times.items()}
     base = best["direct"]
-    print(f"{'one-epoch stage, best of ' + str(a.rounds):46s} {'seconds':>8s} {'overhead s':>10s} {'ratio':>6s}")
-    print("-" * 74)
+    print(f"{'one-epoch stage, best of ' + str(a.rounds):48s} {'seconds':>8s} {'overhead s':>10s} {'ratio':>6s}")
+    print("-" * 76)
     labels = {
         "direct": "python -m lightning_modules.train",
         "torchrun": "torchrun (1 rank) + job",
@@ -166,7 +166,7 @@ def main() -> None:
         "slurm": "Dagster asset on Slurm: sbatch + srun + torchrun",
     }
     for key in best:
-        print(f"{labels[key]:46s} {best[key]:8.1f} {best[key] - base:10.1f} {best[key] / base:6.2f}x")
+        print(f"{labels[key]:48s} {best[key]:8.1f} {best[key] - base:10.1f} {best[key] / base:6.2f}x")
     for key, seconds in first_epoch.items():
         print(f"{labels[key]}: step start to first epoch {min(seconds):.1f} s (rounds: {_list(seconds)})")
     if "slurm" in best:

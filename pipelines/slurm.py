@@ -75,8 +75,9 @@ class SlurmLauncher(TrainingLauncher):
             message_reader=dg.PipesFileMessageReader(str(messages)),
         ) as session:
             job_env = {**os.environ, **env, **session.get_bootstrap_env_vars()}
+            args = self.sbatch_args(f"visionflow-{context.asset_key.to_user_string()}", folder, training)
             try:
-                job_id = submit(script, self.sbatch_args(context, folder, training), job_env)
+                job_id = submit(script, args, job_env)
             except SlurmError as exc:  # a bad partition, time limit or GPU count: the same request fails again
                 raise dg.Failure(description=str(exc), allow_retries=False) from None
             context.log.info(f"Slurm job {job_id} submitted ({script})")
@@ -90,10 +91,11 @@ class SlurmLauncher(TrainingLauncher):
                 raise
         return dg.PipesClientCompletedInvocation(session)
 
-    def sbatch_args(self, context: dg.AssetExecutionContext, folder: Path, training: bool) -> list[str]:
+    def sbatch_args(self, name: str, folder: Path, training: bool) -> list[str]:
+        """One task per node; training takes `nodes` nodes, any other step one."""
         nodes = self.nodes if training else 1
         args = [
-            f"--job-name=visionflow-{context.asset_key.to_user_string()}",
+            f"--job-name={name}",
             f"--nodes={nodes}",
             "--ntasks-per-node=1",
             f"--output={folder / 'slurm-%j.out'}",

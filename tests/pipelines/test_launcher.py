@@ -111,3 +111,21 @@ def test_a_bad_override_fails_in_dagster_before_anything_starts(tmp_path: Path) 
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "optim.lr=nan must be a finite number" in failure.step_failure_data.error.message
     assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.rglob("torchrun"))
+
+
+def test_a_slurm_training_job_spans_its_nodes_with_one_torchrun_each(tmp_path: Path) -> None:
+    """What sbatch gets for 2 nodes x 4 GPUs (the real submission is tested on a real cluster in test_slurm.py)."""
+    from pipelines.slurm import SlurmLauncher, batch_script
+
+    launcher = SlurmLauncher(nodes=2, nproc_per_node=4, gpus_per_node=4, partition="gpu", time_limit="02:00:00")
+    args = launcher.sbatch_args("visionflow-pretrained_backbone", tmp_path, training=True)
+    assert {"--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4", "--partition=gpu", "--time=02:00:00"} <= set(args)
+    assert "--nodes=1" in launcher.sbatch_args("visionflow-classification_evaluation", tmp_path, training=False)
+    script = batch_script(torchrun_command(_spec(tmp_path), nproc_per_node=4, python="py"), tmp_path, training=True)
+    node = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "--standalone" not in node and "--nproc-per-node 4" in node
+    assert '--nnodes "$SLURM_NNODES" --node-rank "$SLURM_NODEID"' in node and "--rdzv-backend c10d" in node
+    assert "NodeAddr" in script and "VISIONFLOW_RDZV_ENDPOINT" in script
+    # any other step is one process, without srun or torchrun
+    step = batch_script(["py", "-m", "lightning_modules.steps", "evaluation", "spec.json"], tmp_path, training=False)
+    assert "py -m lightning_modules.steps evaluation spec.json" in step and "srun" not in step
