@@ -278,7 +278,10 @@ def init_pools(home: Path) -> None:
     import dagster as dg  # lazy: ~1 s; the command line's stop/status need no Dagster
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        for pool in POOLS:
+        existing = instance.event_log_storage.get_concurrency_keys()
+        # Only the missing ones: on PostgreSQL, Dagster's initializer fails on a pool that exists (its insert
+        # aborts the transaction, then its update runs in the aborted transaction).
+        for pool in set(POOLS) - existing:
             instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
 
 

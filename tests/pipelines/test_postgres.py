@@ -155,6 +155,12 @@ def test_local_server_is_non_root_loopback_only_and_reused_on_restart(pg_project
     assert server.start() is True and server.start() is False
     assert server.server_url() == url
     assert MlflowClient(storage.mlflow_uri).search_experiments() is not None
+    # The next command on the same instance configures it again (every `make run` after the first does).
+    with _environ_kept():
+        os.environ.pop("DAGSTER_HOME", None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        again = configure(root, "postgres")
+    assert again.dagster_home == storage.dagster_home and again.mlflow_uri == storage.mlflow_uri
 
 
 def test_a_dagster_yaml_of_your_own_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
