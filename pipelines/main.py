@@ -85,7 +85,8 @@ def _run_jobs(root: Path, jobs: list[tuple[str, str | None]], title: str, verbos
             if not ok:
                 break
     summary(rows, f"{title}: {'succeeded' if ok else 'FAILED'}")
-    print(f"Dagster runs: `make ui` (stored in {os.environ['DAGSTER_HOME']}); event log: {log_file}")
+    ui = "make ui-postgres" if os.environ.get(storage.STORAGE_ENV) == "postgres" else "make ui"
+    print(f"Dagster runs: `{ui}` (stored in {os.environ['DAGSTER_HOME']}); event log: {log_file}")
     return 0 if ok else 1
 
 
