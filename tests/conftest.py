@@ -3,6 +3,8 @@
 Generic on purpose, so any test can reuse them:
 - `tiny_raw_data`: `synthesize(...)` output folder (imagenet/, transfer/, detection/), 4 classes x 16.
 - `tiny_prepared_imagenet`: `prep_classification` of it at 32 px (64 train / 16 val images).
+- `versioned_project`: a factory making a folder a project as a clone has it (git, synthetic raw data in
+  data/, versioned by DVC with a local remote), for the tests that run the assets on their own project.
 - `mlflow_uri`: a SQLite tracking URI in a session temp folder, schema already created
   (pass it on explicitly, e.g. `--set tracking.tracking_uri=...`; the environment is left alone).
 - `browser`, `page`: a real headless Chromium (Debian's, driven by Playwright; `make test` installs it when
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("DATA_OPTIMIZER_CACHE_FOLDER", str(REPO / ".cache" / "litdata"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def versioned_project():
+    """`versioned_project(root, seed=S, **sizes)`: git init, `synthesize(root / "data", ...)`, DVC add with
+    the remote root/remote; returns root."""
+    from lightning_modules.data import versioning
+    from lightning_modules.data.synth import synthesize
+
+    def make(root: Path, *, seed: int, **sizes) -> Path:
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        synthesize(root / "data", seed=seed, **sizes)
+        versioning.init(root, str(root / "remote"))
+        versioning.add(root)
+        return root
+
+    return make
 
 
 @pytest.fixture(scope="session")

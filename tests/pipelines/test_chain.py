@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lightning_modules.data import versioning
-from lightning_modules.data.synth import synthesize
 from lightning_modules.steps.specs import DetectionEvaluationSettings
 from pipelines.assets.data import prepared_detection, prepared_imagenet, prepared_transfer
 from pipelines.assets.detection import DETECTION_ASSETS, yolo_detector
@@ -59,14 +57,6 @@ PREP = {"config": {"image_size": 32, "workers": 1}}
 TRANSFER_EPOCHS = 5
 
 
-def _project(root: Path) -> Path:
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    synthesize(root / "data", seed=5, **TINY)
-    versioning.init(root, str(root / "remote"))
-    versioning.add(root)
-    return root
-
-
 def _resources(root: Path) -> dict:
     return {
         "project": ProjectResource(root=str(root)),
@@ -87,8 +77,8 @@ def _train(config: str, epochs: int, **extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    root = _project(tmp_path_factory.mktemp("chain"))
+def chain(tmp_path_factory, versioned_project):
+    root = versioned_project(tmp_path_factory.mktemp("chain"), seed=5, **TINY)
     run_config = {
         "ops": {
             "prepared_imagenet": PREP,
@@ -278,8 +268,8 @@ def _kill_when_checkpointed(run_root: Path, stop: threading.Event, killed: list)
         time.sleep(0.05)
 
 
-def test_killed_training_step_is_retried_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    root = _project(tmp_path)
+def test_killed_training_step_is_retried_and_resumes_from_its_checkpoint(tmp_path: Path, versioned_project) -> None:
+    root = versioned_project(tmp_path, seed=5, **TINY)
     dg.materialize([prepared_imagenet], resources=_resources(root), run_config={"ops": {"prepared_imagenet": PREP}})
     stop, killed = threading.Event(), []
     watcher = threading.Thread(target=_kill_when_checkpointed, args=(root / "runs", stop, killed), daemon=True)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from lightning_modules.data import versioning
-from lightning_modules.data.synth import synthesize
 from pipelines.assets.data import DATA_ASSETS, prepared_detection, prepared_imagenet
 from pipelines.launcher import LocalLauncher
 from pipelines.resources import DvcResource, ProjectResource
@@ -30,13 +28,8 @@ CLS_CONFIG = {"image_size": 32, "workers": 2}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    synthesize(root / "data", seed=3, **TINY)
-    versioning.init(root, str(root / "remote"))
-    versioning.add(root)
-    return root
+def project(tmp_path_factory, versioned_project) -> Path:
+    return versioned_project(tmp_path_factory.mktemp("project"), seed=3, **TINY)
 
 
 def _resources(root: Path) -> dict:

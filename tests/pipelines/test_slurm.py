@@ -21,8 +21,6 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lightning_modules.data import versioning
-from lightning_modules.data.synth import synthesize
 from pipelines import slurm
 from pipelines.assets.data import prepared_imagenet
 from pipelines.assets.training import pretrained_backbone
@@ -46,13 +44,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    synthesize(root / "data", seed=3, **TINY)
-    versioning.init(root, str(root / "remote"))
-    versioning.add(root)
-    return root
+def project(tmp_path_factory: pytest.TempPathFactory, versioned_project) -> Path:
+    return versioned_project(tmp_path_factory.mktemp("project"), seed=3, **TINY)
 
 
 def _resources(root: Path, **launcher) -> dict:
