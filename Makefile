@@ -26,9 +26,9 @@ run: $(STAMP)
 studies: $(STAMP)
 	$(BIN)/python -m pipelines.main studies
 
-# Everything, what CI runs (.ci/run): lint, types, then every test including the slow ones (~12 min).
+# Everything, what CI runs (.ci/run): lint, types, then every test including the slow ones (17-31 min on 2 cores), slowest 25 listed.
 test: lint system-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # Debian packages the tests start for real, installed when missing: chromium (Playwright drives it; it cannot
 # download its own browsers here), slurm-wlm + munge (a Slurm cluster on localhost), postgresql.

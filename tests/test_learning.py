@@ -58,7 +58,9 @@ def test_classifier_learns_far_above_chance(embedded: Path, tmp_path: Path, mlfl
 
 
 def test_detector_learns_far_above_an_untrained_one(embedded: Path, tmp_path: Path, mlflow_uri: str) -> None:
-    """Held-out mAP@0.5 after a one-minute fit from random weights vs the same network untrained."""
+    """Held-out mAP@0.5 after a short fit from random weights vs the same network untrained. The budget is
+    epochs, not wall time: a one-minute budget gave 0.53 on one 2-core machine and 0.18 on a slower one
+    (136 steps instead of ~500), so the test measured the machine, not the learning."""
     from lightning_modules.detection.evaluation import evaluate_predictor, load_predictor
     from lightning_modules.detection.module import DetectionModule
     from lightning_modules.detection.predictor import predictor_from_module
@@ -70,8 +72,10 @@ def test_detector_learns_far_above_an_untrained_one(embedded: Path, tmp_path: Pa
         data,
         tmp_path / "det",
         mlflow_uri,
-        "trainer.max_time=00:00:01:00",
+        "trainer.max_time=null",
+        "trainer.max_epochs=4",
         "model.width=0.25",
+        "data.num_workers=1",  # decoding and mosaics were 27% of the step at 0 workers
     )
     trained = evaluate_predictor(load_predictor(result["best_checkpoint"]), data, split="test", out_dir=tmp_path / "t")
     hp = load_checkpoint(result["best_checkpoint"])["hyper_parameters"]
@@ -79,7 +83,7 @@ def test_detector_learns_far_above_an_untrained_one(embedded: Path, tmp_path: Pa
     untrained = evaluate_predictor(
         predictor_from_module(DetectionModule(**hp)).eval(), data, split="test", out_dir=tmp_path / "untrained"
     )
-    # Measured: ~0.53 val mAP@0.5 after this minute (2 cores, quiet); the floor is half of it.
+    # Measured: 0.49-0.51 test mAP@0.5 after these 4 epochs (300 steps; 2 cores, quiet); the floor is half of it.
     assert trained["map_50"] >= 0.25 and trained["map_50"] >= 10 * untrained["map_50"], (
         trained["map_50"],
         untrained["map_50"],
