@@ -109,6 +109,9 @@ def dagster_dev(tmp_path_factory):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "VISIONFLOW_ROOT": str(project)}
+    # Its output goes to a file: an unread pipe fills up, and `dagster dev` then blocks writing its
+    # shutdown logs (teardown waited out the whole SIGTERM grace period, 30 s, every time).
+    log = home / "dagster_dev.log"
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "dagster"),
@@ -122,14 +125,14 @@ def dagster_dev(tmp_path_factory):
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
         deadline, last_error = time.monotonic() + 180, None
         while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert proc.poll() is None, log.read_text()[-3000:]
             try:
                 data = _graphql(port, STATUS)
                 if data["assetNodes"] and any(
