@@ -26,7 +26,7 @@ run: $(STAMP)
 studies: $(STAMP)
 	$(BIN)/python -m pipelines.main studies
 
-# Everything, what CI runs (.ci/run): lint, types, then every test including the slow ones (17-31 min on 2 cores), slowest 25 listed.
+# Everything, what CI runs (.ci/run): lint, types, then every test including the slow ones (17-33 min on 2 cores), slowest 25 listed.
 test: lint system-deps
 	$(BIN)/python -m pytest -q --durations=25 tests
 
