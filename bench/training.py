@@ -256,13 +256,14 @@ def start_torchrun(args, data: Path, ranks: int, result: Path) -> subprocess.Pop
         "--ddp-compression",
         args.ddp_compression,
     ]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Output to a file, not a pipe: of two jobs at once, the one not being waited on would block on a full pipe.
+    log = result.with_suffix(".log").open("w")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish(job: subprocess.Popen, result: Path) -> dict:
-    _, err = job.communicate()
-    if job.returncode != 0:
-        raise RuntimeError(f"torchrun failed:\n{err[-3000:]}")
+    if job.wait() != 0:
+        raise RuntimeError(f"torchrun failed:\n{result.with_suffix('.log').read_text()[-3000:]}")
     return json.loads(result.read_text())
 
 
@@ -286,11 +287,6 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.1f}-{max(values):.1f}"
 
 
-def abba(a, b, cycles: int) -> tuple[list[float], list[float]]:
-    ra, rb = abc([a, b], cycles)
-    return ra, rb
-
-
 def abc(arms, cycles: int) -> list[list[float]]:
     """Each cycle runs the arms in order, then in reverse (A B C C B A): drift hits every arm alike."""
     rounds: list[list[float]] = [[] for _ in arms]
@@ -301,9 +297,11 @@ def abc(arms, cycles: int) -> list[list[float]]:
 
 
 def lightning_vs_plain(args, cfg, data: Path, gf: float, threads: int, results: dict) -> None:
-    light, plain = abba(
-        lambda: run_lightning(cfg, data, args.warmup, args.steps)[0],
-        lambda: run_plain(cfg, data, args.warmup, args.steps),
+    light, plain = abc(
+        [
+            lambda: run_lightning(cfg, data, args.warmup, args.steps)[0],
+            lambda: run_plain(cfg, data, args.warmup, args.steps),
+        ],
         args.cycles,
     )
     rows = {"lightning": statistics.median(light), "plain": statistics.median(plain)}
