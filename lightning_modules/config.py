@@ -161,8 +161,7 @@ class TrainerConfig(Section):
     compile: Bool = False
     accumulate_grad_batches: Annotated[Int, Positive] = 1
     # DDP sends gradients as 16-bit floats: half the all-reduce bytes (for slow links between nodes),
-    # at the cost of rounding them. Off by default: on this 2-core machine it bought 2.5 points of
-    # efficiency (bench/training.py --ddp-compression bf16).
+    # at the cost of rounding them (bench/ddp_compression.py: does the job learn the same?).
     ddp_compression: Literal["none", "fp16", "bf16"] = "none"
     seed: Int = 0
     early_stopping_patience: Int | None = None  # epochs without val/loss improvement; None: off

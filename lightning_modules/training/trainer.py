@@ -77,6 +77,9 @@ def cluster_environment(world: dist.WorldInfo) -> ClusterEnvironment:
     return TorchElasticEnvironment() if world.torchrun else LightningEnvironment()
 
 
+COMM_HOOKS = {"none": None, "fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
+
+
 def strategy(world: dist.WorldInfo, *, find_unused: bool, compression: str = "none") -> Any:
     """DDP across ranks. A job that freezes the body needs find_unused_parameters: the frozen
     parameters stay registered with DDP (so their gradients are all-reduced once unfrozen) but
@@ -84,12 +87,27 @@ def strategy(world: dist.WorldInfo, *, find_unused: bool, compression: str = "no
     16-bit floats (PyTorch's fp16/bf16 compress hooks): half the bytes, rounded gradients."""
     if world.world_size <= 1:
         return "auto"
-    hooks = {"none": None, "fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
     # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets, saving one copy of every
     # gradient into and out of the buckets each step (PyTorch's DDP notes).
-    return DDPStrategy(
-        find_unused_parameters=find_unused, gradient_as_bucket_view=True, ddp_comm_hook=hooks[compression]
+    return CommHookDDPStrategy(
+        comm_hook=COMM_HOOKS[compression], find_unused_parameters=find_unused, gradient_as_bucket_view=True
     )
+
+
+class CommHookDDPStrategy(DDPStrategy):
+    """DDP with a communication hook on every device. Lightning's own `ddp_comm_hook` argument is
+    registered on CUDA only (DDPStrategy._register_ddp_hooks) and silently dropped on CPU ranks,
+    although PyTorch runs the same hooks over gloo: here DDP's public `register_comm_hook` is
+    called once the model is wrapped, whatever the device."""
+
+    def __init__(self, *, comm_hook: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.comm_hook = comm_hook
+
+    def configure_ddp(self) -> None:
+        super().configure_ddp()
+        if self.comm_hook is not None:
+            self.model.register_comm_hook(state=None, hook=self.comm_hook)  # type: ignore[union-attr, operator]
 
 
 class SilentLogger(Logger):

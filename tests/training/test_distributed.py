@@ -261,3 +261,19 @@ def test_inside_a_slurm_allocation_the_ranks_come_from_torchrun_not_slurm(monkey
     for key in [*torchrun, "TORCHELASTIC_RUN_ID"]:  # srun without torchrun: one process, Slurm's ranks ignored
         monkeypatch.delenv(key)
     assert isinstance(cluster_environment(dist.world_info()), LightningEnvironment)
+
+
+@pytest.mark.parametrize("compression", ["none", "bf16", "fp16"])
+def test_ddp_compression_really_rounds_the_all_reduced_gradients_on_cpu(compression: str, tmp_path: Path) -> None:
+    """Lightning registers `ddp_comm_hook` on CUDA only; on CPU ranks the setting was silently dropped.
+    After a real 2-rank gloo step, the gradients must be 16-bit values exactly when compression is on."""
+    out = tmp_path / "probe.json"
+    probe = Path(__file__).with_name("ddp_grad_probe.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(probe)]
+    env = {**_env(threads=1), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([*cmd, compression, str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = json.loads(out.read_text())["all_values_of"]
+    # (a bf16 value in fp16's range is an fp16 value too: bf16 has the fewer mantissa bits)
+    assert found["bf16"] == (compression == "bf16")
+    assert found["fp16"] == (compression != "none")
