@@ -160,9 +160,10 @@ class TrainerConfig(Section):
     channels_last: Bool = False
     compile: Bool = False
     accumulate_grad_batches: Annotated[Int, Positive] = 1
-    # DDP sends gradients as 16-bit floats: half the all-reduce bytes (for slow links between nodes),
-    # at the cost of rounding them (bench/ddp_compression.py: does the job learn the same?).
-    ddp_compression: Literal["none", "fp16", "bf16"] = "none"
+    # DDP sends gradients as 16-bit floats: half the all-reduce bytes, at the cost of rounding them.
+    # auto: bf16 on CPU ranks (gloo; same learning in bench/ddp_compression.py, faster in
+    # bench/training.py), none on CUDA (training/trainer.py: ddp_compression).
+    ddp_compression: Literal["auto", "none", "fp16", "bf16"] = "auto"
     seed: Int = 0
     early_stopping_patience: Int | None = None  # epochs without val/loss improvement; None: off
     checkpoint_every_n_steps: Annotated[Int, Positive] = 200

@@ -111,6 +111,7 @@ class JobResult(_Reported, total=False):
     num_nodes: int
     world_size: int
     threads_per_rank: int
+    ddp_compression: str  # what the all-reduce sent: none | fp16 | bf16 (trainer.ddp_compression resolved)
     # what the task adds (train_samples, val_samples, num_classes, image_size, anchors, ...)
     num_classes: int
     train_samples: int | None

@@ -175,7 +175,11 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
     from lightning_modules.training.checkpoints import resume_checkpoint  # lazy: torch (see above)
     from lightning_modules.training.mlflow_run import MlflowRun  # lazy: Lightning (see above)
     from lightning_modules.training.result import job_result  # lazy: Lightning (see above)
-    from lightning_modules.training.trainer import build_trainer, quiet_known_warnings  # lazy: Lightning (see above)
+    from lightning_modules.training.trainer import (  # lazy: Lightning (see above)
+        build_trainer,
+        ddp_compression,
+        quiet_known_warnings,
+    )
 
     quiet_known_warnings()
     t, rank0, fast = cfg.trainer, dist.is_global_zero(), bool(cfg.trainer.fast_dev_run)
@@ -197,6 +201,8 @@ def fit(cfg: JobConfig, data_dir: Path, run_dir: Path, world: dist.WorldInfo, *,
         "num_nodes": num_nodes,
         "world_size": devices * num_nodes,
         "threads_per_rank": threads,
+        # what the gradients' all-reduce really sends ("auto" resolved; none without DDP)
+        "ddp_compression": ddp_compression(t.ddp_compression, t.accelerator) if devices * num_nodes > 1 else "none",
         **built.extra,
     }
     if rank0 and not fast:

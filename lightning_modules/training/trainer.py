@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as L
+import torch
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.plugins.environments import ClusterEnvironment, LightningEnvironment, TorchElasticEnvironment
 from pytorch_lightning.strategies import DDPStrategy
@@ -48,7 +49,11 @@ def build_trainer(
         accelerator=t.accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        strategy=strategy(world, find_unused=cfg.optim.freeze_body_epochs > 0, compression=t.ddp_compression),
+        strategy=strategy(
+            world,
+            find_unused=cfg.optim.freeze_body_epochs > 0,
+            compression=ddp_compression(t.ddp_compression, t.accelerator),
+        ),
         precision=t.precision,
         max_epochs=t.max_epochs,
         max_time=t.max_time,
@@ -75,6 +80,16 @@ def cluster_environment(world: dist.WorldInfo) -> ClusterEnvironment:
     every rank torchrun starts on a node, and its auto-detection order has changed between releases: so
     the environment is chosen here, never detected."""
     return TorchElasticEnvironment() if world.torchrun else LightningEnvironment()
+
+
+def ddp_compression(setting: str, accelerator: str) -> str:
+    """trainer.ddp_compression as the job runs it. "auto" is bf16 on CPU ranks: gloo moves the bytes with
+    the same cores that compute, and a bf16 all-reduce learned the same (bench/ddp_compression.py); on
+    CUDA it is none, NCCL's links are fast and the casts would cost more than they save."""
+    if setting != "auto":
+        return setting
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "none" if on_cuda else "bf16"
 
 
 COMM_HOOKS = {"none": None, "fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}

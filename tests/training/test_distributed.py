@@ -193,6 +193,8 @@ def test_torchrun_ddp_two_ranks_logs_one_mlflow_run(
     val_images = json.loads((tiny_prepared_imagenet / "manifest.json").read_text())["totals"]["val"]
     assert run.data.metrics["val/images"] == val_images
     assert run.data.params["threads_per_rank"] == str(max(1, dist.cpu_count() // 2))
+    # the default compression, resolved for CPU ranks, is what the run records
+    assert run.data.params["trainer.ddp_compression"] == "auto" and run.data.params["ddp_compression"] == "bf16"
 
 
 def _free_port() -> int:
@@ -238,7 +240,7 @@ def test_two_simulated_nodes_log_one_mlflow_run(tiny_prepared_imagenet: Path, tm
     steps = epochs * TRAIN_SAMPLES // (2 * batch)
     run = _check_one_mlflow_run(mlflow_uri, "test-nodes", out, steps)
     assert run.data.params["num_nodes"] == "2" and run.data.params["devices"] == "1"
-    assert run.data.params["trainer.ddp_compression"] == "bf16"
+    assert run.data.params["trainer.ddp_compression"] == "bf16" and run.data.params["ddp_compression"] == "bf16"
     assert run.data.params["effective_batch"] == str(2 * batch)
 
 
@@ -277,3 +279,11 @@ def test_ddp_compression_really_rounds_the_all_reduced_gradients_on_cpu(compress
     # (a bf16 value in fp16's range is an fp16 value too: bf16 has the fewer mantissa bits)
     assert found["bf16"] == (compression == "bf16")
     assert found["fp16"] == (compression != "none")
+
+
+def test_auto_compression_is_bf16_on_cpu_ranks_and_none_on_cuda() -> None:
+    from lightning_modules.training.trainer import ddp_compression
+
+    assert ddp_compression("auto", "cpu") == "bf16"
+    assert ddp_compression("auto", "gpu") == "none" and ddp_compression("auto", "cuda") == "none"
+    assert ddp_compression("none", "cpu") == "none" and ddp_compression("fp16", "cuda") == "fp16"
