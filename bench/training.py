@@ -1,19 +1,21 @@
 """Training throughput on this CPU: the Lightning job vs a plain PyTorch loop, and DDP scaling.
 
-    python bench/training.py [--steps 20] [--warmup 5] [--cycles 2] [--ddp-cycles 2] [--skip-ddp]
-                             [--skip-lightning] [--ddp-compression auto|none|fp16|bf16]
+    python bench/training.py [--pairs 100] [--block 10] [--ddp-step-cycles 30] [--block-cycles 5]
+                             [--skip-ddp] [--skip-lightning] [--ddp-cycles N [--steps 20] [--ddp-compression auto]]
 
 1. Same model (ResNet-18), data (prepared litdata, 64 px), batch (64) and optimizer: the job's
-   ClassificationModule + Trainer + callbacks vs a hand-written loop, alternated A B B A and
-   repeated; images/s is the median of the rounds (bar: Lightning within 3% of the plain loop).
-2. DDP scaling under torchrun: 2 ranks x 1 thread vs 1 rank x 1 thread (same per-rank batch);
+   ClassificationModule + Trainer + callbacks vs a hand-written loop, in one process, alternating
+   step by step (see `interleaved`); the ratio is over all the steps, its spread over blocks of
+   `--block` steps (bar: Lightning within 3% of the plain loop).
+2. DDP scaling, 2 ranks x 1 thread vs 1 rank x 1 thread (same per-rank batch), gloo:
    efficiency = throughput(2) / (2 x throughput(1)) (bar: >= 90%). One process using both cores
-   is not the baseline: it would measure thread scaling, not DDP. The same run also measures the
-   machine's ceiling: two independent 1-rank jobs at once, no communication at all. Their
-   throughput / (2 x throughput(1)) is what the shared caches and memory of the cores allow any
-   two processes; DDP's own cost (all-reduce, rank syncs) is what DDP loses against that pair.
-   Two DDP arms run in the same rounds: fp32 gradients, and `--ddp-compression` (default: the job's
-   own, auto = bf16 on CPU ranks, half the all-reduce bytes), the one judged against the bar.
+   is not the baseline: it would measure thread scaling, not DDP. bench/ddp_interleaved.py runs four
+   arms step by step under one torchrun: one rank; two ranks with no communication (the machine's
+   ceiling: what its shared caches, memory and host allow any two processes); DDP with fp32 gradients;
+   DDP with bf16 gradients (the job's CPU default). DDP's own cost is what it loses against the pair.
+   `--ddp-cycles N` also times whole torchrun jobs of the job's module and Trainer in turn
+   (A B C D D C B A): what a job sees, but on this VM two busy processes swing 15% from one run to
+   the next, so those figures are read only with their spread.
 3. FLOPs per image (torch.utils.flop_counter, forward and forward+backward) and achieved GFLOP/s.
 Results go to bench/out/training.json and a table on stdout.
 """
@@ -102,7 +104,9 @@ def _module_and_data(cfg, data: Path):
     return module, dm
 
 
-def run_lightning(cfg, data: Path, warmup: int, steps: int, devices: int = 1) -> tuple[float, tuple[float, float]]:
+def run_lightning(
+    cfg, data: Path, warmup: int, steps: int, devices: int = 1, extra_callbacks: tuple = ()
+) -> tuple[float, tuple[float, float]]:
     """Images/s of the job's module + Trainer + standard callbacks over `steps` steps after `warmup` (all ranks),
     and the timing window (wall-clock start, end)."""
     import pytorch_lightning as L
@@ -142,7 +146,7 @@ def run_lightning(cfg, data: Path, warmup: int, steps: int, devices: int = 1) ->
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=SilentLogger(),
-        callbacks=[*callbacks, timer],
+        callbacks=[*callbacks, timer, *extra_callbacks],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -174,35 +178,67 @@ def _StepTimer(start: int, stop: int):  # noqa: N802
     return _step_timer_cls()(start, stop)
 
 
-def run_plain(cfg, data: Path, warmup: int, steps: int) -> float:
-    """Images/s of a hand-written loop: same backbone, loader, normalisation, SGD and loss."""
-    import torch
+class PlainLoop:
+    """A hand-written loop: same backbone, loader, normalisation, SGD and loss as the job."""
 
-    from lightning_modules.classification.module import param_groups
-    from lightning_modules.models import build_model
+    def __init__(self, cfg, data: Path) -> None:
+        import torch
 
-    _, dm = _module_and_data(cfg, data)
-    dm.setup("fit")
-    model = build_model(cfg.model.name, num_classes=dm.num_classes, width=cfg.model.width)
-    model.train()
-    groups = param_groups(model, cfg.optim.weight_decay)
-    opt = torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, fused=True)  # as the job's
-    mean = torch.tensor(dm.info.mean).view(1, 3, 1, 1) * 255
-    std = torch.tensor(dm.info.std).view(1, 3, 1, 1) * 255
-    loss_fn = torch.nn.CrossEntropyLoss()
-    done, t0 = 0, None
-    while True:
-        for images, labels in dm.train_dataloader():
-            x = (images.float() - mean) / std
-            loss = loss_fn(model(x), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done += 1
-            if done == warmup:
-                t0 = time.perf_counter()
-            elif done == warmup + steps:
-                return steps * cfg.data.batch_size / (time.perf_counter() - t0)
+        from lightning_modules.classification.module import param_groups
+        from lightning_modules.models import build_model
+
+        _, self.dm = _module_and_data(cfg, data)
+        self.dm.setup("fit")
+        self.model = build_model(cfg.model.name, num_classes=self.dm.num_classes, width=cfg.model.width)
+        self.model.train()
+        groups = param_groups(self.model, cfg.optim.weight_decay)
+        self.opt = torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, fused=True)  # as the job's
+        self.mean = torch.tensor(self.dm.info.mean).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(self.dm.info.std).view(1, 3, 1, 1) * 255
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.batches = self._forever()
+
+    def _forever(self):
+        while True:
+            yield from self.dm.train_dataloader()
+
+    def step(self) -> float:
+        """One training step, fetching its batch included; its seconds."""
+        t0 = time.perf_counter()
+        images, labels = next(self.batches)
+        loss = self.loss_fn(self.model((images.float() - self.mean) / self.std), labels)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return time.perf_counter() - t0
+
+
+def interleaved(cfg, data: Path, warmup: int, pairs: int) -> dict[str, list[float]]:
+    """Seconds of each step of the Lightning job and of the plain loop, alternating step by step in one
+    process: after every Lightning step a callback runs one plain-loop step. A Lightning step is the time
+    between two of those, so its batch fetch, hooks, logging, callbacks and epoch ends are all in it. Whole
+    runs taken in turn (A B B A) could not measure 3% here: this VM's speed moves up to 20% within
+    minutes, and step by step the drift hits both loops alike."""
+    import pytorch_lightning as L
+
+    plain = PlainLoop(cfg, data)
+    times: dict[str, list[float]] = {"lightning": [], "plain": []}
+
+    class Interleave(L.Callback):
+        mark: float | None = None
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            now = time.perf_counter()
+            timed = trainer.global_step > warmup
+            if timed and self.mark is not None:
+                times["lightning"].append(now - self.mark)
+            seconds = plain.step()
+            if timed:
+                times["plain"].append(seconds)
+            self.mark = time.perf_counter()
+
+    run_lightning(cfg, data, warmup, pairs, extra_callbacks=(Interleave(),))
+    return times
 
 
 def flops_per_image(cfg, size: int) -> tuple[float, float]:
@@ -300,31 +336,75 @@ def abc(arms, cycles: int) -> list[list[float]]:
 
 
 def lightning_vs_plain(args, cfg, data: Path, gf: float, threads: int, results: dict) -> None:
-    light, plain = abc(
-        [
-            lambda: run_lightning(cfg, data, args.warmup, args.steps)[0],
-            lambda: run_plain(cfg, data, args.warmup, args.steps),
-        ],
-        args.cycles,
-    )
-    rows = {"lightning": statistics.median(light), "plain": statistics.median(plain)}
+    times = interleaved(cfg, data, args.warmup, args.pairs)
+    light, plain = times["lightning"], times["plain"]
+    ips = {k: len(v) * args.batch / sum(v) for k, v in times.items()}
+    # spread: the ratio over blocks of consecutive pairs
+    k = args.block
+    blocks = [sum(plain[i : i + k]) / sum(light[i : i + k]) for i in range(0, len(light) - k + 1, k)]
+    ratio = ips["lightning"] / ips["plain"]
+    label = f"plain PyTorch loop ({threads} threads)"
+    print(f"{label:34s} {ips['plain']:8.1f} {'':>13s} {ips['plain'] * gf:8.1f}  1.000")
     print(
-        f"{'plain PyTorch loop (' + str(threads) + ' threads)':34s} {rows['plain']:8.1f} {spread(plain):>13s} "
-        f"{rows['plain'] * gf:8.1f}  1.000"
+        f"{'Lightning job (' + str(threads) + ' threads)':34s} {ips['lightning']:8.1f} {'':>13s} "
+        f"{ips['lightning'] * gf:8.1f}  {ratio:.3f} (blocks of {k} steps: {min(blocks):.3f}-{max(blocks):.3f}, "
+        f"median {statistics.median(blocks):.3f})  (bar >= 0.97: {'PASS' if ratio >= 0.97 else 'FAIL'})"
     )
-    ratio = rows["lightning"] / rows["plain"]
-    per_round = [a / b for a, b in zip(light, plain, strict=True)]  # ABBA: round i of each side ran side by side
-    print(
-        f"{'Lightning job (' + str(threads) + ' threads)':34s} {rows['lightning']:8.1f} {spread(light):>13s} "
-        f"{rows['lightning'] * gf:8.1f}  {ratio:.3f} ({min(per_round):.3f}-{max(per_round):.3f})  "
-        f"(bar >= 0.97: {'PASS' if ratio >= 0.97 else 'FAIL'})"
-    )
-    results["rounds"].update({"lightning": light, "plain": plain})
+    results["step_seconds"] = times
     results.update(
         {
-            "lightning_images_per_s": rows["lightning"],
-            "plain_images_per_s": rows["plain"],
+            "lightning_images_per_s": ips["lightning"],
+            "plain_images_per_s": ips["plain"],
             "lightning_over_plain": ratio,
+            "lightning_over_plain_blocks": blocks,
+        }
+    )
+
+
+def ddp_step_by_step(args, data: Path, gf: float, results: dict) -> None:
+    """bench/ddp_interleaved.py under torchrun: one rank, the independent pair, DDP fp32 and bf16 step by step."""
+    out = OUT / "train-bench-ddp-interleaved.json"
+    out.unlink(missing_ok=True)
+    script = Path(__file__).with_name("ddp_interleaved.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    cmd += [str(data), str(out), str(args.size), str(args.batch), str(args.ddp_step_cycles), "2"]
+    env = {**os.environ, "VISIONFLOW_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    seconds = json.loads(out.read_text())["seconds"]
+    t1 = sum(seconds["one_rank"])
+    k = 2 * args.block_cycles  # each cycle runs every arm twice (A B C D D C B A)
+    n = len(seconds["one_rank"])
+
+    def blocks(arm: str) -> list[float]:
+        return [sum(seconds["one_rank"][i : i + k]) / sum(seconds[arm][i : i + k]) for i in range(0, n - k + 1, k)]
+
+    ips1 = n * args.batch / t1
+    print(f"{'DDP step by step: 1 rank x 1 thread':34s} {ips1:8.1f} {'':>13s} {ips1 * gf:8.1f}  1.000")
+    labels = {
+        "pair": "2 ranks, no communication",
+        "ddp_fp32": "DDP 2x1, fp32 gradients",
+        "ddp_bf16": "DDP 2x1, bf16 (the job's CPU default)",
+    }
+    effs = {}
+    for arm, label in labels.items():
+        effs[arm] = eff = t1 / sum(seconds[arm])
+        b = blocks(arm)
+        what = "ceiling" if arm == "pair" else "efficiency"
+        bar = f" (bar >= 0.90: {'PASS' if eff >= 0.9 else 'FAIL'})" if arm == "ddp_bf16" else ""
+        print(
+            f"{label:34s} {2 * eff * ips1:8.1f} {'':>13s} {2 * eff * ips1 * gf:8.1f}  {2 * eff:.3f}  "
+            f"{what} {eff:.3f} (blocks of {args.block_cycles} cycles: {min(b):.3f}-{max(b):.3f}){bar}"
+        )
+    for arm in ("ddp_fp32", "ddp_bf16"):
+        print(f"{'':34s} {arm}: DDP's own cost against the pair {1 - effs[arm] / effs['pair']:+.1%}")
+    results["ddp_step_seconds"] = seconds
+    results.update(
+        {
+            "ddp_step_ceiling": effs["pair"],
+            "ddp_step_efficiency_fp32": effs["ddp_fp32"],
+            "ddp_step_efficiency": effs["ddp_bf16"],
         }
     )
 
@@ -388,11 +468,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--cycles", type=int, default=2, help="ABBA cycles (each runs both sides twice)")
+    p.add_argument("--pairs", type=int, default=100, help="Lightning and plain-loop steps, alternating")
+    p.add_argument("--block", type=int, default=10, help="steps per block for the ratio's spread")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="threads for part 1 (default: all cores)")
-    p.add_argument("--ddp-cycles", type=int, default=2, help="ABC CBA cycles of the DDP comparison")
+    p.add_argument("--ddp-step-cycles", type=int, default=30, help="cycles of the step-by-step DDP comparison")
+    p.add_argument("--block-cycles", type=int, default=5, help="cycles per block for its spread")
+    p.add_argument(
+        "--ddp-cycles", type=int, default=0, help="A B C D D C B A cycles of whole DDP jobs in turn (noisy; 0: off)"
+    )
     p.add_argument(
         "--ddp-compression",
         default="auto",
@@ -438,15 +523,18 @@ def main() -> int:
         "flops_train_per_image": train_flops,
     }
     print(
-        f"\nResNet-18 at {args.size} px, batch {args.batch}, {args.steps} steps after {args.warmup} warmup, "
-        f"median of {2 * args.cycles} rounds (ABBA); {fwd / 1e9:.3f} GFLOP/img forward, {gf:.3f} fwd+bwd"
+        f"\nResNet-18 at {args.size} px, batch {args.batch}, {args.warmup} warmup steps; {fwd / 1e9:.3f} GFLOP/img "
+        f"forward, {gf:.3f} fwd+bwd. Lightning vs plain: {args.pairs} steps each, alternating step by step; "
+        f"DDP: {args.ddp_step_cycles} cycles of the four arms, step by step"
     )
     print(f"{'setup':34s} {'img/s':>8s} {'min-max':>13s} {'GFLOP/s':>8s}  ratio (min-max over rounds)", flush=True)
     t0 = time.time()
     if not args.skip_lightning:
         lightning_vs_plain(args, cfg, data, gf, threads, results)
     if not args.skip_ddp:
-        ddp_scaling(args, data, gf, results)
+        ddp_step_by_step(args, data, gf, results)
+        if args.ddp_cycles:
+            ddp_scaling(args, data, gf, results)
     results["seconds"] = round(time.time() - t0, 1)
     (OUT / "training.json").write_text(json.dumps(results, indent=2))
     print(f"rounds: {json.dumps(results['rounds'])}\nwritten: {OUT / 'training.json'}")

@@ -161,7 +161,7 @@ class TrainerConfig(Section):
     compile: Bool = False
     accumulate_grad_batches: Annotated[Int, Positive] = 1
     # DDP sends gradients as 16-bit floats: half the all-reduce bytes, at the cost of rounding them.
-    # auto: bf16 on CPU ranks (gloo; same learning in bench/ddp_compression.py, faster in
+    # auto: bf16 on CPU ranks (gloo; the same learning in bench/ddp_compression.py, a little faster in
     # bench/training.py), none on CUDA (training/trainer.py: ddp_compression).
     ddp_compression: Literal["auto", "none", "fp16", "bf16"] = "auto"
     seed: Int = 0
