@@ -537,7 +537,9 @@ def main() -> int:
             ddp_scaling(args, data, gf, results)
     results["seconds"] = round(time.time() - t0, 1)
     (OUT / "training.json").write_text(json.dumps(results, indent=2))
-    print(f"rounds: {json.dumps(results['rounds'])}\nwritten: {OUT / 'training.json'}")
+    if results["rounds"]:  # only whole-job rounds (--ddp-cycles) have them
+        print(f"rounds: {json.dumps(results['rounds'])}")
+    print(f"written: {OUT / 'training.json'}")
     return 0
 
 
